@@ -1,0 +1,1 @@
+"""convlens built-in topics, each a plugin registered through the ``convlens`` entry-point group."""

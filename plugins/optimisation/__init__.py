@@ -1,0 +1,1 @@
+"""Built-in topic plugin: optimisation."""

@@ -1,0 +1,94 @@
+"""Images: the samples plugins offer, uploads checked before they are trusted, and tensors for models."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import BadInput, TooLarge
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_PIXELS = 40_000_000
+"""Larger images are refused: a decompression bomb is a small file that expands to huge pixels."""
+
+
+@dataclass(frozen=True)
+class SampleImage:
+    """A picture offered in the image picker; ``load`` returns HxWx3 uint8."""
+
+    id: str
+    title: str
+    load: Callable[[], np.ndarray]
+    source: str = ""
+
+
+def decode_image(
+    data: bytes, field: str = "file", max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """HxWx3 uint8 from encoded bytes, or ``BadInput`` naming ``field``: empty, too big, not an image, truncated, a bomb."""
+    if not data:
+        raise BadInput(field, "the file is empty")
+    if len(data) > max_bytes:
+        raise TooLarge(field, f"the file is {len(data)} bytes; the limit is {max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:
+                width, height = probe.size
+                if width * height > max_pixels:
+                    raise TooLarge(field, f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+                probe.load()
+                image = probe.convert("RGB")
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        if isinstance(error, UnidentifiedImageError):
+            raise BadInput(field, "not an image PIL can read (PNG, JPEG, WebP, GIF, BMP, TIFF ...)") from None
+        raise TooLarge(field, f"decompression bomb refused: {error}") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise BadInput(field, f"the image is truncated or corrupt: {error}") from None
+    return np.asarray(image, dtype=np.uint8)
+
+
+def read_image_file(path: str | Path, field: str = "image") -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(field, f"no such file: {path}")
+    return decode_image(path.read_bytes(), field=field, max_bytes=max(MAX_UPLOAD_BYTES, path.stat().st_size))
+
+
+def to_float(image: np.ndarray) -> np.ndarray:
+    """HxWx3 float32 in [0, 1] from uint8 or float pixels."""
+    array = np.asarray(image)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    return np.clip(array.astype(np.float32), 0.0, 1.0)
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxWx3 float32 in [0, 1] resized to ``size`` = (height, width) with antialiasing."""
+    height, width = size
+    array = to_float(image)
+    if array.shape[:2] == (height, width):
+        return array
+    pil = Image.fromarray((array * 255.0 + 0.5).astype(np.uint8))
+    return np.asarray(pil.resize((width, height), Image.BICUBIC), dtype=np.float32) / 255.0
+
+
+def to_tensor(image: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """1x3xHxW float32 tensor in [0, 1], resized to ``size`` when given."""
+    array = resize(image, size) if size else to_float(image)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
+
+
+def to_image(tensor: torch.Tensor) -> np.ndarray:
+    """HxWx3 float32 in [0, 1] from a 1x3xHxW or 3xHxW tensor."""
+    array = tensor.detach().float().cpu().numpy()
+    if array.ndim == 4:
+        array = array[0]
+    return np.clip(array.transpose(1, 2, 0), 0.0, 1.0)

@@ -1,0 +1,85 @@
+"""How a plugin declares an analysis method, and what its ``run`` receives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .events import Event
+from .params import Param
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models.base import Model
+
+NEEDS = ("gradients", "layers")
+"""What a method can require of a model: autograd through it, and access to hidden layers."""
+
+
+@dataclass
+class RunContext:
+    """Everything a method's ``run`` may use. It never sees Flask or Socket.IO.
+
+    ``image`` is the chosen picture, HxWx3 float32 in [0, 1] at its own size;
+    ``params`` are validated, defaults filled in; ``seed`` seeds ``rng`` and
+    ``torch.manual_seed`` before ``run`` is called, so a run is reproducible.
+    """
+
+    model: Model
+    image: np.ndarray
+    params: dict[str, Any]
+    seed: int = 0
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+
+    def model_input(self, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The image resized to the model's input size (or ``size``), 1x3xHxW in [0, 1]."""
+        from .images import to_tensor
+
+        return to_tensor(self.image, size or self.model.input_size)
+
+
+@dataclass(frozen=True)
+class Method:
+    """An analysis a plugin offers.
+
+    ``run(ctx)`` is a generator of :mod:`convlens.events`; the server may pause
+    between two events, or close the generator to stop it. ``topic`` groups methods
+    in the UI (e.g. "Which pixels matter"); ``needs`` lists what of :data:`NEEDS`
+    the model must support.
+    """
+
+    name: str
+    title: str
+    topic: str
+    run: Callable[[RunContext], Iterator[Event]]
+    params: Sequence[Param] = ()
+    needs: frozenset[str] = frozenset()
+    description: str = ""
+    reference: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.needs) - set(NEEDS)
+        if unknown:
+            raise ValueError(f"method {self.name!r}: unknown needs {sorted(unknown)}; expected {NEEDS}")
+
+    def unavailable_reason(self, model: Model) -> str | None:
+        """Why this method cannot run on ``model``, or ``None`` if it can."""
+        missing = sorted(set(self.needs) - model.capabilities)
+        if missing:
+            return f"model {model.id!r} does not support {', '.join(missing)}"
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "topic": self.topic,
+            "description": self.description,
+            "reference": self.reference,
+            "needs": sorted(self.needs),
+            "params": [p.to_json() for p in self.params],
+        }

@@ -1,0 +1,161 @@
+"""The one model interface every analysis uses, whatever the file format.
+
+Images enter in pixel space: Nx3xHxW float32 in [0, 1]. Normalisation by the
+card's mean and std happens inside, so gradients are w.r.t. the picture a person
+sees. Hidden layers are addressed by name (``Model.layers``); ``forward`` returns
+their activations inside the autograd graph, so a plugin can take gradients
+w.r.t. the input, a class score, or any hidden unit with ``torch.autograd``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import BadInput
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A hidden layer: its name, the operation that makes it, and its output shape for one input (CxHxW)."""
+
+    name: str
+    op: str
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "op": self.op, "shape": list(self.shape)}
+
+
+@dataclass
+class ModelCard:
+    """What the file alone does not say: a title, input size, normalisation and labels."""
+
+    title: str
+    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    labels: list[str] = field(default_factory=list)
+    default_layer: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Forward:
+    """The result of :meth:`Model.forward`: logits (NxK) and the requested activations by layer name."""
+
+    logits: torch.Tensor
+    activations: dict[str, torch.Tensor]
+
+
+class Model(ABC):
+    """A loaded image classifier. Subclasses implement one file format."""
+
+    format: str = ""
+
+    def __init__(self, model_id: str, path: Path, card: ModelCard) -> None:
+        self.id = model_id
+        self.path = Path(path)
+        self.card = card
+
+    # -- description -------------------------------------------------------------------------------
+    @property
+    def title(self) -> str:
+        return self.card.title
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.card.input_size)  # type: ignore[return-value]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.card.labels
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """Subset of ``{"gradients", "layers"}`` this model supports."""
+        return frozenset({"gradients", "layers"})
+
+    @cached_property
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def to_json(self, with_layers: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "title": self.title,
+            "format": self.format,
+            "file": self.path.name,
+            "input_size": list(self.input_size),
+            "num_classes": len(self.labels),
+            "capabilities": sorted(self.capabilities),
+            "default_layer": self.suggest_layer(),
+        }
+        if with_layers:
+            data["layers"] = [layer.to_json() for layer in self.layers()]
+        return data
+
+    # -- layers ------------------------------------------------------------------------------------
+    @abstractmethod
+    def layers(self) -> list[LayerInfo]:
+        """The named hidden layers, in execution order."""
+
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers()]
+
+    def layer(self, name: str) -> LayerInfo:
+        for layer in self.layers():
+            if layer.name == name:
+                return layer
+        raise BadInput("layer", f"model {self.id!r} has no layer {name!r}")
+
+    def suggest_layer(self, depth: float = 0.6) -> str | None:
+        """A sensible default layer: the card's ``default_layer``, else the spatial layer at ``depth`` of the way."""
+        if self.card.default_layer:
+            return self.card.default_layer
+        spatial = [layer for layer in self.layers() if len(layer.shape) == 3]
+        if not spatial:
+            return None
+        return spatial[min(len(spatial) - 1, int(depth * len(spatial)))].name
+
+    # -- computation -------------------------------------------------------------------------------
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.card.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.card.std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+    @abstractmethod
+    def forward(self, images: torch.Tensor, layers: Sequence[str] = ()) -> Forward:
+        """Logits and the activations at ``layers`` for Nx3xHxW images in [0, 1], differentiable."""
+
+    def logits(self, images: torch.Tensor | np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Forward-only logits (NxK numpy) for a batch of images in [0, 1], run in chunks of ``batch_size``."""
+        tensor = torch.as_tensor(images, dtype=torch.float32)
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, tensor.shape[0], batch_size):
+                outputs.append(self.forward(tensor[start : start + batch_size]).logits.float().cpu().numpy())
+        return np.concatenate(outputs, axis=0)
+
+    def predict(self, image: torch.Tensor | np.ndarray, k: int = 5) -> list[dict[str, Any]]:
+        """Top-``k`` classes of one 1x3xHxW image: index, label and probability."""
+        logits = self.logits(image)[0].astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        top = np.argsort(-probs)[:k]
+        return [{"index": int(i), "label": self.label(int(i)), "probability": float(probs[i])} for i in top]
+
+    def label(self, index: int) -> str:
+        return self.labels[index] if 0 <= index < len(self.labels) else f"class {index}"

@@ -1,0 +1,199 @@
+"""Method parameters declared as data.
+
+One declaration gives the browser its form (``to_json``), the server and CLI their
+validation (``validate``) and the CLI its ``key=value`` parsing (``parse``). Values
+that depend on the model (a layer name, a class index) are checked against it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import BadInput
+
+if TYPE_CHECKING:
+    from .models.base import Model
+
+KINDS = ("int", "float", "bool", "choice", "string", "layer", "class")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a method.
+
+    ``kind`` is one of ``int``, ``float``, ``bool``, ``choice``, ``string``,
+    ``layer`` (a named layer of the model) or ``class`` (an output class index).
+    A ``default`` of ``None`` with ``nullable`` means "let the method decide"
+    (the top predicted class, the model's suggested layer).
+    """
+
+    name: str
+    kind: str
+    default: Any = None
+    title: str = ""
+    help: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] = ()
+    nullable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"parameter {self.name!r}: unknown kind {self.kind!r}")
+        if self.kind == "choice" and not self.choices:
+            raise ValueError(f"parameter {self.name!r}: a choice needs choices")
+
+    def to_json(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {
+            "name": self.name,
+            "type": self.kind,
+            "title": self.title or self.name.replace("_", " ").capitalize(),
+            "description": self.help,
+            "default": self.default,
+            "nullable": self.nullable,
+        }
+        if self.minimum is not None:
+            schema["minimum"] = self.minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        if self.choices:
+            schema["enum"] = list(self.choices)
+        return schema
+
+    def parse(self, text: str) -> Any:
+        """The value of a CLI ``key=value`` string, before validation."""
+        if self.nullable and text.strip().lower() in ("", "none", "null", "auto"):
+            return None
+        if self.kind in ("int", "class"):
+            try:
+                return int(text)
+            except ValueError:
+                raise BadInput(f"params.{self.name}", f"expected an integer, got {text!r}") from None
+        if self.kind == "float":
+            try:
+                return float(text)
+            except ValueError:
+                raise BadInput(f"params.{self.name}", f"expected a number, got {text!r}") from None
+        if self.kind == "bool":
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise BadInput(f"params.{self.name}", f"expected true or false, got {text!r}")
+        if self.kind == "choice" and all(isinstance(c, int) for c in self.choices):
+            return self.parse_int_choice(text)
+        return text
+
+    def parse_int_choice(self, text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise BadInput(f"params.{self.name}", f"expected one of {list(self.choices)}, got {text!r}") from None
+
+    def check(self, value: Any, model: Model | None) -> Any:
+        """``value`` made canonical, or ``BadInput`` naming ``params.<name>`` and why."""
+        field = f"params.{self.name}"
+        if value is None:
+            if self.nullable:
+                return None
+            raise BadInput(field, "a value is required")
+        if self.kind in ("int", "class"):
+            value = _integer(field, value)
+        elif self.kind == "float":
+            value = _number(field, value)
+        elif self.kind == "bool":
+            if not isinstance(value, bool):
+                raise BadInput(field, f"expected true or false, got {value!r}")
+        elif self.kind in ("string", "layer"):
+            if not isinstance(value, str):
+                raise BadInput(field, f"expected a string, got {value!r}")
+        if self.kind == "choice" and value not in self.choices:
+            raise BadInput(field, f"expected one of {list(self.choices)}, got {value!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise BadInput(field, f"must be at least {self.minimum}, got {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise BadInput(field, f"must be at most {self.maximum}, got {value}")
+        if model is not None and self.kind == "layer":
+            names = model.layer_names()
+            if value not in names:
+                raise BadInput(field, f"model {model.id!r} has no layer {value!r}")
+        if model is not None and self.kind == "class":
+            count = len(model.labels)
+            if not 0 <= value < count:
+                raise BadInput(field, f"class index must be in [0, {count - 1}], got {value}")
+        return value
+
+
+def _integer(field: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise BadInput(field, f"expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise BadInput(field, f"expected an integer, got {value!r}")
+
+
+def _number(field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadInput(field, f"expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise BadInput(field, f"must be finite, got {value!r}")
+    return float(value)
+
+
+def Int(name: str, default: int | None, **kw: Any) -> Param:  # noqa: N802 - reads as a type in declarations
+    return Param(name, "int", default, **kw)
+
+
+def Float(name: str, default: float | None, **kw: Any) -> Param:  # noqa: N802
+    return Param(name, "float", default, **kw)
+
+
+def Bool(name: str, default: bool, **kw: Any) -> Param:  # noqa: N802
+    return Param(name, "bool", default, **kw)
+
+
+def Choice(name: str, default: Any, choices: Sequence[Any], **kw: Any) -> Param:  # noqa: N802
+    return Param(name, "choice", default, choices=tuple(choices), **kw)
+
+
+def Layer(name: str = "layer", **kw: Any) -> Param:  # noqa: N802
+    """A layer of the model; ``None`` lets the method pick (see ``Model.suggest_layer``)."""
+    kw.setdefault("nullable", True)
+    return Param(name, "layer", None, **kw)
+
+
+def ClassIndex(name: str = "target", **kw: Any) -> Param:  # noqa: N802
+    """An output class; ``None`` means the model's top prediction for the image."""
+    kw.setdefault("nullable", True)
+    return Param(name, "class", None, **kw)
+
+
+def validate(params: Sequence[Param], raw: Mapping[str, Any] | None, model: Model | None = None) -> dict[str, Any]:
+    """Every declared parameter's checked value, defaults filled in; unknown names are an error."""
+    raw = dict(raw or {})
+    known = {p.name for p in params}
+    for name in raw:
+        if name not in known:
+            raise BadInput(f"params.{name}", f"unknown parameter; expected one of {sorted(known)}")
+    return {p.name: p.check(raw.get(p.name, p.default), model) for p in params}
+
+
+def parse_assignments(params: Sequence[Param], assignments: Sequence[str]) -> dict[str, Any]:
+    """``["steps=10", "layer=_blocks.9"]`` parsed by each parameter's kind."""
+    by_name = {p.name: p for p in params}
+    values: dict[str, Any] = {}
+    for item in assignments:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise BadInput("params", f"expected key=value, got {item!r}")
+        name = name.strip()
+        if name not in by_name:
+            raise BadInput(f"params.{name}", f"unknown parameter; expected one of {sorted(by_name)}")
+        values[name] = by_name[name].parse(text)
+    return values

@@ -1,0 +1,72 @@
+"""The plugin manager: loads every ``convlens`` entry point, built-ins included."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import pluggy
+
+from . import PROJECT_NAME, hookspecs
+from .errors import NotFound
+from .methods import Method
+
+ONLY_PLUGINS_ENV = "CONVLENS_PLUGINS"
+"""Comma-separated entry-point names: when set, only these plugins are loaded."""
+
+
+def make_plugin_manager(only: set[str] | None = None) -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    if only is None:
+        pm.load_setuptools_entrypoints(PROJECT_NAME)
+    else:
+        for name in sorted(only):
+            pm.load_setuptools_entrypoints(PROJECT_NAME, name=name)
+        missing = only - {name for name, _ in pm.list_name_plugin()}
+        if missing:
+            raise RuntimeError(f"{ONLY_PLUGINS_ENV} names plugins that are not installed: {sorted(missing)}")
+    pm.check_pending()
+    return pm
+
+
+def plugins_from_env() -> set[str] | None:
+    value = os.environ.get(ONLY_PLUGINS_ENV, "").strip()
+    return {name.strip() for name in value.split(",") if name.strip()} or None
+
+
+@lru_cache(maxsize=1)
+def get_plugin_manager() -> pluggy.PluginManager:
+    return make_plugin_manager(plugins_from_env())
+
+
+class MethodRegistry:
+    """All methods the loaded plugins declare, by name."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self.methods: dict[str, Method] = {}
+        self.plugin_of: dict[str, str] = {}
+        for impl in pm.hook.register_methods.get_hookimpls():
+            for method in impl.function() or []:
+                if method.name in self.methods:
+                    raise RuntimeError(
+                        f"method {method.name!r} is declared by plugins {self.plugin_of[method.name]!r}"
+                        f" and {impl.plugin_name!r}"
+                    )
+                self.methods[method.name] = method
+                self.plugin_of[method.name] = impl.plugin_name
+
+    def get(self, name: str) -> Method:
+        try:
+            return self.methods[name]
+        except KeyError:
+            raise NotFound("method", f"unknown method {name!r}; expected one of {sorted(self.methods)}") from None
+
+    def __iter__(self):
+        return iter(self.methods.values())
+
+
+@lru_cache(maxsize=1)
+def get_methods() -> MethodRegistry:
+    return MethodRegistry(get_plugin_manager())
