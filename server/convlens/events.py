@@ -7,7 +7,7 @@ Socket.IO message for the job's room; the CLI writes frames and the result to di
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +53,7 @@ class Result:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-Event = Union[Frame, Progress, Metrics, Log, Result]
+Event = Frame | Progress | Metrics | Log | Result
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

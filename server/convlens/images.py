@@ -43,7 +43,9 @@ def decode_image(
             with Image.open(io.BytesIO(data)) as probe:
                 width, height = probe.size
                 if width * height > max_pixels:
-                    raise TooLarge(field, f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+                    raise TooLarge(
+                        field, f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels"
+                    )
                 probe.load()
                 image = probe.convert("RGB")
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:

@@ -25,15 +25,23 @@ class RunContext:
     """Everything a method's ``run`` may use. It never sees Flask or Socket.IO.
 
     ``image`` is the chosen picture, HxWx3 float32 in [0, 1] at its own size;
-    ``params`` are validated, defaults filled in; ``seed`` seeds ``rng`` and
-    ``torch.manual_seed`` before ``run`` is called, so a run is reproducible.
+    ``params`` are validated, defaults filled in. Randomness comes from ``rng``
+    (numpy) and ``generator`` (torch), both seeded from ``seed``: several jobs run
+    at once in one process, so the global torch RNG is not reproducible per run.
     """
 
     model: Model
     image: np.ndarray
     params: dict[str, Any]
     seed: int = 0
-    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    rng: np.random.Generator = field(init=False)
+    generator: torch.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        import torch
+
+        self.rng = np.random.default_rng(self.seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
 
     def model_input(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         """The image resized to the model's input size (or ``size``), 1x3xHxW in [0, 1]."""

@@ -92,7 +92,9 @@ class Param:
         try:
             return int(text)
         except ValueError:
-            raise BadInput(f"params.{self.name}", f"expected one of {list(self.choices)}, got {text!r}") from None
+            raise BadInput(
+                f"params.{self.name}", f"expected one of {list(self.choices)}, got {text!r}"
+            ) from None
 
     def check(self, value: Any, model: Model | None) -> Any:
         """``value`` made canonical, or ``BadInput`` naming ``params.<name>`` and why."""
@@ -174,7 +176,9 @@ def ClassIndex(name: str = "target", **kw: Any) -> Param:  # noqa: N802
     return Param(name, "class", None, **kw)
 
 
-def validate(params: Sequence[Param], raw: Mapping[str, Any] | None, model: Model | None = None) -> dict[str, Any]:
+def validate(
+    params: Sequence[Param], raw: Mapping[str, Any] | None, model: Model | None = None
+) -> dict[str, Any]:
     """Every declared parameter's checked value, defaults filled in; unknown names are an error."""
     raw = dict(raw or {})
     known = {p.name for p in params}

@@ -61,7 +61,9 @@ class MethodRegistry:
         try:
             return self.methods[name]
         except KeyError:
-            raise NotFound("method", f"unknown method {name!r}; expected one of {sorted(self.methods)}") from None
+            raise NotFound(
+                "method", f"unknown method {name!r}; expected one of {sorted(self.methods)}"
+            ) from None
 
     def __iter__(self):
         return iter(self.methods.values())

@@ -16,7 +16,9 @@ class ModuleModel(Model):
 
     format = "module"
 
-    def __init__(self, model_id: str, module: torch.nn.Module, card: ModelCard, path: Path | None = None) -> None:
+    def __init__(
+        self, model_id: str, module: torch.nn.Module, card: ModelCard, path: Path | None = None
+    ) -> None:
         super().__init__(model_id, path or Path(model_id), card)
         self.module = module.eval()
         self._modules = {name: m for name, m in module.named_modules() if name}

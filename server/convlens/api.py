@@ -1,0 +1,165 @@
+"""The JSON API. Every error is a 4xx body ``{"error": reason, "field": name}``."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from flask import Blueprint, current_app, jsonify, request, send_file
+from PIL import Image
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from .errors import BadInput, NotFound
+
+log = logging.getLogger(__name__)
+blueprint = Blueprint("api", __name__, url_prefix="/api")
+
+
+def services():
+    return current_app.extensions["convlens"]
+
+
+@blueprint.errorhandler(BadInput)
+def bad_input(error: BadInput):
+    return jsonify(error.to_json()), error.status
+
+
+@blueprint.errorhandler(RequestEntityTooLarge)
+def too_large(_error):
+    limit = services().config.max_upload_bytes
+    return jsonify({"error": f"the request is larger than the {limit}-byte limit", "field": "file"}), 413
+
+
+@blueprint.errorhandler(HTTPException)
+def http_error(error: HTTPException):
+    return jsonify({"error": error.description, "field": None}), error.code
+
+
+@blueprint.errorhandler(Exception)
+def unexpected(error: Exception):
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return jsonify({"error": f"internal error: {type(error).__name__}", "field": None}), 500
+
+
+@blueprint.get("/models")
+def list_models():
+    store = services().models
+    return jsonify([store.get(model_id).to_json() for model_id in store.ids()])
+
+
+@blueprint.get("/models/<path:model_id>/labels")
+def model_labels(model_id: str):
+    return jsonify(services().models.get(model_id).labels)
+
+
+@blueprint.get("/models/<path:model_id>")
+def model_detail(model_id: str):
+    model = services().models.get(model_id)
+    return jsonify({**model.to_json(with_layers=True), "sha256": model.sha256})
+
+
+@blueprint.get("/methods")
+def list_methods():
+    svc = services()
+    model_id = request.args.get("model")
+    model = svc.models.get(model_id) if model_id else None
+    answer = []
+    for method in svc.methods:
+        entry = {**method.to_json(), "plugin": svc.methods.plugin_of[method.name]}
+        if model is not None:
+            entry["unavailable"] = method.unavailable_reason(model)
+        answer.append(entry)
+    return jsonify(answer)
+
+
+@blueprint.get("/images")
+def list_images():
+    return jsonify(services().images.list())
+
+
+@blueprint.get("/images/<image_id>")
+def image_file(image_id: str):
+    pixels = services().images.get(image_id)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)
+    buffer.seek(0)
+    return send_file(buffer, mimetype="image/png", max_age=3600)
+
+
+@blueprint.post("/images")
+def upload_image():
+    upload = request.files.get("file")
+    if upload is None:
+        raise BadInput("file", "send the image as multipart form data in a field named 'file'")
+    image_id, pixels = services().images.add_upload(upload.read())
+    height, width = pixels.shape[:2]
+    title = upload.filename or image_id
+    return jsonify(
+        {"id": image_id, "title": title, "width": width, "height": height, "url": f"/api/images/{image_id}"}
+    ), 201
+
+
+@blueprint.post("/jobs")
+def start_job():
+    body = request.get_json(silent=True)
+    if body is None:
+        raise BadInput("body", "expected a JSON object (Content-Type: application/json)")
+    job = services().jobs.submit(body)
+    return jsonify(job.to_json()), 202
+
+
+@blueprint.get("/jobs")
+def list_jobs():
+    return jsonify([job.to_json() for job in services().jobs.store.all()])
+
+
+@blueprint.get("/jobs/<job_id>")
+def job_detail(job_id: str):
+    return jsonify(services().jobs.get(job_id).to_json())
+
+
+@blueprint.post("/jobs/<job_id>/<action>")
+def job_action(job_id: str, action: str):
+    jobs = services().jobs
+    if action not in ("stop", "pause", "resume"):
+        raise NotFound("action", f"unknown action {action!r}; expected stop, pause or resume")
+    return jsonify(getattr(jobs, action)(job_id).to_json())
+
+
+@blueprint.get("/jobs/<job_id>/result")
+def job_result(job_id: str):
+    job = services().jobs.get(job_id)
+    if job.result is None:
+        raise BadInput("job", f"job {job_id!r} has no result (state: {job.state})", status=409)
+    return jsonify(job.result)
+
+
+@blueprint.get("/jobs/<job_id>/images/<name>.png")
+def job_image(job_id: str, name: str):
+    job = services().jobs.get(job_id)
+    files = (job.result or {}).get("files", {})
+    if name not in files:
+        raise NotFound("image", f"job {job_id!r} has no result image {name!r}")
+    return send_file(services().jobs.results_dir / job.id / files[name], mimetype="image/png")
+
+
+@blueprint.get("/jobs/<job_id>/frames.gif")
+def job_animation(job_id: str):
+    job = services().jobs.get(job_id)
+    path = services().jobs.results_dir / job.id / "frames.gif"
+    if not path.is_file():
+        raise NotFound("animation", f"job {job_id!r} has no animation")
+    return send_file(path, mimetype="image/gif")
+
+
+@blueprint.get("/jobs/<job_id>/frames/latest")
+def latest_frame(job_id: str):
+    job = services().jobs.get(job_id)
+    if job.latest_frame is None:
+        raise NotFound("frame", f"job {job_id!r} has drawn no frame yet")
+    return send_file(io.BytesIO(job.latest_frame.data("jpeg")), mimetype="image/jpeg")
+
+
+@blueprint.route("/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+def unknown_endpoint(_rest: str):
+    raise NotFound("path", f"no API endpoint {request.method} {request.path}")

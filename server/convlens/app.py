@@ -1,0 +1,94 @@
+"""The Flask application factory: REST API, Socket.IO, and the built web front end."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import Flask, abort, send_from_directory
+from flask_socketio import SocketIO
+
+from .config import Config
+from .image_library import ImageLibrary
+from .jobs import JobManager
+from .models.store import ModelStore
+from .plugins import MethodRegistry, get_plugin_manager
+from .streaming import FrameRelay
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """What the API and socket handlers work with; one per app."""
+
+    config: Config
+    models: ModelStore
+    methods: MethodRegistry
+    images: ImageLibrary
+    jobs: JobManager
+    relay: FrameRelay
+    socketio: SocketIO
+
+
+def build_library(pm, config: Config) -> ImageLibrary:
+    samples = [sample for batch in pm.hook.register_sample_images() for sample in batch or []]
+    return ImageLibrary(samples, config.uploads_dir, config.max_upload_bytes, config.max_pixels)
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """A convlens app; its SocketIO object is ``app.extensions["socketio"]``."""
+    from . import api, sockets
+
+    config = config or Config()
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes + 64 * 1024
+    app.json.sort_keys = False
+    socketio = SocketIO(
+        app,
+        async_mode="threading",
+        cors_allowed_origins=config.cors_origins,
+        max_http_buffer_size=config.max_upload_bytes,
+    )
+
+    models = ModelStore(config.models_dirs)
+    if config.ensure_default_model:
+        models.ensure_default(log=lambda message: log.warning(message))
+    pm = get_plugin_manager()
+    methods = MethodRegistry(pm)
+    images = build_library(pm, config)
+    relay = FrameRelay(lambda sid, message: socketio.emit("frame", message, to=sid))
+    jobs = JobManager(
+        get_model=models.get,
+        get_method=methods.get,
+        get_image=images.get,
+        sink=sockets.RoomEvents(socketio, relay),
+        start_task=socketio.start_background_task,
+        results_dir=config.results_dir,
+        max_running=config.max_running_jobs,
+        jpeg_quality=config.jpeg_quality,
+    )
+    app.extensions["convlens"] = Services(config, models, methods, images, jobs, relay, socketio)
+    app.register_blueprint(api.blueprint)
+    sockets.register(socketio, app.extensions["convlens"])
+    _serve_web(app, config.web_dist)
+    return app
+
+
+def _serve_web(app: Flask, dist: Path) -> None:
+    @app.get("/")
+    def index():
+        if not (dist / "index.html").is_file():
+            return (
+                "<h1>convlens</h1><p>The web front end is not built: run <code>make web</code>"
+                f" (looked in {dist}). The API is at <a href='/api/models'>/api/models</a>.</p>",
+                503,
+            )
+        return send_from_directory(dist, "index.html")
+
+    @app.get("/<path:filename>")
+    def web_file(filename: str):
+        if filename.startswith("api/") or not (dist / filename).is_file():
+            abort(404)
+        return send_from_directory(dist, filename)

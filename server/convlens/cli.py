@@ -1,0 +1,198 @@
+"""The ``convlens`` command: serve, list models and methods, and run a method headless."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInput
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .runtime import tune_malloc
+
+    tune_malloc()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return args.handler(args) or 0
+    except BadInput as error:
+        print(f"convlens: error: {error.field}: {error.reason}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convlens", description="See inside image CNNs.")
+    parser.add_argument(
+        "--models-dir",
+        action="append",
+        type=Path,
+        help="a folder of model files (repeatable; default: ./models of the checkout)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve the web UI and API")
+    serve.add_argument("--host", default=os.environ.get("CONVLENS_HOST", "127.0.0.1"))
+    serve.add_argument(
+        "--port", type=int, default=int(os.environ.get("PORT", os.environ.get("CONVLENS_PORT", 5000)))
+    )
+    serve.add_argument("--debug", action="store_true")
+    serve.set_defaults(handler=cmd_serve)
+
+    models = commands.add_parser("models", help="list the models")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+    models.set_defaults(handler=cmd_models)
+
+    methods = commands.add_parser("methods", help="list the analysis methods and their parameters")
+    methods.add_argument("--json", action="store_true", help="machine-readable output")
+    methods.set_defaults(handler=cmd_methods)
+
+    run = commands.add_parser("run", help="run a method without the server and write its results")
+    run.add_argument("method")
+    run.add_argument("--model", default=None, help="model id (file name) or stem; default: the default model")
+    run.add_argument("--image", required=True, help="a sample's name (chelsea) or an image file")
+    run.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE", help="a method parameter (repeatable)"
+    )
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument(
+        "--out", required=True, type=Path, help="folder for the PNGs, frames.gif and result.json"
+    )
+    run.add_argument("--quiet", action="store_true")
+    run.set_defaults(handler=cmd_run)
+    return parser
+
+
+def _config(args: argparse.Namespace):
+    from .config import Config
+
+    config = Config()
+    if args.models_dir:
+        config.models_dirs = list(args.models_dir)
+    return config
+
+
+def _store(args: argparse.Namespace):
+    from .models.store import ModelStore
+
+    config = _config(args)
+    store = ModelStore(config.models_dirs)
+    store.ensure_default(log=lambda message: print(message, file=sys.stderr))
+    return store
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import create_app
+    from .runtime import configure_threads
+
+    configure_threads()
+    app = create_app(_config(args))
+    socketio = app.extensions["socketio"]
+    print(f"convlens: serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    socketio.run(
+        app, host=args.host, port=args.port, debug=args.debug, use_reloader=False, allow_unsafe_werkzeug=True
+    )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    store = _store(args)
+    models = [store.get(model_id).to_json() for model_id in store.ids()]
+    if args.json:
+        print(json.dumps(models, indent=2))
+    else:
+        for model in models:
+            size = "x".join(map(str, model["input_size"]))
+            print(
+                f"{model['id']:<36} {model['format']:<12} {size:<9} {model['num_classes']:>5} classes  {model['title']}"
+            )
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .plugins import get_methods
+
+    registry = get_methods()
+    methods = [{**m.to_json(), "plugin": registry.plugin_of[m.name]} for m in registry]
+    if args.json:
+        print(json.dumps(methods, indent=2))
+        return 0
+    for method in methods:
+        needs = f" (needs {', '.join(method['needs'])})" if method["needs"] else ""
+        print(f"{method['name']:<20} {method['topic']}: {method['title']}{needs}")
+        for param in method["params"]:
+            bounds = _bounds(param)
+            print(f"    {param['name']:<16} {param['type']:<7} default {param['default']!r}{bounds}")
+    return 0
+
+
+def _bounds(param: dict[str, Any]) -> str:
+    if "enum" in param:
+        return f", one of {param['enum']}"
+    if "minimum" in param or "maximum" in param:
+        return f", in [{param.get('minimum', '-inf')}, {param.get('maximum', 'inf')}]"
+    return ""
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import events as ev
+    from . import runner
+    from .app import build_library
+    from .params import parse_assignments
+    from .plugins import get_methods, get_plugin_manager
+    from .results import RunRecord, write_result
+    from .runtime import configure_threads
+
+    configure_threads()
+    method = get_methods().get(args.method)
+    raw_params = parse_assignments(method.params, args.param)
+    store = _store(args)
+    model = store.get(args.model or store.default_id)
+    image_id, pixels = build_library(get_plugin_manager(), _config(args)).resolve(args.image)
+    ctx = runner.prepare_run(method, model, pixels, raw_params, args.seed)
+    predictions = model.predict(ctx.model_input(), k=5)
+    frames, metrics, final = [], {}, ev.Result()
+    for event in runner.iterate(method, ctx):
+        if isinstance(event, ev.Frame):
+            frames.append(ev.to_uint8(event.image))
+        elif isinstance(event, ev.Metrics):
+            metrics = {name: float(value) for name, value in event.values.items()}
+        elif isinstance(event, ev.Progress) and not args.quiet:
+            print(f"\r{method.name}: {event.step}/{event.total}", end="", file=sys.stderr, flush=True)
+        elif isinstance(event, ev.Log) and not args.quiet:
+            print(f"\n{event.level}: {event.message}", file=sys.stderr)
+        elif isinstance(event, ev.Result):
+            final = event
+    if not args.quiet:
+        print(file=sys.stderr)
+    record = RunRecord(
+        method.name,
+        model.id,
+        model.sha256,
+        model.format,
+        image_id,
+        ctx.params,
+        args.seed,
+        predictions,
+        metrics,
+        final.data,
+    )
+    images = dict(final.images) or ({"final": frames[-1]} if frames else {})
+    summary = write_result(args.out, record, images, frames)
+    print(json.dumps({"out": str(args.out), "files": summary["files"], "animation": summary["animation"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Server and CLI settings, from arguments or ``CONVLENS_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .images import MAX_PIXELS, MAX_UPLOAD_BYTES
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+"""The checkout convlens runs from (``server/convlens`` is two levels down)."""
+
+
+def _default_models_dirs() -> list[Path]:
+    value = os.environ.get("CONVLENS_MODELS_DIRS")
+    if value:
+        return [Path(part) for part in value.split(os.pathsep) if part]
+    return [REPO_ROOT / "models"]
+
+
+@dataclass
+class Config:
+    models_dirs: list[Path] = field(default_factory=_default_models_dirs)
+    data_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("CONVLENS_DATA_DIR", REPO_ROOT / "var"))
+    )
+    web_dist: Path = field(
+        default_factory=lambda: Path(os.environ.get("CONVLENS_WEB_DIST", REPO_ROOT / "web" / "dist"))
+    )
+    max_upload_bytes: int = int(os.environ.get("CONVLENS_MAX_UPLOAD_BYTES", MAX_UPLOAD_BYTES))
+    max_pixels: int = int(os.environ.get("CONVLENS_MAX_PIXELS", MAX_PIXELS))
+    max_running_jobs: int = int(os.environ.get("CONVLENS_MAX_RUNNING_JOBS", 2))
+    jpeg_quality: int = 85
+    ensure_default_model: bool = True
+    cors_origins: str | list[str] = os.environ.get("CONVLENS_CORS_ORIGINS", "*")
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"

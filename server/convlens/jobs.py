@@ -1,0 +1,319 @@
+"""Jobs: one run of a method on a model and image, executed in the background.
+
+Data flows one way: validated request → :class:`Job` → the method's generator →
+events → a :class:`JobEvents` sink (the Socket.IO rooms, in the server). Nothing
+here knows Flask or Socket.IO, and nothing here knows what a method computes.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import events as ev
+from . import runner
+from .encode import EncodedFrame
+from .errors import BadInput, NotFound
+from .methods import Method
+from .models.base import Model
+from .params import validate
+from .results import RunRecord, write_result
+
+log = logging.getLogger(__name__)
+
+STATES = ("queued", "running", "paused", "done", "failed", "stopped")
+FINAL_STATES = ("done", "failed", "stopped")
+MAX_METRICS_HISTORY = 5000
+MAX_KEPT_FRAMES = 600
+
+
+class JobEvents(Protocol):
+    """Where a job's events go. The server implements it with Socket.IO rooms."""
+
+    def state(self, job: Job) -> None: ...
+    def frame(self, job: Job, frame: EncodedFrame) -> None: ...
+    def progress(self, job: Job, step: int, total: int) -> None: ...
+    def metrics(self, job: Job, step: int | None, values: dict[str, float]) -> None: ...
+    def log(self, job: Job, level: str, message: str) -> None: ...
+
+
+@dataclass
+class Job:
+    id: str
+    method: str
+    model: str
+    image: str
+    params: dict[str, Any]
+    seed: int
+    state: str = "queued"
+    progress: dict[str, int] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    metrics_history: list[dict[str, Any]] = field(default_factory=list)
+    logs: list[dict[str, str]] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    frames: int = 0
+    latest_frame: EncodedFrame | None = field(default=None, repr=False)
+    kept_frames: list[np.ndarray] = field(default_factory=list, repr=False)
+    stop_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+    resume_event: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        self.resume_event.set()
+
+    @property
+    def finished_state(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "method": self.method,
+            "model": self.model,
+            "image": self.image,
+            "params": self.params,
+            "seed": self.seed,
+            "state": self.state,
+            "progress": self.progress,
+            "metrics": self.metrics,
+            "error": self.error,
+            "predictions": self.predictions,
+            "result": self.result,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "frames": self.frames,
+        }
+
+
+class JobStore(Protocol):
+    """Where job records live; in memory here, replaceable by a shared store for scale-out."""
+
+    def add(self, job: Job) -> None: ...
+    def get(self, job_id: str) -> Job | None: ...
+    def all(self) -> list[Job]: ...
+
+
+class InMemoryJobStore:
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    def add(self, job: Job) -> None:
+        with self._lock:
+            self._jobs[job.id] = job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def all(self) -> list[Job]:
+        with self._lock:
+            return sorted(self._jobs.values(), key=lambda job: job.created, reverse=True)
+
+
+class JobManager:
+    """Validates job requests, runs them in background tasks and reports their events."""
+
+    def __init__(
+        self,
+        *,
+        get_model: Callable[[str], Model],
+        get_method: Callable[[str], Method],
+        get_image: Callable[[str], np.ndarray],
+        sink: JobEvents,
+        start_task: Callable[..., Any],
+        results_dir: Path,
+        store: JobStore | None = None,
+        max_running: int = 2,
+        jpeg_quality: int = 85,
+    ) -> None:
+        self.get_model = get_model
+        self.get_method = get_method
+        self.get_image = get_image
+        self.sink = sink
+        self.start_task = start_task
+        self.results_dir = Path(results_dir)
+        self.store = store or InMemoryJobStore()
+        self.slots = threading.BoundedSemaphore(max(1, max_running))
+        self.jpeg_quality = jpeg_quality
+
+    # -- requests ------------------------------------------------------------------------------------
+    def submit(self, request: Any) -> Job:
+        """Check a job request completely, then start it; ``BadInput`` names the first wrong field."""
+        if not isinstance(request, dict):
+            raise BadInput("body", "expected a JSON object with method, model, image and params")
+        method = self.get_method(_required_string(request, "method"))
+        model = self.get_model(_required_string(request, "model"))
+        reason = method.unavailable_reason(model)
+        if reason:
+            raise BadInput("method", f"{method.name!r} cannot run here: {reason}", status=422)
+        image_id = _required_string(request, "image")
+        self.get_image(image_id)
+        raw_params = request.get("params") or {}
+        if not isinstance(raw_params, dict):
+            raise BadInput("params", "expected an object of parameter values")
+        params = validate(method.params, raw_params, model)
+        seed = request.get("seed")
+        if seed is None:
+            seed = secrets.randbelow(2**31)
+        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise BadInput("seed", f"expected a non-negative integer, got {seed!r}")
+        job = Job(secrets.token_hex(6), method.name, model.id, image_id, params, seed)
+        self.store.add(job)
+        self.start_task(self._run, job)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        if job is None:
+            raise NotFound("job", f"unknown job {job_id!r}")
+        return job
+
+    def stop(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        job.stop_requested.set()
+        job.resume_event.set()
+        return job
+
+    def pause(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.state in ("queued", "running"):
+            job.resume_event.clear()
+            if job.state == "running":
+                self._set_state(job, "paused")
+        return job
+
+    def resume(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        job.resume_event.set()
+        if job.state == "paused":
+            self._set_state(job, "running")
+        return job
+
+    # -- running -------------------------------------------------------------------------------------
+    def _run(self, job: Job) -> None:
+        with self.slots:
+            try:
+                self._execute(job)
+            except BadInput as error:
+                self._fail(job, error.to_json())
+            except Exception as error:  # a plugin's bug must not take the server down
+                log.exception("job %s (%s) failed", job.id, job.method)
+                self._fail(job, {"error": f"{type(error).__name__}: {error}", "field": None})
+
+    def _execute(self, job: Job) -> None:
+        if job.stop_requested.is_set():
+            self._finish(job, "stopped")
+            return
+        job.started = time.time()
+        self._set_state(job, "running" if job.resume_event.is_set() else "paused")
+        method = self.get_method(job.method)
+        model = self.get_model(job.model)
+        image = self.get_image(job.image)
+        ctx = runner.prepare_run(method, model, image, job.params, job.seed)
+        job.predictions = model.predict(ctx.model_input(), k=5)
+        self.sink.state(job)
+        final: ev.Result | None = None
+        generator = runner.iterate(method, ctx)
+        try:
+            for event in generator:
+                if not job.resume_event.is_set():
+                    self._wait_while_paused(job)
+                if job.stop_requested.is_set():
+                    break
+                if isinstance(event, ev.Result):
+                    final = event
+                else:
+                    self._handle(job, event)
+        finally:
+            generator.close()
+        if job.stop_requested.is_set() and final is None:
+            self._finish(job, "stopped")
+            return
+        self._complete(job, model, final or ev.Result())
+
+    def _wait_while_paused(self, job: Job) -> None:
+        if job.state == "running":
+            self._set_state(job, "paused")
+        job.resume_event.wait()
+        if job.state == "paused" and not job.stop_requested.is_set():
+            self._set_state(job, "running")
+
+    def _handle(self, job: Job, event: ev.Event) -> None:
+        if isinstance(event, ev.Frame):
+            pixels = ev.to_uint8(event.image)
+            frame = EncodedFrame(job.frames, event.step, event.label, pixels, self.jpeg_quality)
+            job.frames += 1
+            job.latest_frame = frame
+            if len(job.kept_frames) < MAX_KEPT_FRAMES:
+                job.kept_frames.append(pixels)
+            self.sink.frame(job, frame)
+        elif isinstance(event, ev.Progress):
+            job.progress = {"step": event.step, "total": event.total}
+            self.sink.progress(job, event.step, event.total)
+        elif isinstance(event, ev.Metrics):
+            values = {name: float(value) for name, value in event.values.items()}
+            job.metrics = values
+            if len(job.metrics_history) < MAX_METRICS_HISTORY:
+                job.metrics_history.append({"step": event.step, "values": values})
+            self.sink.metrics(job, event.step, values)
+        elif isinstance(event, ev.Log):
+            job.logs.append({"level": event.level, "message": event.message})
+            self.sink.log(job, event.level, event.message)
+        else:
+            raise TypeError(f"method {job.method!r} yielded {type(event).__name__}, not a convlens event")
+
+    def _complete(self, job: Job, model: Model, result: ev.Result) -> None:
+        record = RunRecord(
+            method=job.method,
+            model_id=model.id,
+            model_sha256=model.sha256,
+            model_format=model.format,
+            image=job.image,
+            params=job.params,
+            seed=job.seed,
+            predictions=job.predictions,
+            metrics=job.metrics,
+            data=result.data,
+        )
+        out_dir = self.results_dir / job.id
+        summary = write_result(out_dir, record, result.images, job.kept_frames)
+        summary["images"] = {name: f"/api/jobs/{job.id}/images/{name}.png" for name in result.images}
+        if (out_dir / "frames.gif").exists():
+            summary["animation"] = f"/api/jobs/{job.id}/frames.gif"
+        job.result = summary
+        job.kept_frames = []
+        self._finish(job, "done")
+
+    def _fail(self, job: Job, error: dict[str, Any]) -> None:
+        job.error = error
+        job.kept_frames = []
+        self._finish(job, "failed")
+
+    def _finish(self, job: Job, state: str) -> None:
+        job.finished = time.time()
+        self._set_state(job, state)
+
+    def _set_state(self, job: Job, state: str) -> None:
+        job.state = state
+        self.sink.state(job)
+
+
+def _required_string(request: dict[str, Any], name: str) -> str:
+    value = request.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadInput(name, f"a non-empty string is required, got {value!r}")
+    return value

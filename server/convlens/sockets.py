@@ -1,0 +1,123 @@
+"""Socket.IO handlers: viewers subscribe to a job's room and control the job."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from flask import request
+from flask_socketio import SocketIO, join_room, leave_room
+
+from .encode import MIME, EncodedFrame
+from .errors import BadInput
+from .streaming import FrameRelay
+
+if TYPE_CHECKING:
+    from .app import Services
+    from .jobs import Job
+
+
+def room(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+class RoomEvents:
+    """A job's events as Socket.IO messages to its room; frames go through the per-viewer relay."""
+
+    def __init__(self, socketio: SocketIO, relay: FrameRelay) -> None:
+        self.socketio = socketio
+        self.relay = relay
+
+    def state(self, job: Job) -> None:
+        self.socketio.emit("job", job.to_json(), to=room(job.id))
+        if job.state == "done":
+            self.socketio.emit("done", {"job": job.id, "result": job.result}, to=room(job.id))
+        elif job.state == "failed":
+            self.socketio.emit("failed", {"job": job.id, "error": job.error}, to=room(job.id))
+        elif job.state == "stopped":
+            self.socketio.emit("stopped", {"job": job.id}, to=room(job.id))
+
+    def frame(self, job: Job, frame: EncodedFrame) -> None:
+        frame.data("jpeg")  # encode once here, in the job's thread, not per viewer
+        self.relay.publish(job.id, frame)
+
+    def progress(self, job: Job, step: int, total: int) -> None:
+        self.socketio.emit("progress", {"job": job.id, "step": step, "total": total}, to=room(job.id))
+
+    def metrics(self, job: Job, step: int | None, values: dict[str, float]) -> None:
+        self.socketio.emit("metrics", {"job": job.id, "step": step, "values": values}, to=room(job.id))
+
+    def log(self, job: Job, level: str, message: str) -> None:
+        self.socketio.emit("log", {"job": job.id, "level": level, "message": message}, to=room(job.id))
+
+
+def register(socketio: SocketIO, services: Services) -> None:
+    jobs = services.jobs
+    relay = services.relay
+
+    def guarded(handler):
+        def wrapper(data: Any = None):
+            try:
+                if not isinstance(data, dict):
+                    raise BadInput("body", "expected an object like {job: <id>}")
+                return handler(data) or {"ok": True}
+            except BadInput as error:
+                return {"ok": False, **error.to_json()}
+
+        wrapper.__name__ = handler.__name__
+        return wrapper
+
+    def job_of(data: dict):
+        job_id = data.get("job")
+        if not isinstance(job_id, str):
+            raise BadInput("job", "a job id string is required")
+        return jobs.get(job_id)
+
+    @socketio.on("subscribe")
+    @guarded
+    def subscribe(data: dict):
+        job = job_of(data)
+        fmt = data.get("format", "jpeg")
+        if fmt not in MIME:
+            raise BadInput("format", f"expected one of {sorted(MIME)}, got {fmt!r}")
+        join_room(room(job.id))
+        socketio.emit("job", job.to_json(), to=request.sid)
+        socketio.emit("metrics_history", {"job": job.id, "history": job.metrics_history}, to=request.sid)
+        for line in job.logs[-200:]:
+            socketio.emit("log", {"job": job.id, **line}, to=request.sid)
+        relay.subscribe(job.id, request.sid, fmt, latest=job.latest_frame)
+        return {"ok": True, "job": job.to_json()}
+
+    @socketio.on("unsubscribe")
+    @guarded
+    def unsubscribe(data: dict):
+        job = job_of(data)
+        leave_room(room(job.id))
+        relay.unsubscribe(job.id, request.sid)
+
+    @socketio.on("frame_ack")
+    @guarded
+    def frame_ack(data: dict):
+        job = job_of(data)
+        seq = data.get("seq")
+        if not isinstance(seq, int):
+            raise BadInput("seq", "the acknowledged frame's seq (an integer) is required")
+        relay.ack(job.id, request.sid, seq)
+
+    @socketio.on("stop")
+    @guarded
+    def stop(data: dict):
+        return {"ok": True, "job": jobs.stop(job_of(data).id).to_json()}
+
+    @socketio.on("pause")
+    @guarded
+    def pause(data: dict):
+        return {"ok": True, "job": jobs.pause(job_of(data).id).to_json()}
+
+    @socketio.on("resume")
+    @guarded
+    def resume(data: dict):
+        return {"ok": True, "job": jobs.resume(job_of(data).id).to_json()}
+
+    @socketio.on("disconnect")
+    def disconnect(*_args):
+        relay.drop(request.sid)

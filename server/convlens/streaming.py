@@ -1,0 +1,99 @@
+"""Per-viewer frame delivery with backpressure.
+
+Socket.IO's ``emit`` never blocks, so a job that sends every frame to a slow
+viewer builds an unbounded queue. Here each viewer has at most one frame in
+flight: it is sent the next one only after it acknowledges drawing the last
+(``frame_ack``), and meanwhile only the newest waiting frame is kept. A slow
+viewer gets fewer, newer frames; the job never waits for anyone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .encode import EncodedFrame
+
+SendFrame = Callable[[str, dict], None]
+"""``send(viewer_sid, frame_message)`` emits one ``frame`` event to one viewer."""
+
+ACK_TIMEOUT_S = 10.0
+"""A viewer that never acknowledges still gets a frame this often, so a lost ack cannot freeze it."""
+
+
+@dataclass
+class _Viewer:
+    fmt: str
+    in_flight_seq: int | None = None
+    sent_at: float = 0.0
+    waiting: EncodedFrame | None = None
+    sent: int = 0
+    skipped: int = 0
+
+
+class FrameRelay:
+    def __init__(self, send: SendFrame, clock: Callable[[], float] = time.monotonic) -> None:
+        self._send = send
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._viewers: dict[str, dict[str, _Viewer]] = {}
+
+    def subscribe(self, job_id: str, sid: str, fmt: str = "jpeg", latest: EncodedFrame | None = None) -> None:
+        with self._lock:
+            viewer = self._viewers.setdefault(job_id, {}).setdefault(sid, _Viewer(fmt))
+            viewer.fmt = fmt
+            viewer.in_flight_seq = None
+        if latest is not None:
+            self.publish(job_id, latest, only=sid)
+
+    def unsubscribe(self, job_id: str, sid: str) -> None:
+        with self._lock:
+            self._viewers.get(job_id, {}).pop(sid, None)
+
+    def drop(self, sid: str) -> None:
+        """Forget a disconnected viewer everywhere."""
+        with self._lock:
+            for viewers in self._viewers.values():
+                viewers.pop(sid, None)
+
+    def forget_job(self, job_id: str) -> None:
+        with self._lock:
+            self._viewers.pop(job_id, None)
+
+    def publish(self, job_id: str, frame: EncodedFrame, only: str | None = None) -> None:
+        to_send: list[tuple[str, str]] = []
+        now = self._clock()
+        with self._lock:
+            for sid, viewer in self._viewers.get(job_id, {}).items():
+                if only is not None and sid != only:
+                    continue
+                if viewer.in_flight_seq is None or now - viewer.sent_at > ACK_TIMEOUT_S:
+                    viewer.in_flight_seq = frame.seq
+                    viewer.sent_at = now
+                    viewer.sent += 1
+                    to_send.append((sid, viewer.fmt))
+                else:
+                    if viewer.waiting is not None:
+                        viewer.skipped += 1
+                    viewer.waiting = frame
+        for sid, fmt in to_send:
+            self._send(sid, frame.message(job_id, fmt))
+
+    def ack(self, job_id: str, sid: str, seq: int) -> None:
+        with self._lock:
+            viewer = self._viewers.get(job_id, {}).get(sid)
+            if viewer is None or viewer.in_flight_seq != seq:
+                return
+            viewer.in_flight_seq = None
+            frame, viewer.waiting = viewer.waiting, None
+        if frame is not None:
+            self.publish(job_id, frame, only=sid)
+
+    def stats(self, job_id: str) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {
+                sid: {"sent": v.sent, "skipped": v.skipped}
+                for sid, v in self._viewers.get(job_id, {}).items()
+            }

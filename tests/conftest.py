@@ -1,0 +1,98 @@
+"""Shared fixtures: the real default model files, an app, and a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS_DIR = REPO / "models"
+DEFAULT_MODEL = "efficientnet_lite0.onnx"
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The checkout's models/ with the default model written in all three formats (as `make run` does)."""
+    from convlens.models.default import ensure_default_models
+
+    ensure_default_models(MODELS_DIR, log=lambda message: print(message, file=sys.stderr))
+    return MODELS_DIR
+
+
+@pytest.fixture(scope="session")
+def app_config(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    from convlens.config import Config
+
+    return Config(models_dirs=[models_dir], data_dir=tmp_path_factory.mktemp("convlens-data"))
+
+
+@pytest.fixture(scope="session")
+def app(app_config):
+    from convlens.app import create_app
+
+    app = create_app(app_config)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def socket_client(app, client):
+    socketio = app.extensions["socketio"]
+    sio = socketio.test_client(app, flask_test_client=client)
+    yield sio
+    if sio.is_connected():
+        sio.disconnect()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``python -m convlens serve`` in a subprocess on a free port; yields its base URL."""
+    port = free_port()
+    data_dir = tmp_path_factory.mktemp("live-data")
+    log_path = data_dir / "server.log"
+    env = {**os.environ, "CONVLENS_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "convlens", "--models-dir", str(models_dir), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"convlens serve exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            if requests.get(f"{url}/api/models", timeout=30).ok:
+                break
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"convlens serve did not answer within 120 s:\n{log_path.read_text()}")
+        time.sleep(0.3)
+    yield url
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()

@@ -1,0 +1,199 @@
+"""The JSON API through Flask's test client, on the real default model."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import DEFAULT_MODEL
+
+
+def wait_for(client, job_id: str, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").get_json()
+        if job["state"] in ("done", "failed", "stopped"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+def test_models_lists_the_default_model_in_three_formats(client):
+    models = {m["id"]: m for m in client.get("/api/models").get_json()}
+    for model_id, fmt in [
+        ("efficientnet_lite0.onnx", "onnx"),
+        ("efficientnet_lite0.pt", "torchscript"),
+        ("efficientnet_lite0.pt2", "export"),
+    ]:
+        assert models[model_id]["format"] == fmt
+        assert models[model_id]["num_classes"] == 1000
+        assert models[model_id]["input_size"] == [224, 224]
+        assert set(models[model_id]["capabilities"]) == {"gradients", "layers"}
+
+
+def test_model_detail_has_layers_and_hash(client, models_dir):
+    detail = client.get(f"/api/models/{DEFAULT_MODEL}").get_json()
+    names = [layer["name"] for layer in detail["layers"]]
+    assert "_blocks.9" in names and "_conv_head" in names
+    assert detail["sha256"] == hashlib.sha256((models_dir / DEFAULT_MODEL).read_bytes()).hexdigest()
+    labels = client.get(f"/api/models/{DEFAULT_MODEL}/labels").get_json()
+    assert labels[285] == "Egyptian cat"
+
+
+def test_methods_carry_parameter_schemas(client):
+    methods = {m["name"]: m for m in client.get(f"/api/methods?model={DEFAULT_MODEL}").get_json()}
+    assert {"predict", "saliency", "deepdream"} <= set(methods)
+    deepdream = methods["deepdream"]
+    assert deepdream["unavailable"] is None
+    assert deepdream["plugin"] == "optimisation"
+    params = {p["name"]: p for p in deepdream["params"]}
+    assert params["layer"]["type"] == "layer"
+    assert params["steps"]["type"] == "int" and params["steps"]["minimum"] >= 1
+
+
+def test_sample_images_are_served_as_png(client):
+    images = {image["id"]: image for image in client.get("/api/images").get_json()}
+    assert "chelsea" in images
+    answer = client.get(images["chelsea"]["url"])
+    assert answer.mimetype == "image/png"
+    assert Image.open(io.BytesIO(answer.data)).size == (451, 300)
+
+
+def test_predict_job_finds_the_cat(client, models_dir):
+    answer = client.post("/api/jobs", json={"method": "predict", "model": DEFAULT_MODEL, "image": "chelsea"})
+    assert answer.status_code == 202, answer.get_json()
+    job = wait_for(client, answer.get_json()["id"])
+    assert job["state"] == "done", job["error"]
+    assert job["predictions"][0]["label"] == "Egyptian cat"
+    result = client.get(f"/api/jobs/{job['id']}/result").get_json()
+    assert result["model"]["sha256"] == hashlib.sha256((models_dir / DEFAULT_MODEL).read_bytes()).hexdigest()
+    assert result["method"] == "predict" and result["image"] == "chelsea"
+
+
+def test_saliency_job_writes_a_heatmap(client):
+    answer = client.post(
+        "/api/jobs", json={"method": "saliency", "model": "efficientnet_lite0.pt2", "image": "chelsea", "seed": 3}
+    )
+    job = wait_for(client, answer.get_json()["id"])
+    assert job["state"] == "done", job["error"]
+    assert job["result"]["seed"] == 3
+    for url in job["result"]["images"].values():
+        picture = client.get(url)
+        assert picture.status_code == 200
+        pixels = np.asarray(Image.open(io.BytesIO(picture.data)))
+        assert pixels.std() > 1.0, "a heatmap is not flat"
+
+
+def test_uploaded_image_can_be_used_by_a_job(client):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(buffer, "PNG")
+    answer = client.post("/api/images", data={"file": (io.BytesIO(buffer.getvalue()), "noise.png")})
+    assert answer.status_code == 201, answer.get_json()
+    upload = answer.get_json()
+    assert (upload["width"], upload["height"]) == (80, 64)
+    assert upload["id"] in {image["id"] for image in client.get("/api/images").get_json()}
+    job = client.post("/api/jobs", json={"method": "predict", "model": DEFAULT_MODEL, "image": upload["id"]})
+    assert wait_for(client, job.get_json()["id"])["state"] == "done"
+
+
+def test_stop_ends_a_running_job(client):
+    answer = client.post(
+        "/api/jobs",
+        json={"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"steps": 200, "octaves": 1}},
+    )
+    job_id = answer.get_json()["id"]
+    deadline = time.monotonic() + 60
+    while client.get(f"/api/jobs/{job_id}").get_json()["frames"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert client.post(f"/api/jobs/{job_id}/stop").status_code == 200
+    job = wait_for(client, job_id)
+    assert job["state"] == "stopped"
+    assert job["frames"] < 200
+    assert client.get(f"/api/jobs/{job_id}/frames/latest").mimetype == "image/jpeg"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"method": "predict", "model": "nope.onnx", "image": "chelsea"}, 404, "model"),
+        ({"method": "nope", "model": DEFAULT_MODEL, "image": "chelsea"}, 404, "method"),
+        ({"method": "predict", "model": DEFAULT_MODEL, "image": "nope"}, 404, "image"),
+        ({"method": "predict", "model": DEFAULT_MODEL}, 400, "image"),
+        ({"model": DEFAULT_MODEL, "image": "chelsea"}, 400, "method"),
+        ({"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"layer": "no_such"}}, 400, "params.layer"),
+        ({"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"steps": "ten"}}, 400, "params.steps"),
+        ({"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"steps": 0}}, 400, "params.steps"),
+        ({"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"steps": 10**9}}, 400, "params.steps"),
+        ({"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"lr": True}}, 400, "params.lr"),
+        ({"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"bogus": 1}}, 400, "params.bogus"),
+        ({"method": "saliency", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"target": 1000}}, 400, "params.target"),
+        ({"method": "predict", "model": DEFAULT_MODEL, "image": "chelsea", "seed": -1}, 400, "seed"),
+        ({"method": "predict", "model": DEFAULT_MODEL, "image": "chelsea", "params": [1]}, 400, "params"),
+        ([1, 2], 400, "body"),
+    ],
+)
+def test_bad_job_requests_name_the_field(client, body, status, field):
+    answer = client.post("/api/jobs", json=body)
+    assert answer.status_code == status
+    assert answer.get_json()["field"] == field
+    assert answer.get_json()["error"]
+
+
+def test_non_json_job_request_is_refused(client):
+    answer = client.post("/api/jobs", data="method=predict", content_type="text/plain")
+    assert answer.status_code == 400 and answer.get_json()["field"] == "body"
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 200, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "reason"),
+    [
+        (b"this is not an image at all", 400, "not an image"),
+        (png_bytes(300, 200)[:120], 400, "truncated"),
+        (b"", 400, "empty"),
+    ],
+)
+def test_bad_uploads_are_refused(client, payload, status, reason):
+    answer = client.post("/api/images", data={"file": (io.BytesIO(payload), "upload.png")})
+    assert answer.status_code == status
+    assert answer.get_json()["field"] == "file"
+    assert reason in answer.get_json()["error"]
+
+
+def test_decompression_bomb_is_refused(client):
+    # A 10000x10000 single-colour PNG is ~100 kB on disk and 300 MB in memory.
+    answer = client.post("/api/images", data={"file": (io.BytesIO(png_bytes(10_000, 10_000)), "bomb.png")})
+    assert answer.status_code == 413
+    assert answer.get_json()["field"] == "file"
+
+
+def test_upload_over_the_configured_cap_is_refused(models_dir, tmp_path):
+    from convlens.app import create_app
+    from convlens.config import Config
+
+    small = create_app(Config(models_dirs=[models_dir], data_dir=tmp_path, max_upload_bytes=50_000))
+    payload = np.random.default_rng(1).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(payload).save(buffer, "PNG")
+    answer = small.test_client().post("/api/images", data={"file": (io.BytesIO(buffer.getvalue()), "big.png")})
+    assert answer.status_code == 413
+    assert answer.get_json()["field"] == "file"
+
+
+def test_missing_file_field_and_unknown_endpoints(client):
+    assert client.post("/api/images", data={}).get_json()["field"] == "file"
+    answer = client.get("/api/nothing-here")
+    assert answer.status_code == 404 and answer.is_json
+    assert client.get("/api/jobs/doesnotexist").get_json()["field"] == "job"
+    assert client.get("/api/models").status_code == 200, "the server stays up after bad input"

@@ -1,0 +1,71 @@
+"""A real `convlens serve` on 127.0.0.1, driven by a real Socket.IO client over a websocket."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+import socketio
+
+from conftest import DEFAULT_MODEL
+
+
+class Viewer:
+    """A Socket.IO client that acknowledges each frame after ``delay`` seconds, like a slow browser."""
+
+    def __init__(self, url: str, job_id: str, delay: float) -> None:
+        self.frames: list[dict] = []
+        self.events: list[str] = []
+        self.finished = threading.Event()
+        self.client = socketio.Client()
+        self.client.on("frame", self.on_frame)
+        for name in ("job", "progress", "metrics"):
+            self.client.on(name, lambda data, name=name: self.events.append(name))
+        self.client.on("done", lambda data: self.finish("done"))
+        self.client.on("failed", lambda data: self.finish("failed"))
+        self.delay = delay
+        self.job_id = job_id
+        self.client.connect(url, transports=["websocket"])
+        assert self.client.call("subscribe", {"job": job_id}, timeout=30)["ok"]
+
+    def on_frame(self, data: dict) -> None:
+        self.frames.append(data)
+        time.sleep(self.delay)
+        self.client.emit("frame_ack", {"job": self.job_id, "seq": data["seq"]})
+
+    def finish(self, name: str) -> None:
+        self.events.append(name)
+        self.finished.set()
+
+
+def test_real_server_streams_to_fast_and_slow_viewers(live_server):
+    models = requests.get(f"{live_server}/api/models", timeout=30).json()
+    assert DEFAULT_MODEL in {m["id"] for m in models}
+    job = requests.post(
+        f"{live_server}/api/jobs",
+        json={"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"steps": 40, "octaves": 1}},
+        timeout=60,
+    ).json()
+    fast = Viewer(live_server, job["id"], delay=0.0)
+    slow = Viewer(live_server, job["id"], delay=1.0)
+    try:
+        assert fast.finished.wait(180) and slow.finished.wait(60)
+        state = requests.get(f"{live_server}/api/jobs/{job['id']}", timeout=30).json()
+        assert state["state"] == "done" and state["frames"] == 40
+        assert "failed" not in fast.events + slow.events
+        assert len(slow.frames) < len(fast.frames), "a slow viewer gets fewer frames"
+        seqs = [frame["seq"] for frame in slow.frames]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), "frames arrive newest-first, never repeated"
+        assert all(frame["data"][:2] == b"\xff\xd8" for frame in fast.frames), "frames are JPEG bytes"
+    finally:
+        fast.client.disconnect()
+        slow.client.disconnect()
+
+
+def test_real_server_answers_bad_input_and_stays_up(live_server):
+    answer = requests.post(f"{live_server}/api/jobs", json={"method": "deepdream", "model": "nope"}, timeout=30)
+    assert answer.status_code == 404 and answer.json()["field"] == "model"
+    answer = requests.post(f"{live_server}/api/images", files={"file": ("x.png", b"GIF89a-broken")}, timeout=30)
+    assert answer.status_code == 400 and answer.json()["field"] == "file"
+    assert requests.get(f"{live_server}/api/methods", timeout=30).ok

@@ -1,0 +1,76 @@
+"""Per-viewer backpressure in the frame relay: one frame in flight, newest kept, nobody waits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convlens.encode import EncodedFrame
+from convlens.streaming import ACK_TIMEOUT_S, FrameRelay
+
+
+def frame(seq: int) -> EncodedFrame:
+    return EncodedFrame(seq, seq, "main", np.full((8, 8, 3), seq, dtype=np.uint8))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_relay():
+    sent: list[tuple[str, int]] = []
+    clock = Clock()
+    relay = FrameRelay(lambda sid, message: sent.append((sid, message["seq"])), clock=clock)
+    return relay, sent, clock
+
+
+def test_a_viewer_that_does_not_ack_gets_only_the_newest_frame_next():
+    relay, sent, _ = make_relay()
+    relay.subscribe("job", "slow")
+    for seq in range(10):
+        relay.publish("job", frame(seq))
+    assert sent == [("slow", 0)]
+    relay.ack("job", "slow", 0)
+    assert sent == [("slow", 0), ("slow", 9)]
+    assert relay.stats("job")["slow"] == {"sent": 2, "skipped": 8}
+
+
+def test_a_fast_viewer_is_not_held_back_by_a_slow_one():
+    relay, sent, _ = make_relay()
+    relay.subscribe("job", "fast")
+    relay.subscribe("job", "slow")
+    for seq in range(5):
+        relay.publish("job", frame(seq))
+        relay.ack("job", "fast", seq)
+    assert [seq for sid, seq in sent if sid == "fast"] == [0, 1, 2, 3, 4]
+    assert [seq for sid, seq in sent if sid == "slow"] == [0]
+
+
+def test_a_stale_ack_does_not_release_the_viewer():
+    relay, sent, _ = make_relay()
+    relay.subscribe("job", "v")
+    relay.publish("job", frame(0))
+    relay.publish("job", frame(1))
+    relay.ack("job", "v", 7)
+    assert sent == [("v", 0)]
+
+
+def test_a_lost_ack_does_not_freeze_a_viewer_forever():
+    relay, sent, clock = make_relay()
+    relay.subscribe("job", "v")
+    relay.publish("job", frame(0))
+    clock.now += ACK_TIMEOUT_S + 1
+    relay.publish("job", frame(1))
+    assert sent == [("v", 0), ("v", 1)]
+
+
+def test_subscribing_sends_the_latest_frame_and_disconnect_forgets_the_viewer():
+    relay, sent, _ = make_relay()
+    relay.subscribe("job", "late", latest=frame(41))
+    assert sent == [("late", 41)]
+    relay.drop("late")
+    relay.publish("job", frame(42))
+    assert sent == [("late", 41)]
