@@ -39,7 +39,7 @@ def test_models_lists_the_default_model_in_three_formats(client):
 def test_model_detail_has_layers_and_hash(client, models_dir):
     detail = client.get(f"/api/models/{DEFAULT_MODEL}").get_json()
     names = [layer["name"] for layer in detail["layers"]]
-    assert "_blocks.9" in names and "_conv_head" in names
+    assert "_blocks.9" in names and "_head_act" in names
     assert detail["sha256"] == hashlib.sha256((models_dir / DEFAULT_MODEL).read_bytes()).hexdigest()
     labels = client.get(f"/api/models/{DEFAULT_MODEL}/labels").get_json()
     assert labels[285] == "Egyptian cat"
@@ -197,3 +197,20 @@ def test_missing_file_field_and_unknown_endpoints(client):
     assert answer.status_code == 404 and answer.is_json
     assert client.get("/api/jobs/doesnotexist").get_json()["field"] == "job"
     assert client.get("/api/models").status_code == 200, "the server stays up after bad input"
+
+
+def test_a_broken_model_file_is_listed_with_its_error(models_dir, tmp_path):
+    from convlens.app import create_app
+    from convlens.config import Config
+
+    mixed = tmp_path / "models"
+    mixed.mkdir()
+    (mixed / "broken.onnx").write_bytes(b"not a model")
+    for name in ("efficientnet_lite0.onnx", "efficientnet_lite0.json", "imagenet_classes.txt"):
+        (mixed / name).symlink_to(models_dir / name)
+    app = create_app(Config(models_dirs=[mixed], data_dir=tmp_path / "data", ensure_default_model=False))
+    listing = {m["id"]: m for m in app.test_client().get("/api/models").get_json()}
+    assert listing["broken.onnx"]["error"]
+    assert listing["efficientnet_lite0.onnx"]["num_classes"] == 1000
+    answer = app.test_client().post("/api/jobs", json={"method": "predict", "model": "broken.onnx", "image": "chelsea"})
+    assert answer.status_code == 400 and answer.get_json()["field"] == "model"

@@ -43,8 +43,15 @@ def unexpected(error: Exception):
 
 @blueprint.get("/models")
 def list_models():
+    """Every model file; one that fails to load is listed with its ``error`` rather than hiding the rest."""
     store = services().models
-    return jsonify([store.get(model_id).to_json() for model_id in store.ids()])
+    listing = []
+    for model_id in store.ids():
+        try:
+            listing.append(store.get(model_id).to_json())
+        except BadInput as error:
+            listing.append({"id": model_id, "title": model_id, "error": error.reason})
+    return jsonify(listing)
 
 
 @blueprint.get("/models/<path:model_id>/labels")
