@@ -1,1 +1,13 @@
-"""Built-in topic plugin: attribution."""
+"""Built-in topic "Which pixels matter": attribution maps over the input image."""
+
+from __future__ import annotations
+
+from convlens import hookimpl
+from convlens.methods import Method
+
+from .saliency import SALIENCY
+
+
+@hookimpl
+def register_methods() -> list[Method]:
+    return [SALIENCY]

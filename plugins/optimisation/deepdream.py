@@ -1,0 +1,196 @@
+"""DeepDream: change the image so a layer's activations grow, and watch patterns it half-sees come out.
+
+Mordvintsev, Olah & Tyka, "Inceptionism: Going Deeper into Neural Networks", Google Research blog, 2015,
+and their ``deepdream`` notebook. Gradient ascent on the image to raise the mean square of a layer's
+activations (or one channel's), each step's gradient divided by its mean absolute value; the image is
+rolled by a random offset before each step (jitter) and processed in octaves, from the smallest scale
+up, carrying the detail added at one scale into the next. Whatever the layer faintly detects is
+amplified, so it is detected more strongly at the next step: the feedback loop that turns clouds into
+dogs, shown frame by frame.
+
+Differences from the notebook: pixels live in [0, 1] (the model normalises inside) and are clipped there
+after each step, so ``lr`` is a fraction of the full range, not the notebook's 1.5 out of 255. The
+starting image is scaled so its long side is at most twice the model's input size, to keep it cheap on a
+CPU. A model that takes only its own input size sees every octave resized to it; the gradient flows back
+through that resize to the octave's pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from convlens.errors import BadInput
+from convlens.events import Event, Frame, Log, Metrics, Progress, Result
+from convlens.images import to_image, to_tensor
+from convlens.methods import Method, RunContext
+from convlens.params import Float, Int, Layer
+
+if TYPE_CHECKING:
+    from convlens.models.base import Model
+
+REFERENCE = (
+    "Mordvintsev, Olah, Tyka 2015, Inceptionism: Going Deeper into Neural Networks (Google Research blog)"
+)
+MAX_FRAME_SIDE = 512
+MIN_OCTAVE_SIDE = 32
+
+
+def fit_within(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """``size`` (h, w) scaled down, keeping its aspect, so neither side exceeds ``longest``."""
+    height, width = size
+    factor = min(1.0, longest / max(height, width))
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def octave_sizes(size: tuple[int, int], octaves: int, scale: float) -> list[tuple[int, int]]:
+    """The (h, w) of each octave, smallest first, the last being ``size``; no side below 32 px."""
+    height, width = size
+    sizes = []
+    for level in reversed(range(octaves)):
+        factor = scale**-level
+        sizes.append(
+            (max(MIN_OCTAVE_SIDE, round(height * factor)), max(MIN_OCTAVE_SIDE, round(width * factor)))
+        )
+    return sizes
+
+
+def resized(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def layer_objective(
+    model: Model, images: torch.Tensor, layer: str, channel: int | None, input_size: tuple[int, int] | None
+) -> torch.Tensor:
+    """Mean square of ``layer``'s activations (of ``channel`` only, when given) for ``images``."""
+    inputs = images if input_size is None else resized(images, input_size)
+    activations = model.forward(inputs, [layer]).activations
+    if layer not in activations:
+        raise BadInput("params.layer", f"layer {layer!r} of model {model.id!r} gives no tensor to maximise")
+    activation = activations[layer]
+    if channel is not None:
+        activation = activation[:, channel]
+    return activation.float().pow(2).mean()
+
+
+def ascent_step(
+    model: Model,
+    dream: torch.Tensor,
+    layer: str,
+    channel: int | None,
+    lr: float,
+    shift: tuple[int, int],
+    input_size: tuple[int, int] | None,
+) -> tuple[torch.Tensor, float]:
+    """One normalised gradient-ascent step on ``dream`` rolled by ``shift``; the new image and the objective before it."""
+    rolled = torch.roll(dream, shifts=shift, dims=(2, 3)).requires_grad_(True)
+    objective = layer_objective(model, rolled, layer, channel, input_size)
+    value = float(objective.detach())
+    if not np.isfinite(value):
+        raise RuntimeError(
+            f"deepdream: the objective on layer {layer!r} became {value}; the model's activations are not finite"
+            " (try a smaller lr or another layer)"
+        )
+    (gradient,) = torch.autograd.grad(objective, rolled)
+    gradient = gradient / (gradient.abs().mean() + 1e-8)
+    stepped = (rolled.detach() + lr * gradient).clamp_(0.0, 1.0)
+    return torch.roll(stepped, shifts=(-shift[0], -shift[1]), dims=(2, 3)), value
+
+
+def run_deepdream(ctx: RunContext) -> Iterator[Event]:
+    model, params = ctx.model, ctx.params
+    layer = params["layer"] or model.suggest_layer()
+    if layer is None:
+        raise BadInput("params.layer", f"model {model.id!r} has no spatial layer to suggest; choose one")
+    channel = params["channel"]
+    if channel is not None:
+        channels = model.layer(layer).shape[0]
+        if channel >= channels:
+            raise BadInput("params.channel", f"layer {layer!r} has {channels} channels; got {channel}")
+    steps, lr, jitter = params["steps"], params["lr"], params["jitter"]
+    input_size = None if model.card.extra.get("dynamic_size") else tuple(model.input_size)
+
+    start = ctx.image.shape[:2]
+    base = to_tensor(ctx.image, fit_within(start, 2 * max(model.input_size)))
+    display_size = fit_within(tuple(base.shape[-2:]), MAX_FRAME_SIDE)
+    sizes = octave_sizes(tuple(base.shape[-2:]), params["octaves"], params["octave_scale"])
+    total = steps * len(sizes)
+    yield Log(
+        f"deepdream on {layer!r}"
+        + (f" channel {channel}" if channel is not None else "")
+        + f", octaves {sizes}"
+    )
+
+    detail = torch.zeros(1, 3, *sizes[0])
+    step = 0
+    for size in sizes:
+        octave_base = resized(base, size)
+        dream = (octave_base + resized(detail, size)).clamp(0.0, 1.0)
+        for _ in range(steps):
+            shift = tuple(int(s) for s in ctx.rng.integers(-jitter, jitter + 1, size=2)) if jitter else (0, 0)
+            dream, objective = ascent_step(model, dream, layer, channel, lr, shift, input_size)
+            step += 1
+            yield Frame(to_image(resized(dream, display_size)), step=step, label="dream")
+            yield Metrics({"objective": objective}, step=step)
+            yield Progress(step, total)
+        detail = dream - octave_base
+
+    with torch.no_grad():
+        final = layer_objective(model, dream, layer, channel, input_size)
+    yield Result(
+        images={"dream": to_image(dream)},
+        data={
+            "layer": layer,
+            "channel": channel,
+            "octave_sizes": [list(s) for s in sizes],
+            "objective": float(final.detach()),
+        },
+    )
+
+
+DEEPDREAM = Method(
+    name="deepdream",
+    title="DeepDream",
+    topic="What a unit wants to see",
+    run=run_deepdream,
+    params=(
+        Layer("layer", help="The layer whose activations grow; empty: the model's suggested layer."),
+        Int(
+            "channel",
+            None,
+            nullable=True,
+            minimum=0,
+            help="Only this channel of the layer; empty: all of them.",
+        ),
+        Int("octaves", 3, minimum=1, maximum=8, help="Scales processed, from the smallest up."),
+        Float(
+            "octave_scale", 1.4, minimum=1.1, maximum=2.0, title="Octave scale", help="Size ratio of octaves."
+        ),
+        Int("steps", 10, minimum=1, maximum=500, help="Gradient-ascent steps per octave."),
+        Float(
+            "lr",
+            0.05,
+            minimum=1e-4,
+            maximum=1.0,
+            title="Step size",
+            help="Pixel change per step, in [0, 1] units.",
+        ),
+        Int(
+            "jitter",
+            16,
+            minimum=0,
+            maximum=64,
+            help="Largest random shift of the image before each step, in px.",
+        ),
+    ),
+    needs=frozenset({"gradients", "layers"}),
+    description="Gradient ascent on the image to amplify whatever a layer (or one channel) responds to, in octaves "
+    "with jitter: faint patterns become vivid ones as you watch.",
+    reference=REFERENCE,
+)

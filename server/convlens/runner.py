@@ -1,0 +1,82 @@
+"""How a method is run, in one place for the job runner, the CLI and the test fixtures.
+
+``prepare_run`` checks that the method can run on the model, validates the raw
+parameters against the model and builds the :class:`RunContext`; ``iterate`` seeds
+the random generators and yields the method's events. The server may stop between
+two events by closing the iterator, which closes the method's generator too.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import BadInput
+from .events import Frame, Log, Metrics, Progress, Result
+from .methods import Method, RunContext
+from .params import validate
+
+if TYPE_CHECKING:
+    from .events import Event
+    from .models.base import Model
+
+EVENT_TYPES = (Frame, Progress, Metrics, Log, Result)
+
+
+def check_available(method: Method, model: Model) -> None:
+    """``BadInput("model", why)`` with status 422 when ``model`` lacks what ``method`` needs."""
+    reason = method.unavailable_reason(model)
+    if reason:
+        raise BadInput("model", f"{method.name}: {reason}", status=422)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators.
+
+    For methods that draw from the globals; with several jobs in one process only the context's own
+    ``ctx.rng`` and ``ctx.generator`` make a run reproducible.
+    """
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare_run(
+    method: Method, model: Model, image: np.ndarray, raw_params: Mapping[str, Any] | None, seed: int = 0
+) -> RunContext:
+    """The context ``method.run`` receives: parameters validated against ``model``, ``image`` as float32 in [0, 1].
+
+    Raises :class:`BadInput` naming the model (status 422) or ``params.<name>``. Also seeds the
+    global generators; :func:`iterate` seeds them again just before the method starts, since a
+    job may wait between the two.
+    """
+    from .images import to_float
+
+    check_available(method, model)
+    params = validate(method.params, raw_params, model)
+    seed_everything(seed)
+    return RunContext(model=model, image=to_float(image), params=params, seed=seed)
+
+
+def iterate(method: Method, ctx: RunContext) -> Iterator[Event]:
+    """The events of ``method.run(ctx)``, after seeding; a non-event yielded is a ``TypeError`` naming the method."""
+    check_available(method, ctx.model)
+    seed_everything(ctx.seed)
+    events = method.run(ctx)
+    try:
+        for event in events:
+            if not isinstance(event, EVENT_TYPES):
+                raise TypeError(
+                    f"method {method.name!r} yielded {type(event).__name__}, not a convlens event"
+                )
+            yield event
+    finally:
+        # Stopping a job closes this iterator; close the method's generator now, not at garbage collection.
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,114 @@
+"""DeepDream raises its objective, streams one frame per step, and is reproducible from its seed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from convlens.errors import BadInput
+from convlens.events import Frame, Metrics, Progress, Result
+from convlens.images import to_tensor
+from convlens.testing import make_tiny_model
+from convlens_plugins.optimisation.deepdream import fit_within, octave_sizes
+
+
+def of_type(events, kind):
+    return [e for e in events if isinstance(e, kind)]
+
+
+def objectives(events):
+    return [m.values["objective"] for m in of_type(events, Metrics)]
+
+
+def start_image(model, image):
+    """The picture deepdream starts from: long side at most twice the model's input size."""
+    return to_tensor(image, fit_within(image.shape[:2], 2 * max(model.input_size)))
+
+
+def test_objective_rises_over_the_steps(convlens_run, tiny_model, sample_image):
+    events = convlens_run("deepdream", tiny_model, sample_image, octaves=1, steps=8, jitter=0)
+    values = objectives(events)
+    assert len(values) == 8
+    assert values[-1] > 2 * values[0]
+    assert events[-1].data["objective"] > values[-1]
+
+
+def test_objective_is_the_mean_square_of_the_layer_at_the_first_step(convlens_run, tiny_model, sample_image):
+    events = convlens_run("deepdream", tiny_model, sample_image, layer="relu2", octaves=1, steps=1, jitter=0)
+    with torch.no_grad():
+        act = tiny_model.forward(start_image(tiny_model, sample_image), ["relu2"]).activations["relu2"]
+    assert objectives(events)[0] == pytest.approx(float(act.pow(2).mean()), rel=1e-5)
+    assert events[-1].data["layer"] == "relu2"
+
+
+def test_one_frame_metrics_and_progress_per_step_of_every_octave(convlens_run, tiny_model, sample_image):
+    events = convlens_run("deepdream", tiny_model, sample_image, octaves=4, steps=3, octave_scale=1.3)
+    frames = of_type(events, Frame)
+    assert len(frames) == len(of_type(events, Metrics)) == 12
+    assert [(p.step, p.total) for p in of_type(events, Progress)] == [(s, 12) for s in range(1, 13)]
+    start = start_image(tiny_model, sample_image).shape[-2:]
+    assert {f.image.shape for f in frames} == {(*start, 3)}
+    result = events[-1]
+    assert isinstance(result, Result)
+    assert result.images["dream"].shape == (*start, 3)
+    assert np.array_equal(result.images["dream"], frames[-1].image)
+    assert [tuple(s) for s in result.data["octave_sizes"]] == octave_sizes(tuple(start), 4, 1.3)
+
+
+def test_same_seed_same_frames_other_seed_other_jitter(convlens_run, tiny_model, sample_image):
+    params = dict(octaves=2, steps=3, jitter=8)
+    first = of_type(convlens_run("deepdream", tiny_model, sample_image, seed=7, **params), Frame)
+    again = of_type(convlens_run("deepdream", tiny_model, sample_image, seed=7, **params), Frame)
+    other = of_type(convlens_run("deepdream", tiny_model, sample_image, seed=8, **params), Frame)
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[-1].image, other[-1].image)
+
+
+def test_channel_param_dreams_on_that_channel_only(convlens_run, tiny_model, sample_image):
+    events = convlens_run(
+        "deepdream", tiny_model, sample_image, layer="conv3", channel=5, octaves=1, steps=4, jitter=0
+    )
+    with torch.no_grad():
+        act = tiny_model.forward(start_image(tiny_model, sample_image), ["conv3"]).activations["conv3"]
+    values = objectives(events)
+    assert values[0] == pytest.approx(float(act[:, 5].pow(2).mean()), rel=1e-5)
+    assert values[-1] > values[0]
+    whole_layer = convlens_run(
+        "deepdream", tiny_model, sample_image, layer="conv3", octaves=1, steps=4, jitter=0
+    )
+    assert not np.allclose(events[-1].images["dream"], whole_layer[-1].images["dream"])
+    assert events[-1].data["channel"] == 5
+
+
+def test_channel_beyond_the_layer_is_refused(convlens_run, tiny_model, sample_image):
+    with pytest.raises(BadInput) as error:
+        convlens_run("deepdream", tiny_model, sample_image, layer="conv1", channel=8)
+    assert error.value.field == "params.channel"
+
+
+def test_non_finite_objective_stops_with_a_clear_error(convlens_run, sample_image):
+    model = make_tiny_model()
+    with torch.no_grad():
+        model.module.conv2.weight[0, 0, 0, 0] = math.nan
+    with pytest.raises(RuntimeError, match="objective on layer 'conv3' became nan"):
+        convlens_run("deepdream", model, sample_image, layer="conv3", steps=2)
+
+
+def test_fixed_size_model_sees_every_octave_at_its_input_size(convlens_run, sample_image):
+    model = make_tiny_model(dynamic_size=False)
+    seen = []
+    model.module.conv1.register_forward_pre_hook(lambda _m, inputs: seen.append(tuple(inputs[0].shape[-2:])))
+    events = convlens_run("deepdream", model, sample_image, octaves=3, steps=2)
+    assert set(seen) == {model.input_size}
+    assert len(of_type(events, Frame)) == 6
+    assert objectives(events)[-1] > objectives(events)[0]
+
+
+def test_sizes_stay_sensible():
+    assert fit_within((300, 451), 128) == (85, 128)
+    assert fit_within((100, 50), 512) == (100, 50)
+    assert octave_sizes((85, 128), 3, 1.4) == [(43, 65), (61, 91), (85, 128)]
+    assert octave_sizes((40, 40), 4, 2.0)[0] == (32, 32)

@@ -1,0 +1,87 @@
+"""One way to run a method (server, CLI and fixtures alike): validate, seed, then stream its events."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from convlens.errors import BadInput
+from convlens.events import Log, Progress, Result
+from convlens.methods import Method
+from convlens.params import Int, Layer
+from convlens.runner import iterate, prepare_run
+from convlens.testing import make_tiny_model
+
+
+def draws(ctx):
+    yield Result(
+        data={
+            "torch": torch.rand(3).tolist(),
+            "numpy": np.random.rand(3).tolist(),
+            "rng": ctx.rng.random(3).tolist(),
+        }
+    )
+
+
+DRAWS = Method("draws", "Draws", "test", draws, params=(Int("n", 1, minimum=1, maximum=3), Layer()))
+
+
+def test_prepare_run_validates_params_against_the_model(tiny_model):
+    ctx = prepare_run(DRAWS, tiny_model, np.zeros((5, 6, 3), np.uint8), {"layer": "conv2"}, seed=3)
+    assert ctx.params == {"n": 1, "layer": "conv2"}
+    assert ctx.image.dtype == np.float32 and ctx.image.shape == (5, 6, 3) and ctx.seed == 3
+    with pytest.raises(BadInput) as error:
+        prepare_run(DRAWS, tiny_model, np.zeros((5, 6, 3)), {"layer": "conv9"})
+    assert error.value.field == "params.layer"
+
+
+def test_a_method_the_model_cannot_serve_is_refused_with_422():
+    class NoGradients(type(make_tiny_model())):
+        @property
+        def capabilities(self):
+            return frozenset({"layers"})
+
+    tiny = make_tiny_model()
+    model = NoGradients("frozen", tiny.module, tiny.card)
+    method = Method("needs_grad", "t", "test", draws, needs=frozenset({"gradients"}))
+    with pytest.raises(BadInput) as error:
+        prepare_run(method, model, np.zeros((4, 4, 3)), {})
+    assert (error.value.field, error.value.status) == ("model", 422)
+    assert "gradients" in error.value.reason
+
+
+def test_runs_are_reproducible_from_the_seed_even_if_generators_move_in_between(tiny_model):
+    image = np.zeros((4, 4, 3))
+    first = list(iterate(DRAWS, prepare_run(DRAWS, tiny_model, image, {}, seed=11)))[-1].data
+    ctx = prepare_run(DRAWS, tiny_model, image, {}, seed=11)
+    torch.rand(5), np.random.rand(5)  # another job ran in between
+    second = list(iterate(DRAWS, ctx))[-1].data
+    other = list(iterate(DRAWS, prepare_run(DRAWS, tiny_model, image, {}, seed=12)))[-1].data
+    assert first == second
+    assert all(first[key] != other[key] for key in first)
+
+
+def test_stopping_closes_the_method_generator_at_once(tiny_model):
+    closed = []
+
+    def endless(ctx):
+        try:
+            step = 0
+            while True:
+                step += 1
+                yield Progress(step, 0)
+        finally:
+            closed.append(step)
+
+    method = Method("endless", "t", "test", endless)
+    events = iterate(method, prepare_run(method, tiny_model, np.zeros((4, 4, 3)), {}))
+    assert next(events).step == 1 and next(events).step == 2
+    events.close()
+    assert closed == [2]
+
+
+def test_yielding_something_not_an_event_names_the_method(tiny_model):
+    method = Method("chatty", "t", "test", lambda ctx: iter([Log("fine"), "not an event"]))
+    with pytest.raises(TypeError, match="'chatty' yielded str"):
+        list(iterate(method, prepare_run(method, tiny_model, np.zeros((4, 4, 3)), {})))
