@@ -16,7 +16,7 @@ HOOKS = sorted(name for name in dir(hookspecs) if hasattr(getattr(hookspecs, nam
 def writing_a_plugin_section(path: Path) -> str:
     """The text under the "Writing a plugin" heading of ``path``, up to the next heading of its level or above."""
     assert path.is_file(), (
-        f"{path} is missing; it must include the 'Writing a plugin' guide (docs/plugins.md)"
+        f"{path} is missing; it must include the 'Writing a plugin' guide"
     )
     text = path.read_text(encoding="utf-8")
     start = re.search(r"^(#+) Writing a plugin\s*$", text, re.M)
@@ -38,16 +38,11 @@ def test_every_hook_is_documented_in_the_readme(hook):
     )
 
 
-@pytest.mark.parametrize("hook", HOOKS)
-def test_every_hook_is_documented_in_the_plugin_guide(hook):
-    section = writing_a_plugin_section(ROOT / "docs" / "plugins.md")
-    assert re.search(rf"^### {hook}\s*$", section, re.M)
-
-
 def test_the_guides_example_plugin_runs_with_the_testing_fixtures(convlens_run, tiny_model, sample_image):
-    code = re.search(r"```python\n(.*?)```", (ROOT / "docs" / "plugins.md").read_text(), re.S).group(1)
+    guide = writing_a_plugin_section(ROOT / "README.md")
+    code = re.search(r"```python\n(.*?)```", guide, re.S).group(1)
     namespace: dict = {}
-    exec(compile(code, "docs/plugins.md", "exec"), namespace)
+    exec(compile(code, "README.md", "exec"), namespace)
     (method,) = namespace["register_methods"]()
     events = convlens_run(method, tiny_model, sample_image, layer="conv2", k=3)
     assert len(events[-1].data["channels"]) == 3
