@@ -71,7 +71,18 @@ def live_server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     env = {**os.environ, "CONVLENS_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "convlens", "--models-dir", str(models_dir), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "convlens",
+                "--models-dir",
+                str(models_dir),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -77,7 +77,8 @@ def test_predict_job_finds_the_cat(client, models_dir):
 
 def test_saliency_job_writes_a_heatmap(client):
     answer = client.post(
-        "/api/jobs", json={"method": "saliency", "model": "efficientnet_lite0.pt2", "image": "chelsea", "seed": 3}
+        "/api/jobs",
+        json={"method": "saliency", "model": "efficientnet_lite0.pt2", "image": "chelsea", "seed": 3},
     )
     job = wait_for(client, answer.get_json()["id"])
     assert job["state"] == "done", job["error"]
@@ -91,7 +92,9 @@ def test_saliency_job_writes_a_heatmap(client):
 
 def test_uploaded_image_can_be_used_by_a_job(client):
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(buffer, "PNG")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(
+        buffer, "PNG"
+    )
     answer = client.post("/api/images", data={"file": (io.BytesIO(buffer.getvalue()), "noise.png")})
     assert answer.status_code == 201, answer.get_json()
     upload = answer.get_json()
@@ -104,7 +107,12 @@ def test_uploaded_image_can_be_used_by_a_job(client):
 def test_stop_ends_a_running_job(client):
     answer = client.post(
         "/api/jobs",
-        json={"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"steps": 200, "octaves": 1}},
+        json={
+            "method": "deepdream",
+            "model": DEFAULT_MODEL,
+            "image": "chelsea",
+            "params": {"steps": 200, "octaves": 1},
+        },
     )
     job_id = answer.get_json()["id"]
     deadline = time.monotonic() + 60
@@ -126,13 +134,46 @@ def test_stop_ends_a_running_job(client):
         ({"method": "predict", "model": DEFAULT_MODEL, "image": "nope"}, 404, "image"),
         ({"method": "predict", "model": DEFAULT_MODEL}, 400, "image"),
         ({"model": DEFAULT_MODEL, "image": "chelsea"}, 400, "method"),
-        ({"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"layer": "no_such"}}, 400, "params.layer"),
-        ({"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"steps": "ten"}}, 400, "params.steps"),
-        ({"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"steps": 0}}, 400, "params.steps"),
-        ({"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"steps": 10**9}}, 400, "params.steps"),
-        ({"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"lr": True}}, 400, "params.lr"),
-        ({"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"bogus": 1}}, 400, "params.bogus"),
-        ({"method": "saliency", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"target": 1000}}, 400, "params.target"),
+        (
+            {
+                "method": "deepdream",
+                "model": DEFAULT_MODEL,
+                "image": "chelsea",
+                "params": {"layer": "no_such"},
+            },
+            400,
+            "params.layer",
+        ),
+        (
+            {"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"steps": "ten"}},
+            400,
+            "params.steps",
+        ),
+        (
+            {"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"steps": 0}},
+            400,
+            "params.steps",
+        ),
+        (
+            {"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"steps": 10**9}},
+            400,
+            "params.steps",
+        ),
+        (
+            {"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"lr": True}},
+            400,
+            "params.lr",
+        ),
+        (
+            {"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"bogus": 1}},
+            400,
+            "params.bogus",
+        ),
+        (
+            {"method": "saliency", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"target": 1000}},
+            400,
+            "params.target",
+        ),
         ({"method": "predict", "model": DEFAULT_MODEL, "image": "chelsea", "seed": -1}, 400, "seed"),
         ({"method": "predict", "model": DEFAULT_MODEL, "image": "chelsea", "params": [1]}, 400, "params"),
         ([1, 2], 400, "body"),
@@ -186,7 +227,9 @@ def test_upload_over_the_configured_cap_is_refused(models_dir, tmp_path):
     payload = np.random.default_rng(1).integers(0, 255, (200, 200, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(payload).save(buffer, "PNG")
-    answer = small.test_client().post("/api/images", data={"file": (io.BytesIO(buffer.getvalue()), "big.png")})
+    answer = small.test_client().post(
+        "/api/images", data={"file": (io.BytesIO(buffer.getvalue()), "big.png")}
+    )
     assert answer.status_code == 413
     assert answer.get_json()["field"] == "file"
 
@@ -212,5 +255,7 @@ def test_a_broken_model_file_is_listed_with_its_error(models_dir, tmp_path):
     listing = {m["id"]: m for m in app.test_client().get("/api/models").get_json()}
     assert listing["broken.onnx"]["error"]
     assert listing["efficientnet_lite0.onnx"]["num_classes"] == 1000
-    answer = app.test_client().post("/api/jobs", json={"method": "predict", "model": "broken.onnx", "image": "chelsea"})
+    answer = app.test_client().post(
+        "/api/jobs", json={"method": "predict", "model": "broken.onnx", "image": "chelsea"}
+    )
     assert answer.status_code == 400 and answer.get_json()["field"] == "model"

@@ -63,7 +63,9 @@ def test_run_saliency_on_an_image_file(models_dir, tmp_path):
     from skimage import data
 
     Image.fromarray(data.chelsea()).save(picture)
-    answer = convlens("run", "saliency", "--image", str(picture), "--out", str(tmp_path / "s"), models_dir=models_dir)
+    answer = convlens(
+        "run", "saliency", "--image", str(picture), "--out", str(tmp_path / "s"), models_dir=models_dir
+    )
     assert answer.returncode == 0, answer.stderr
     result = json.loads((tmp_path / "s" / "result.json").read_text())
     assert result["model"]["id"] == "efficientnet_lite0.onnx"

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from convlens.models.default import DEFAULT_MODEL_STEM, default_model_files, ensure_default_models
 from convlens.models.efficientnet_lite import build_efficientnet_lite0
-from PIL import Image
 
 # Writing and loading the three files takes a minute or more of wall time on two shared cores.
 pytestmark = pytest.mark.slow

@@ -15,9 +15,7 @@ HOOKS = sorted(name for name in dir(hookspecs) if hasattr(getattr(hookspecs, nam
 
 def writing_a_plugin_section(path: Path) -> str:
     """The text under the "Writing a plugin" heading of ``path``, up to the next heading of its level or above."""
-    assert path.is_file(), (
-        f"{path} is missing; it must include the 'Writing a plugin' guide"
-    )
+    assert path.is_file(), f"{path} is missing; it must include the 'Writing a plugin' guide"
     text = path.read_text(encoding="utf-8")
     start = re.search(r"^(#+) Writing a plugin\s*$", text, re.M)
     assert start, f'{path.name} has no "Writing a plugin" heading'

@@ -44,7 +44,12 @@ def test_real_server_streams_to_fast_and_slow_viewers(live_server):
     assert DEFAULT_MODEL in {m["id"] for m in models}
     job = requests.post(
         f"{live_server}/api/jobs",
-        json={"method": "deepdream", "model": DEFAULT_MODEL, "image": "chelsea", "params": {"steps": 40, "octaves": 1}},
+        json={
+            "method": "deepdream",
+            "model": DEFAULT_MODEL,
+            "image": "chelsea",
+            "params": {"steps": 40, "octaves": 1},
+        },
         timeout=60,
     ).json()
     fast = Viewer(live_server, job["id"], delay=0.0)
@@ -56,7 +61,9 @@ def test_real_server_streams_to_fast_and_slow_viewers(live_server):
         assert "failed" not in fast.events + slow.events
         assert len(slow.frames) < len(fast.frames), "a slow viewer gets fewer frames"
         seqs = [frame["seq"] for frame in slow.frames]
-        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), "frames arrive newest-first, never repeated"
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), (
+            "frames arrive newest-first, never repeated"
+        )
         assert all(frame["data"][:2] == b"\xff\xd8" for frame in fast.frames), "frames are JPEG bytes"
     finally:
         fast.client.disconnect()
@@ -64,8 +71,12 @@ def test_real_server_streams_to_fast_and_slow_viewers(live_server):
 
 
 def test_real_server_answers_bad_input_and_stays_up(live_server):
-    answer = requests.post(f"{live_server}/api/jobs", json={"method": "deepdream", "model": "nope"}, timeout=30)
+    answer = requests.post(
+        f"{live_server}/api/jobs", json={"method": "deepdream", "model": "nope"}, timeout=30
+    )
     assert answer.status_code == 404 and answer.json()["field"] == "model"
-    answer = requests.post(f"{live_server}/api/images", files={"file": ("x.png", b"GIF89a-broken")}, timeout=30)
+    answer = requests.post(
+        f"{live_server}/api/images", files={"file": ("x.png", b"GIF89a-broken")}, timeout=30
+    )
     assert answer.status_code == 400 and answer.json()["field"] == "file"
     assert requests.get(f"{live_server}/api/methods", timeout=30).ok

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+
 from convlens.errors import BadInput, NotFound
 from convlens.models.base import ModelCard
 from convlens.models.module import ModuleModel

@@ -11,7 +11,9 @@ from conftest import DEFAULT_MODEL
 
 
 def start(client, method: str, params: dict, model: str = DEFAULT_MODEL) -> str:
-    answer = client.post("/api/jobs", json={"method": method, "model": model, "image": "chelsea", "params": params})
+    answer = client.post(
+        "/api/jobs", json={"method": method, "model": model, "image": "chelsea", "params": params}
+    )
     assert answer.status_code == 202, answer.get_json()
     return answer.get_json()["id"]
 
