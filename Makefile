@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.convlens-installed
-WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/index.html web/package.json web/package-lock.json web/vite.config.ts
+WEB_SOURCES := $(shell find web/src web/public -type f 2>/dev/null) \
+	web/index.html web/package.json web/package-lock.json web/vite.config.ts web/tsconfig.json
 MODEL_FILES := models/efficientnet_lite0.onnx models/efficientnet_lite0.pt models/efficientnet_lite0.pt2
 # glibc malloc returns big torch buffers to the OS after every batch; keeping them is 5x faster here.
 export MALLOC_MMAP_MAX_ := 0
@@ -42,9 +43,10 @@ run: install
 test: install browser
 	$(BIN)/python -m pytest
 
-lint: python
+lint: python web
 	$(BIN)/ruff check server plugins tests bench examples
 	$(BIN)/ruff format --check server plugins tests bench examples
+	cd web && npm run lint
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -14,7 +14,6 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO / "models"
-DEFAULT_MODEL = "efficientnet_lite0.onnx"
 
 
 @pytest.fixture(scope="session")

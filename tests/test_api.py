@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DEFAULT_MODEL
+from convlens.models.default import DEFAULT_MODEL_ID as DEFAULT_MODEL
 
 
 def wait_for(client, job_id: str, timeout: float = 120.0) -> dict:

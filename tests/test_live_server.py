@@ -8,7 +8,7 @@ import time
 import requests
 import socketio
 
-from conftest import DEFAULT_MODEL
+from convlens.models.default import DEFAULT_MODEL_ID as DEFAULT_MODEL
 
 
 class Viewer:

@@ -7,7 +7,7 @@ import time
 
 from PIL import Image
 
-from conftest import DEFAULT_MODEL
+from convlens.models.default import DEFAULT_MODEL_ID as DEFAULT_MODEL
 
 
 def start(client, method: str, params: dict, model: str = DEFAULT_MODEL) -> str:

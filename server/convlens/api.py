@@ -48,7 +48,7 @@ def list_models():
     listing = []
     for model_id in store.ids():
         try:
-            listing.append(store.get(model_id).to_json())
+            listing.append({**store.get(model_id).to_json(), "default": model_id == store.default_id})
         except BadInput as error:
             listing.append({"id": model_id, "title": model_id, "error": error.reason})
     return jsonify(listing)
@@ -86,9 +86,15 @@ def list_images():
 
 @blueprint.get("/images/<image_id>")
 def image_file(image_id: str):
-    pixels = services().images.get(image_id)
+    """The image as PNG; ``?size=N`` scales it to fit in NxN (thumbnails)."""
+    picture = Image.fromarray(services().images.get(image_id))
+    size = request.args.get("size")
+    if size is not None:
+        if not size.isdigit() or not 8 <= int(size) <= 4096:
+            raise BadInput("size", f"expected an integer from 8 to 4096, got {size!r}")
+        picture.thumbnail((int(size), int(size)))
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)
+    picture.save(buffer, "PNG", compress_level=1)
     buffer.seek(0)
     return send_file(buffer, mimetype="image/png", max_age=3600)
 

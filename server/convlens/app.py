@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Flask, abort, send_from_directory
+from flask import Flask, abort, request, send_from_directory
 from flask_socketio import SocketIO
 
 from .config import Config
@@ -73,7 +73,22 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(api.blueprint)
     sockets.register(socketio, app.extensions["convlens"])
     _serve_web(app, config.web_dist)
+    _allow_embedding(app, config.cors_origins)
     return app
+
+
+def _allow_embedding(app: Flask, origins: str | list[str]) -> None:
+    """Let other sites load the custom elements' script and read the API (a module script is fetched with CORS)."""
+
+    @app.after_request
+    def add_cors(response):
+        origin = request.headers.get("Origin")
+        if origins == "*":
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        elif origin and origin in origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers.add("Vary", "Origin")
+        return response
 
 
 def _serve_web(app: Flask, dist: Path) -> None:

@@ -19,6 +19,12 @@ def _default_models_dirs() -> list[Path]:
     return [REPO_ROOT / "models"]
 
 
+def _origins(value: str) -> str | list[str]:
+    """``*`` or a comma-separated list of origins allowed to embed convlens views."""
+    value = value.strip()
+    return "*" if value == "*" else [origin.strip() for origin in value.split(",") if origin.strip()]
+
+
 @dataclass
 class Config:
     models_dirs: list[Path] = field(default_factory=_default_models_dirs)
@@ -33,7 +39,9 @@ class Config:
     max_running_jobs: int = int(os.environ.get("CONVLENS_MAX_RUNNING_JOBS", 2))
     jpeg_quality: int = 85
     ensure_default_model: bool = True
-    cors_origins: str | list[str] = os.environ.get("CONVLENS_CORS_ORIGINS", "*")
+    cors_origins: str | list[str] = field(
+        default_factory=lambda: _origins(os.environ.get("CONVLENS_CORS_ORIGINS", "*"))
+    )
 
     @property
     def results_dir(self) -> Path:

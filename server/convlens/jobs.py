@@ -66,7 +66,8 @@ class Job:
     finished: float | None = None
     frames: int = 0
     latest_frame: EncodedFrame | None = field(default=None, repr=False)
-    kept_frames: list[np.ndarray] = field(default_factory=list, repr=False)
+    kept_frames: list[bytes] = field(default_factory=list, repr=False)
+    """The frames as streamed (JPEG), for the run's GIF: ~30 kB each rather than the raw pixels."""
     stop_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     resume_event: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -259,7 +260,7 @@ class JobManager:
             job.frames += 1
             job.latest_frame = frame
             if len(job.kept_frames) < MAX_KEPT_FRAMES:
-                job.kept_frames.append(pixels)
+                job.kept_frames.append(frame.data("jpeg"))
             self.sink.frame(job, frame)
         elif isinstance(event, ev.Progress):
             job.progress = {"step": event.step, "total": event.total}

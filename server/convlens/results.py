@@ -6,6 +6,7 @@ reproducible from its JSON: method, model and its sha256, parameters and seed.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_result(
-    out_dir: Path, record: RunRecord, images: dict[str, np.ndarray], frames: list[np.ndarray]
+    out_dir: Path, record: RunRecord, images: dict[str, np.ndarray], frames: list[np.ndarray | bytes]
 ) -> dict[str, Any]:
     """Write the run into ``out_dir`` and return what ``result.json`` holds."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,15 +86,26 @@ def write_result(
     return summary
 
 
-def write_gif(path: Path, frames: list[np.ndarray]) -> None:
-    """An animated GIF of the frames, scaled so the long side is at most ``GIF_MAX_SIDE``."""
-    pictures = []
-    for pixels in frames:
-        picture = Image.fromarray(to_uint8(pixels))
-        scale = GIF_MAX_SIDE / max(picture.size)
-        if scale < 1:
-            picture = picture.resize((round(picture.width * scale), round(picture.height * scale)))
-        pictures.append(picture)
-    size = pictures[-1].size
-    pictures = [p if p.size == size else p.resize(size) for p in pictures]
+def write_gif(path: Path, frames: list[np.ndarray | bytes]) -> None:
+    """An animated GIF of the frames (pixels, or encoded images such as the streamed JPEGs).
+
+    Frames are scaled so the long side is at most ``GIF_MAX_SIDE`` and quantised with
+    PIL's fast octree: its default median cut took 20.8 s for 90 frames of 448x298
+    here, the octree 0.64 s.
+    """
+    size = _gif_size(_picture(frames[-1]).size)
+    pictures = [
+        _picture(frame).resize(size).quantize(256, method=Image.Quantize.FASTOCTREE) for frame in frames
+    ]
     pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=GIF_FRAME_MS, loop=0)
+
+
+def _picture(frame: np.ndarray | bytes) -> Image.Image:
+    if isinstance(frame, bytes):
+        return Image.open(io.BytesIO(frame)).convert("RGB")
+    return Image.fromarray(to_uint8(frame))
+
+
+def _gif_size(size: tuple[int, int]) -> tuple[int, int]:
+    scale = min(1.0, GIF_MAX_SIDE / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))

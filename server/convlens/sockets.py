@@ -37,7 +37,6 @@ class RoomEvents:
             self.socketio.emit("stopped", {"job": job.id}, to=room(job.id))
 
     def frame(self, job: Job, frame: EncodedFrame) -> None:
-        frame.data("jpeg")  # encode once here, in the job's thread, not per viewer
         self.relay.publish(job.id, frame)
 
     def progress(self, job: Job, step: int, total: int) -> None:

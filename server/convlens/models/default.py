@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL_STEM = "efficientnet_lite0"
+DEFAULT_MODEL_ID = f"{DEFAULT_MODEL_STEM}.onnx"
+"""The model a fresh server and `convlens run` use when none is named."""
 SUFFIXES = ("onnx", "pt", "pt2")
 ONNX_OPSET = 17
 """onnx2torch converts opsets up to 17; the dynamo exporter's lowest is 18, so its output is converted down."""

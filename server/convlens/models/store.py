@@ -57,12 +57,11 @@ class ModelStore:
     @property
     def default_id(self) -> str:
         """The default model's ONNX file when present, else the first model; NotFound when there is none."""
-        from .default import DEFAULT_MODEL_STEM
+        from .default import DEFAULT_MODEL_ID
 
         files = self.files()
-        preferred = f"{DEFAULT_MODEL_STEM}.onnx"
-        if preferred in files:
-            return preferred
+        if DEFAULT_MODEL_ID in files:
+            return DEFAULT_MODEL_ID
         if not files:
             raise NotFound("model", f"no model files in {', '.join(str(d) for d in self.dirs)}")
         return next(iter(files))

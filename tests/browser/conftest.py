@@ -1,0 +1,68 @@
+"""Headless Chromium (Debian's, driven by Playwright) on the built web front end.
+
+The server fixture is ``live_server`` from ``tests/conftest.py``: ``python -m convlens serve`` on a free port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+WEB_INDEX = REPO / "web" / "dist" / "index.html"
+ARTIFACTS = REPO / "tests" / "artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+
+
+@pytest.fixture(scope="session")
+def web_dist() -> Path:
+    """The built front end; the tests use what `make web` built and never build it themselves."""
+    if not WEB_INDEX.is_file():
+        pytest.fail(
+            f"{WEB_INDEX} is missing: run `make web` (cd web && npm ci && npm run build) first", pytrace=False
+        )
+    return WEB_INDEX.parent
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.is_file():
+        pytest.skip(
+            f"{CHROMIUM} is missing: install Debian's chromium (`make browser`) to run the browser tests"
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the Python package `playwright` is missing: pip install playwright", pytrace=False)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, web_dist: Path, live_server: str) -> Iterator[object]:
+    """A fresh page; uncaught page errors fail the test that caused them."""
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, base_url=live_server)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS

@@ -1,0 +1,214 @@
+// The shapes of the README's API section, and a small REST client bound to one server.
+
+export interface ModelInfo {
+  id: string;
+  title: string;
+  format: string;
+  file: string;
+  input_size: [number, number];
+  num_classes: number;
+  capabilities: string[];
+  default_layer: string | null;
+}
+
+export interface LayerInfo {
+  name: string;
+  op: string;
+  shape: number[];
+}
+
+export interface ModelDetail extends ModelInfo {
+  layers: LayerInfo[];
+  sha256: string;
+}
+
+export type ParamType = "int" | "float" | "bool" | "choice" | "string" | "layer" | "class";
+
+export interface ParamSchema {
+  name: string;
+  type: ParamType;
+  title: string;
+  description: string;
+  default: unknown;
+  nullable: boolean;
+  minimum?: number;
+  maximum?: number;
+  enum?: unknown[];
+}
+
+export interface MethodInfo {
+  name: string;
+  title: string;
+  topic: string;
+  description: string;
+  reference: string;
+  needs: string[];
+  params: ParamSchema[];
+  plugin: string;
+  unavailable?: string | null;
+}
+
+export interface ImageInfo {
+  id: string;
+  title: string;
+  source?: string;
+  url: string;
+  width?: number;
+  height?: number;
+}
+
+export type JobState = "queued" | "running" | "paused" | "done" | "failed" | "stopped";
+
+export interface FieldError {
+  error: string;
+  field: string;
+}
+
+export interface Prediction {
+  index: number;
+  label: string;
+  probability: number;
+}
+
+export interface JobResult {
+  method: string;
+  model: { id: string; sha256: string; format: string };
+  image: string;
+  params: Record<string, unknown>;
+  seed: number;
+  predictions: Prediction[];
+  metrics: Record<string, number>;
+  data: Record<string, unknown>;
+  images: Record<string, string>;
+  /** The URL of an animated GIF of the run's frames, when there is one. */
+  animation?: string | null;
+}
+
+export interface Job {
+  id: string;
+  method: string;
+  model: string;
+  image: string;
+  params: Record<string, unknown>;
+  seed: number;
+  state: JobState;
+  progress: { step: number; total: number } | null;
+  metrics: Record<string, number>;
+  error: FieldError | null;
+  created: string | number | null;
+  started: string | number | null;
+  finished: string | number | null;
+  frames: number;
+  predictions: Prediction[];
+  result: JobResult | null;
+}
+
+export interface JobRequest {
+  method: string;
+  model: string;
+  image: string;
+  params: Record<string, unknown>;
+  seed?: number;
+}
+
+export const TERMINAL_STATES: ReadonlySet<JobState> = new Set(["done", "failed", "stopped"]);
+
+/** A 4xx/5xx answer: `field` names the offending input when the server said which. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly reason: string,
+    readonly field: string,
+  ) {
+    super(field ? `${field}: ${reason}` : reason);
+    this.name = "ApiError";
+  }
+}
+
+/** `server` without a trailing slash; "" means the page's own origin. */
+export function normaliseServer(server: string | null | undefined): string {
+  return (server ?? "").trim().replace(/\/+$/, "");
+}
+
+/** A server path ("/api/...") made absolute against `server`; absolute URLs pass through. */
+export function serverUrl(server: string, path: string): string {
+  if (/^[a-z][a-z0-9+.-]*:/i.test(path) || path.startsWith("//")) return path;
+  return `${server}${path.startsWith("/") ? "" : "/"}${path}`;
+}
+
+async function errorFrom(response: Response, fallbackField: string): Promise<ApiError> {
+  let reason = `${response.status} ${response.statusText}`.trim();
+  let field = fallbackField;
+  try {
+    const body = (await response.json()) as Partial<FieldError>;
+    if (typeof body.error === "string") reason = body.error;
+    if (typeof body.field === "string") field = body.field;
+  } catch {
+    // Not JSON (a proxy's or the framework's own error page): keep the status line.
+  }
+  return new ApiError(response.status, reason, field);
+}
+
+export class ApiClient {
+  readonly server: string;
+
+  constructor(server = "") {
+    this.server = normaliseServer(server);
+  }
+
+  url(path: string): string {
+    return serverUrl(this.server, path);
+  }
+
+  async get<T>(path: string): Promise<T> {
+    const response = await fetch(this.url(path), { headers: { Accept: "application/json" } });
+    if (!response.ok) throw await errorFrom(response, "");
+    return (await response.json()) as T;
+  }
+
+  async post<T>(path: string, body: unknown): Promise<T> {
+    const response = await fetch(this.url(path), {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(body),
+    });
+    if (!response.ok) throw await errorFrom(response, "");
+    return (await response.json()) as T;
+  }
+
+  models(): Promise<ModelInfo[]> {
+    return this.get("/api/models");
+  }
+
+  model(id: string): Promise<ModelDetail> {
+    return this.get(`/api/models/${encodeURIComponent(id)}`);
+  }
+
+  labels(id: string): Promise<string[]> {
+    return this.get(`/api/models/${encodeURIComponent(id)}/labels`);
+  }
+
+  methods(model: string): Promise<MethodInfo[]> {
+    return this.get(`/api/methods?model=${encodeURIComponent(model)}`);
+  }
+
+  images(): Promise<ImageInfo[]> {
+    return this.get("/api/images");
+  }
+
+  jobs(): Promise<Job[]> {
+    return this.get("/api/jobs");
+  }
+
+  startJob(request: JobRequest): Promise<Job> {
+    return this.post("/api/jobs", request);
+  }
+
+  async uploadImage(file: File): Promise<ImageInfo> {
+    const form = new FormData();
+    form.append("file", file, file.name);
+    const response = await fetch(this.url("/api/images"), { method: "POST", body: form });
+    if (!response.ok) throw await errorFrom(response, "file");
+    return (await response.json()) as ImageInfo;
+  }
+}

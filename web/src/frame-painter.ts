@@ -1,0 +1,101 @@
+// Draws streamed frames on canvases, newest first, and acknowledges each one.
+//
+// The server sends a viewer its next frame only after the viewer acks the last
+// one (the README's API section, `frame_ack`). Frames can still pile up (the catch-up frame on
+// subscribe, several labels), so per label only the newest waiting frame is
+// drawn; a frame replaced before it was drawn is acked at once, so the server
+// never waits on a frame that will not be drawn.
+
+export interface FrameEvent {
+  job: string;
+  seq: number;
+  step: number | null;
+  label: string;
+  mime: string;
+  width: number;
+  height: number;
+  data: ArrayBuffer | ArrayBufferView | Blob;
+}
+
+export interface FramePainterHooks {
+  /** The canvas that shows frames of `label`, created on first use. */
+  canvasFor(label: string): HTMLCanvasElement;
+  /** Frame `seq` was drawn or dropped: tell the server. */
+  ack(seq: number): void;
+  drawn?(frame: FrameEvent): void;
+  failed?(frame: FrameEvent, error: unknown): void;
+}
+
+function asBlob(frame: FrameEvent): Blob {
+  const { data, mime } = frame;
+  if (data instanceof Blob) return data.type ? data : new Blob([data], { type: mime });
+  if (ArrayBuffer.isView(data)) {
+    const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+    return new Blob([bytes], { type: mime });
+  }
+  return new Blob([data], { type: mime });
+}
+
+export class FramePainter {
+  private readonly waiting = new Map<string, FrameEvent>();
+  private busy = false;
+  private disposed = false;
+  drawnCount = 0;
+
+  constructor(private readonly hooks: FramePainterHooks) {}
+
+  push(frame: FrameEvent): void {
+    if (this.disposed) return;
+    const label = frame.label || "main";
+    const replaced = this.waiting.get(label);
+    if (replaced) this.hooks.ack(replaced.seq);
+    this.waiting.set(label, { ...frame, label });
+    void this.pump();
+  }
+
+  /** Forget waiting frames (acking them) and stop drawing. */
+  dispose(): void {
+    this.disposed = true;
+    for (const frame of this.waiting.values()) this.hooks.ack(frame.seq);
+    this.waiting.clear();
+  }
+
+  private async pump(): Promise<void> {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      while (!this.disposed && this.waiting.size > 0) {
+        const [label, frame] = this.waiting.entries().next().value as [string, FrameEvent];
+        this.waiting.delete(label);
+        await this.draw(frame);
+        this.hooks.ack(frame.seq);
+      }
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private async draw(frame: FrameEvent): Promise<void> {
+    try {
+      const bitmap = await createImageBitmap(asBlob(frame));
+      if (this.disposed) {
+        bitmap.close();
+        return;
+      }
+      const canvas = this.hooks.canvasFor(frame.label);
+      if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
+        canvas.width = bitmap.width;
+        canvas.height = bitmap.height;
+      }
+      const context = canvas.getContext("2d");
+      context?.drawImage(bitmap, 0, 0);
+      bitmap.close();
+      canvas.dataset.seq = String(frame.seq);
+      if (frame.step !== null && frame.step !== undefined) canvas.dataset.step = String(frame.step);
+      this.drawnCount += 1;
+      this.hooks.drawn?.(frame);
+    } catch (error) {
+      this.hooks.failed?.(frame, error);
+    }
+  }
+}

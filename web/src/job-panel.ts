@@ -1,0 +1,285 @@
+// The DOM of one job's view: state, controls, progress, frames, predictions,
+// metrics chart, results and log. No networking here: <convlens-job-view> feeds it.
+
+import type { Job, JobResult, JobState, Prediction } from "./api";
+import { serverUrl } from "./api";
+import { h, replaceChildren } from "./dom";
+
+export type ViewState = JobState | "idle" | "connecting" | "error";
+export type Control = "stop" | "pause" | "resume";
+
+const MAX_LOG_LINES = 500;
+const LIVE_STATES: ReadonlySet<ViewState> = new Set(["queued", "running", "paused"]);
+
+/** What the view shows before it has a job. */
+export function idlePanel(): HTMLElement {
+  return h(
+    "section",
+    { class: "job", part: "job" },
+    h(
+      "p",
+      { class: "idle", "data-testid": "state", "data-state": "idle" },
+      "No run yet. Pick a model, an image and a method, then press Run.",
+    ),
+  );
+}
+
+export class JobPanel {
+  readonly element: HTMLElement;
+  readonly chartCanvas: HTMLCanvasElement;
+  private state: ViewState = "connecting";
+  private progress: { step: number; total: number } | null = null;
+  private readonly canvases = new Map<string, HTMLCanvasElement>();
+  private readonly stateEl: HTMLElement;
+  private readonly titleEl: HTMLElement;
+  private readonly stepEl: HTMLElement;
+  private readonly progressEl: HTMLProgressElement;
+  private readonly messageEl: HTMLElement;
+  private readonly framesEl: HTMLElement;
+  private readonly waitingEl: HTMLElement;
+  private readonly predictionsEl: HTMLOListElement;
+  private readonly chartEmptyEl: HTMLElement;
+  private readonly resultsEl: HTMLElement;
+  private readonly logEl: HTMLOListElement;
+  private readonly buttons: Record<Control, HTMLButtonElement>;
+
+  constructor(
+    private readonly jobId: string,
+    private readonly server: string,
+    onControl: (action: Control) => void,
+  ) {
+    const button = (action: Control, label: string, extra = "") => {
+      const element = h(
+        "button",
+        { type: "button", class: extra, "data-testid": action, disabled: true },
+        label,
+      );
+      element.addEventListener("click", () => {
+        element.disabled = true;
+        onControl(action);
+      });
+      return element;
+    };
+    this.buttons = {
+      pause: button("pause", "Pause"),
+      resume: button("resume", "Resume"),
+      stop: button("stop", "Stop", "danger"),
+    };
+    this.stateEl = h("span", { class: "state", "data-testid": "state", role: "status" });
+    this.titleEl = h("span", { class: "title" }, jobId);
+    this.progressEl = h("progress", {
+      "data-testid": "progress",
+      max: 1,
+      value: 0,
+      "aria-label": "progress",
+    });
+    this.stepEl = h("span", { class: "step" });
+    this.messageEl = h("p", { class: "message", role: "alert", hidden: true });
+    this.waitingEl = h("div", { class: "waiting" }, "waiting for the first frame…");
+    this.framesEl = h(
+      "div",
+      { class: "frames" },
+      h("figure", {}, h("canvas", { "data-testid": "canvas", width: 224, height: 224 }), h("figcaption", {})),
+      this.waitingEl,
+    );
+    this.predictionsEl = h("ol", { class: "predictions", "data-testid": "predictions" });
+    this.chartCanvas = h("canvas", { class: "chart", "data-testid": "chart" });
+    this.chartEmptyEl = h("div", { class: "empty muted" }, "no metrics yet");
+    this.resultsEl = h("div", { class: "results", "data-testid": "results", hidden: true });
+    this.logEl = h("ol", { class: "log", "data-testid": "log" });
+
+    this.element = h(
+      "section",
+      { class: "job", part: "job", "data-job": jobId },
+      h(
+        "header",
+        { class: "bar" },
+        this.stateEl,
+        this.titleEl,
+        h("span", { class: "controls" }, this.buttons.pause, this.buttons.resume, this.buttons.stop),
+      ),
+      h("div", { class: "progress-row" }, this.progressEl, this.stepEl),
+      this.messageEl,
+      h(
+        "div",
+        { class: "body" },
+        this.framesEl,
+        h(
+          "aside",
+          {},
+          h("section", {}, h("h3", {}, "Top-5 of the input"), this.predictionsEl),
+          h(
+            "section",
+            {},
+            h("h3", {}, "Metrics"),
+            h("div", { class: "chart-box" }, this.chartCanvas, this.chartEmptyEl),
+          ),
+        ),
+      ),
+      this.resultsEl,
+      h("details", { open: true }, h("summary", {}, "Log"), this.logEl),
+    );
+    this.setPredictions([]);
+    this.setState("connecting");
+  }
+
+  setJob(job: Job): void {
+    this.titleEl.replaceChildren(
+      h("strong", {}, job.method),
+      ` · ${job.model} · ${job.image}`,
+      job.seed !== null && job.seed !== undefined ? ` · seed ${job.seed}` : "",
+    );
+    this.titleEl.title = JSON.stringify(job.params);
+    if (job.progress) this.setProgress(job.progress.step, job.progress.total);
+    this.setPredictions(job.predictions ?? []);
+  }
+
+  setState(state: ViewState, detail = ""): void {
+    this.state = state;
+    this.stateEl.dataset.state = state;
+    this.stateEl.textContent = detail ? `${state}: ${detail}` : state;
+    this.stateEl.title = this.stateEl.textContent;
+    this.enableControls();
+    this.showStep();
+  }
+
+  /** Controls match the state; also re-enables one pressed while its request was pending. */
+  enableControls(): void {
+    this.buttons.stop.disabled = !LIVE_STATES.has(this.state);
+    this.buttons.pause.disabled = this.state !== "running";
+    this.buttons.resume.disabled = this.state !== "paused";
+  }
+
+  setProgress(step: number, total: number): void {
+    const max = Math.max(total, 1);
+    this.progressEl.max = max;
+    this.progressEl.value = Math.min(Math.max(step, 0), max);
+    this.progressEl.setAttribute("aria-valuenow", String(this.progressEl.value));
+    this.progress = { step, total };
+    this.showStep();
+  }
+
+  /** The bar full, as when a job is done. */
+  completeProgress(): void {
+    const total = this.progress?.total || 1;
+    this.setProgress(total, total);
+  }
+
+  showMessage(text: string): void {
+    this.messageEl.textContent = text;
+    this.messageEl.hidden = !text;
+  }
+
+  addLog(level: string, message: string): void {
+    const log = this.logEl;
+    const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    log.append(h("li", { "data-level": level }, level === "info" ? message : `[${level}] ${message}`));
+    while (log.childElementCount > MAX_LOG_LINES) log.firstElementChild?.remove();
+    if (atBottom) log.scrollTop = log.scrollHeight;
+  }
+
+  clearLog(): void {
+    this.logEl.replaceChildren();
+  }
+
+  metricsShown(names: string[]): void {
+    this.chartEmptyEl.hidden = names.length > 0;
+  }
+
+  /** The canvas for frames of `label`: the first label takes the one already there. */
+  canvasFor(label: string): HTMLCanvasElement {
+    const existing = this.canvases.get(label);
+    if (existing) return existing;
+    let canvas: HTMLCanvasElement;
+    if (this.canvases.size === 0) {
+      canvas = this.framesEl.querySelector("canvas") as HTMLCanvasElement;
+    } else {
+      canvas = h("canvas", { "data-testid": `canvas-${label}` });
+      this.framesEl.append(h("figure", {}, canvas, h("figcaption", {})));
+    }
+    canvas.dataset.label = label;
+    this.canvases.set(label, canvas);
+    // A lone "main" canvas needs no caption; any other label, or several, do.
+    const captioned = this.canvases.size > 1 || label !== "main";
+    for (const [name, each] of this.canvases) {
+      const caption = each.parentElement?.querySelector("figcaption");
+      if (caption) caption.textContent = captioned ? name : "";
+    }
+    return canvas;
+  }
+
+  frameDrawn(): void {
+    this.waitingEl.hidden = true;
+  }
+
+  ended(state: JobState, result: JobResult | null): void {
+    if (state === "done") this.completeProgress();
+    if (result || state === "done") this.setResults(result);
+    this.chartEmptyEl.textContent = "no metrics reported";
+  }
+
+  private showStep(): void {
+    const progress = this.progress;
+    if (!progress) {
+      this.stepEl.textContent = "";
+      return;
+    }
+    const { step, total } = progress;
+    // Between the last step and "done" the server writes the result files (a GIF can take a while).
+    const saving = this.state === "running" && total > 0 && step >= total;
+    this.stepEl.textContent = `${step} / ${total}${saving ? " · saving results…" : ""}`;
+  }
+
+  private setPredictions(predictions: Prediction[]): void {
+    if (predictions.length === 0) {
+      replaceChildren(this.predictionsEl, h("li", { class: "muted" }, "—"));
+      return;
+    }
+    replaceChildren(
+      this.predictionsEl,
+      ...predictions.slice(0, 5).map((p) => {
+        const percent = (Math.max(0, Math.min(1, p.probability)) * 100).toFixed(1);
+        return h(
+          "li",
+          { "data-testid": "prediction", "data-index": p.index },
+          h("span", { class: "label", title: `${p.index}: ${p.label}` }, p.label),
+          h("span", { class: "probability" }, `${percent}%`),
+          h("span", { class: "meter" }, h("span", { style: `width:${percent}%` })),
+        );
+      }),
+    );
+  }
+
+  private setResults(result: JobResult | null): void {
+    const link = (path: string, text: string, testid?: string) =>
+      h("a", { href: serverUrl(this.server, path), target: "_blank", "data-testid": testid }, text);
+    const id = encodeURIComponent(this.jobId);
+    const images = Object.entries(result?.images ?? {});
+    replaceChildren(
+      this.resultsEl,
+      h("h3", {}, "Results"),
+      h(
+        "div",
+        { class: "links" },
+        link(`/api/jobs/${id}/result`, "result.json", "result-json"),
+        link(`/api/jobs/${id}/frames/latest`, "last frame"),
+        typeof result?.animation === "string" && link(result.animation, "animation", "animation"),
+      ),
+      images.length > 0 &&
+        h(
+          "div",
+          { class: "images" },
+          ...images.map(([name, url]) => {
+            const href = serverUrl(this.server, url);
+            return h(
+              "a",
+              { href, target: "_blank", "data-testid": "result-image", title: name },
+              h("img", { src: href, alt: name, loading: "lazy" }),
+              name,
+            );
+          }),
+        ),
+    );
+    this.resultsEl.hidden = false;
+  }
+}

@@ -1,0 +1,238 @@
+// <convlens-job-view job="<id>" server="http://host:port" format="jpeg">
+//
+// The live view of one job, usable on its own in any page: it subscribes to the
+// job's Socket.IO room and feeds a JobPanel. Frames are drawn by a FramePainter,
+// which acks each one: that ack is what lets the server send the next.
+
+import { io, type Socket } from "socket.io-client";
+import {
+  type FieldError,
+  type Job,
+  type JobResult,
+  type JobState,
+  normaliseServer,
+  TERMINAL_STATES,
+} from "./api";
+import { replaceChildren, sheet } from "./dom";
+import { type FrameEvent, FramePainter } from "./frame-painter";
+import { type Control, idlePanel, JobPanel } from "./job-panel";
+import { MetricsChart, type MetricsPoint } from "./metrics-chart";
+import css from "./styles/job-view.css?inline";
+import theme from "./styles/theme.css?inline";
+
+interface Ack {
+  ok: boolean;
+  error?: string;
+  field?: string;
+}
+
+/** The `detail` of the `convlens-end` event. */
+export interface JobEnd {
+  job: string;
+  state: JobState;
+  result: JobResult | null;
+  error: FieldError | null;
+}
+
+const ACK_TIMEOUT_MS = 10_000;
+
+let styles: CSSStyleSheet[] | null = null;
+
+function describe(error: FieldError | null | undefined, fallback = ""): string {
+  if (!error) return fallback;
+  return `${error.field ? `${error.field}: ` : ""}${error.error}`;
+}
+
+/**
+ * Dispatches, bubbling and composed: `convlens-job` (detail: the Job) on every update from the
+ * server, and `convlens-end` (detail: JobEnd) once, when the job is done, failed or stopped.
+ */
+export class ConvlensJobView extends HTMLElement {
+  static observedAttributes = ["job", "server", "format"];
+
+  private readonly root: ShadowRoot;
+  private socket: Socket | null = null;
+  private panel: JobPanel | null = null;
+  private painter: FramePainter | null = null;
+  private chart: MetricsChart | null = null;
+  private jobId = "";
+  private job: Job | null = null;
+  private ended = false;
+  private subscribed = false;
+
+  constructor() {
+    super();
+    this.root = this.attachShadow({ mode: "open" });
+    styles ??= [sheet(theme), sheet(css)];
+    this.root.adoptedStyleSheets = styles;
+  }
+
+  /** The server's base URL; "" is the page's own origin. */
+  get server(): string {
+    return normaliseServer(this.getAttribute("server"));
+  }
+
+  /** The Job as last reported by the server, or null. */
+  get current(): Job | null {
+    return this.job;
+  }
+
+  connectedCallback(): void {
+    this.open();
+  }
+
+  disconnectedCallback(): void {
+    this.close();
+  }
+
+  attributeChangedCallback(_name: string, oldValue: string | null, newValue: string | null): void {
+    if (oldValue !== newValue && this.isConnected) this.open();
+  }
+
+  private open(): void {
+    this.close();
+    this.jobId = (this.getAttribute("job") ?? "").trim();
+    this.job = null;
+    this.ended = false;
+    this.subscribed = false;
+    if (!this.jobId) {
+      replaceChildren(this.root, idlePanel());
+      return;
+    }
+    const panel = new JobPanel(this.jobId, this.server, (action) => this.control(action));
+    this.panel = panel;
+    replaceChildren(this.root, panel.element);
+    this.painter = new FramePainter({
+      canvasFor: (label) => panel.canvasFor(label),
+      ack: (seq) => this.socket?.emit("frame_ack", { job: this.jobId, seq }),
+      drawn: () => panel.frameDrawn(),
+      failed: (frame, error) =>
+        panel.addLog("error", `frame ${frame.seq} could not be drawn: ${String(error)}`),
+    });
+    this.chart = new MetricsChart(panel.chartCanvas, (names) => panel.metricsShown(names));
+    this.connect(panel);
+  }
+
+  private close(): void {
+    const socket = this.socket;
+    this.socket = null;
+    if (socket) {
+      if (socket.connected) socket.emit("unsubscribe", { job: this.jobId });
+      socket.removeAllListeners();
+      socket.disconnect();
+    }
+    this.painter?.dispose();
+    this.painter = null;
+    this.chart?.dispose();
+    this.chart = null;
+    this.panel = null;
+  }
+
+  private connect(panel: JobPanel): void {
+    const options = { forceNew: true, reconnectionDelayMax: 5000 };
+    const socket = this.server ? io(this.server, options) : io(options);
+    this.socket = socket;
+    const job = this.jobId;
+    const mine = (payload: { job?: string } | null | undefined) => payload?.job === job;
+
+    socket.on("connect", () => {
+      panel.showMessage("");
+      this.subscribe(socket, panel);
+    });
+    socket.on("connect_error", (error: Error) => {
+      if (!this.subscribed) panel.showMessage(`cannot reach the server: ${error.message}`);
+    });
+    socket.on("disconnect", (reason: string) => {
+      if (!this.ended && reason !== "io client disconnect")
+        panel.showMessage("connection lost; reconnecting…");
+    });
+
+    socket.on("job", (payload: Job) => {
+      if (payload?.id === job) this.applyJob(panel, payload);
+    });
+    socket.on("frame", (payload: FrameEvent) => {
+      if (mine(payload)) this.painter?.push(payload);
+    });
+    socket.on("progress", (payload: { job: string; step: number; total: number }) => {
+      if (mine(payload)) panel.setProgress(payload.step, payload.total);
+    });
+    socket.on("metrics", (payload: { job: string } & MetricsPoint) => {
+      if (mine(payload)) this.chart?.add({ step: payload.step, values: payload.values ?? {} });
+    });
+    socket.on("metrics_history", (payload: { job: string; history: MetricsPoint[] }) => {
+      if (mine(payload)) this.chart?.setHistory(payload.history ?? []);
+    });
+    socket.on("log", (payload: { job: string; level: string; message: string }) => {
+      if (mine(payload)) panel.addLog(payload.level, payload.message);
+    });
+    socket.on("done", (payload: { job: string; result: JobResult | null }) => {
+      if (mine(payload)) this.end(panel, "done", payload.result ?? this.job?.result ?? null, null);
+    });
+    socket.on("failed", (payload: { job: string; error: FieldError | null }) => {
+      if (mine(payload)) this.end(panel, "failed", null, payload.error ?? this.job?.error ?? null);
+    });
+    socket.on("stopped", (payload: { job: string }) => {
+      if (mine(payload)) this.end(panel, "stopped", null, null);
+    });
+  }
+
+  private subscribe(socket: Socket, panel: JobPanel): void {
+    // The server replays the job's recent log on every subscribe, reconnections included.
+    panel.clearLog();
+    const request: { job: string; format?: string } = { job: this.jobId };
+    const format = this.getAttribute("format");
+    if (format) request.format = format;
+    socket.timeout(ACK_TIMEOUT_MS).emit("subscribe", request, (timeout: Error | null, ack?: Ack) => {
+      if (socket !== this.socket) return;
+      if (timeout) {
+        panel.showMessage("the server did not answer the subscription");
+      } else if (ack && !ack.ok) {
+        const reason = describe({ error: ack.error ?? "subscription refused", field: ack.field ?? "" });
+        panel.setState("error", reason);
+        panel.showMessage(reason);
+      } else {
+        this.subscribed = true;
+      }
+    });
+  }
+
+  private control(action: Control): void {
+    const socket = this.socket;
+    const panel = this.panel;
+    if (!socket || !panel) return;
+    socket.timeout(ACK_TIMEOUT_MS).emit(action, { job: this.jobId }, (timeout: Error | null, ack?: Ack) => {
+      if (timeout) panel.showMessage(`${action}: the server did not answer`);
+      else if (ack && !ack.ok)
+        panel.showMessage(`${action}: ${describe({ error: ack.error ?? "refused", field: "" })}`);
+      panel.enableControls();
+    });
+  }
+
+  private applyJob(panel: JobPanel, job: Job): void {
+    this.job = job;
+    panel.setJob(job);
+    this.dispatchEvent(new CustomEvent("convlens-job", { detail: job, bubbles: true, composed: true }));
+    if (TERMINAL_STATES.has(job.state)) this.end(panel, job.state, job.result, job.error);
+    else panel.setState(job.state);
+  }
+
+  private end(panel: JobPanel, state: JobState, result: JobResult | null, error: FieldError | null): void {
+    if (this.job) this.job = { ...this.job, state, result: result ?? this.job.result, error };
+    panel.setState(state, describe(error));
+    panel.ended(state, result);
+    if (this.ended) return;
+    this.ended = true;
+    const detail: JobEnd = { job: this.jobId, state, result, error };
+    this.dispatchEvent(new CustomEvent("convlens-end", { detail, bubbles: true, composed: true }));
+  }
+}
+
+declare global {
+  interface HTMLElementTagNameMap {
+    "convlens-job-view": ConvlensJobView;
+  }
+  interface HTMLElementEventMap {
+    "convlens-job": CustomEvent<Job>;
+    "convlens-end": CustomEvent<JobEnd>;
+  }
+}

@@ -1,0 +1,168 @@
+// A live line chart of a job's metrics on one canvas: a row per metric name,
+// each with its own vertical scale (a loss and a probability rarely share one).
+
+import { formatNumber } from "./dom";
+
+export interface MetricsPoint {
+  step: number | null;
+  values: Record<string, number>;
+}
+
+interface Series {
+  steps: number[];
+  values: number[];
+}
+
+const ROW_HEIGHT = 72;
+const PALETTE = ["#5aa9ff", "#f2a541", "#6fd08c", "#e86a92", "#b892ff", "#4fd1c5", "#f6e05e", "#ff8a65"];
+const MAX_POINTS = 5000;
+
+export class MetricsChart {
+  private readonly series = new Map<string, Series>();
+  private pointCount = 0;
+  private scheduled = 0;
+  private readonly resize: ResizeObserver;
+
+  constructor(
+    readonly canvas: HTMLCanvasElement,
+    private readonly onChange: (names: string[]) => void = () => {},
+  ) {
+    this.resize = new ResizeObserver(() => this.schedule());
+    this.resize.observe(canvas);
+  }
+
+  get names(): string[] {
+    return [...this.series.keys()];
+  }
+
+  clear(): void {
+    this.series.clear();
+    this.pointCount = 0;
+    this.onChange(this.names);
+    this.schedule();
+  }
+
+  setHistory(history: MetricsPoint[]): void {
+    this.series.clear();
+    this.pointCount = 0;
+    for (const point of history) this.record(point);
+    this.onChange(this.names);
+    this.schedule();
+  }
+
+  add(point: MetricsPoint): void {
+    const before = this.series.size;
+    this.record(point);
+    if (this.series.size !== before) this.onChange(this.names);
+    this.schedule();
+  }
+
+  dispose(): void {
+    this.resize.disconnect();
+    if (this.scheduled) cancelAnimationFrame(this.scheduled);
+  }
+
+  private record(point: MetricsPoint): void {
+    const step = point.step ?? this.pointCount;
+    this.pointCount += 1;
+    for (const [name, value] of Object.entries(point.values)) {
+      if (typeof value !== "number" || !Number.isFinite(value)) continue;
+      let series = this.series.get(name);
+      if (!series) {
+        series = { steps: [], values: [] };
+        this.series.set(name, series);
+      }
+      series.steps.push(step);
+      series.values.push(value);
+      if (series.steps.length > MAX_POINTS) {
+        // Keep every other point of the older half: the shape stays, memory stays bounded.
+        const half = Math.floor(series.steps.length / 2);
+        series.steps = series.steps
+          .slice(0, half)
+          .filter((_, i) => i % 2 === 0)
+          .concat(series.steps.slice(half));
+        series.values = series.values
+          .slice(0, half)
+          .filter((_, i) => i % 2 === 0)
+          .concat(series.values.slice(half));
+      }
+    }
+  }
+
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = requestAnimationFrame(() => {
+      this.scheduled = 0;
+      this.draw();
+    });
+  }
+
+  private draw(): void {
+    const canvas = this.canvas;
+    const names = this.names;
+    const ratio = window.devicePixelRatio || 1;
+    const cssWidth = Math.max(canvas.clientWidth, 160);
+    const cssHeight = Math.max(names.length, 1) * ROW_HEIGHT;
+    canvas.style.height = `${cssHeight}px`;
+    canvas.width = Math.round(cssWidth * ratio);
+    canvas.height = Math.round(cssHeight * ratio);
+    const context = canvas.getContext("2d");
+    if (!context) return;
+    context.setTransform(ratio, 0, 0, ratio, 0, 0);
+    context.clearRect(0, 0, cssWidth, cssHeight);
+    const style = getComputedStyle(canvas);
+    const text = style.getPropertyValue("--cl-muted").trim() || "#9aa3ad";
+    const grid = style.getPropertyValue("--cl-grid").trim() || "rgba(255,255,255,0.08)";
+    context.font = "11px system-ui, sans-serif";
+    context.textBaseline = "top";
+
+    names.forEach((name, row) => {
+      const series = this.series.get(name) as Series;
+      const colour = PALETTE[row % PALETTE.length];
+      const top = row * ROW_HEIGHT;
+      const plot = { left: 4, right: cssWidth - 4, top: top + 18, bottom: top + ROW_HEIGHT - 8 };
+      let low = Math.min(...series.values);
+      let high = Math.max(...series.values);
+      if (high - low < 1e-12) {
+        const pad = Math.abs(high) * 0.05 || 1;
+        low -= pad;
+        high += pad;
+      }
+      const first = series.steps[0];
+      const last = series.steps[series.steps.length - 1];
+      const span = last - first || 1;
+      const x = (step: number) => plot.left + ((step - first) / span) * (plot.right - plot.left);
+      const y = (value: number) => plot.bottom - ((value - low) / (high - low)) * (plot.bottom - plot.top);
+
+      context.strokeStyle = grid;
+      context.lineWidth = 1;
+      context.strokeRect(
+        plot.left + 0.5,
+        plot.top + 0.5,
+        plot.right - plot.left - 1,
+        plot.bottom - plot.top - 1,
+      );
+
+      context.fillStyle = colour;
+      const latest = series.values[series.values.length - 1];
+      context.fillText(`${name}  ${formatNumber(latest)}`, plot.left, top + 3);
+      context.fillStyle = text;
+      context.textAlign = "right";
+      context.fillText(`${formatNumber(low)} … ${formatNumber(high)}`, plot.right, top + 3);
+      context.textAlign = "left";
+
+      context.strokeStyle = colour;
+      context.lineWidth = 1.75;
+      context.lineJoin = "round";
+      context.beginPath();
+      series.steps.forEach((step, i) => {
+        const px = x(step);
+        const py = y(series.values[i]);
+        if (i === 0) context.moveTo(px, py);
+        else context.lineTo(px, py);
+      });
+      if (series.steps.length === 1) context.arc(x(first), y(series.values[0]), 2, 0, Math.PI * 2);
+      context.stroke();
+    });
+  }
+}

@@ -1,0 +1,254 @@
+// The form for a method's parameters, generated from its Param schema (the README's API section).
+// The server validates again; its errors come back by field ("params.steps") and
+// are shown next to that field.
+
+import type { FieldError, LayerInfo, ParamSchema } from "./api";
+import { h } from "./dom";
+
+export interface ParamFormContext {
+  layers: LayerInfo[];
+  defaultLayer: string | null;
+  /** The model's class labels; only fetched when a method has a `class` parameter. */
+  labels: string[];
+}
+
+interface Field {
+  param: ParamSchema;
+  wrapper: HTMLElement;
+  error: HTMLElement;
+  read(): unknown;
+}
+
+const TOP_PREDICTION = "top prediction";
+
+class InvalidValue extends Error {}
+
+export class ParamForm {
+  readonly element: HTMLElement;
+  private readonly fields = new Map<string, Field>();
+
+  constructor(params: ParamSchema[], context: ParamFormContext) {
+    this.element = h("div", { class: "params", "data-testid": "params" });
+    if (params.length === 0)
+      this.element.append(h("p", { class: "muted" }, "This method has no parameters."));
+    for (const param of params) {
+      const field = buildField(param, context);
+      this.fields.set(param.name, field);
+      this.element.append(field.wrapper);
+    }
+  }
+
+  /** The parameters to send, and the fields that could not be read. */
+  values(): { values: Record<string, unknown>; errors: FieldError[] } {
+    const values: Record<string, unknown> = {};
+    const errors: FieldError[] = [];
+    for (const [name, field] of this.fields) {
+      try {
+        values[name] = field.read();
+      } catch (error) {
+        if (!(error instanceof InvalidValue)) throw error;
+        errors.push({ field: `params.${name}`, error: error.message });
+      }
+    }
+    return { values, errors };
+  }
+
+  /** Show `message` next to `field` ("params.steps"); false when no such field is on the form. */
+  showError(field: string, message: string): boolean {
+    const name = field.startsWith("params.") ? field.slice("params.".length) : null;
+    const target = name === null ? undefined : this.fields.get(name);
+    if (!target) return false;
+    target.wrapper.classList.add("invalid");
+    target.error.textContent = message;
+    target.error.hidden = false;
+    target.wrapper.querySelector<HTMLElement>("input, select")?.focus();
+    return true;
+  }
+
+  clearErrors(): void {
+    for (const field of this.fields.values()) {
+      field.wrapper.classList.remove("invalid");
+      field.error.textContent = "";
+      field.error.hidden = true;
+    }
+  }
+}
+
+function buildField(param: ParamSchema, context: ParamFormContext): Field {
+  const id = `param-${param.name}`;
+  const error = h("span", {
+    class: "error field-error",
+    role: "alert",
+    "data-testid": `error-${param.name}`,
+    hidden: true,
+  });
+  const { control, read } = buildControl(param, context, id);
+  const title = h("span", { class: "field-title" }, param.title || param.name);
+  const bounds = describeBounds(param);
+  const help = [param.description, bounds].filter(Boolean).join(" · ");
+  const wrapper =
+    param.type === "bool"
+      ? h(
+          "div",
+          { class: "field field-bool", "data-field": `params.${param.name}` },
+          h("label", { class: "check" }, control, title),
+          help && h("small", { class: "help" }, help),
+          error,
+        )
+      : h(
+          "div",
+          { class: "field", "data-field": `params.${param.name}` },
+          h("label", { for: id }, title),
+          control,
+          help && h("small", { class: "help" }, help),
+          error,
+        );
+  return { param, wrapper, error, read };
+}
+
+function describeBounds(param: ParamSchema): string {
+  const { minimum, maximum } = param;
+  if (minimum !== undefined && maximum !== undefined) return `${minimum} – ${maximum}`;
+  if (minimum !== undefined) return `≥ ${minimum}`;
+  if (maximum !== undefined) return `≤ ${maximum}`;
+  return "";
+}
+
+function buildControl(
+  param: ParamSchema,
+  context: ParamFormContext,
+  id: string,
+): { control: HTMLElement; read: () => unknown } {
+  const testid = `param-${param.name}`;
+  switch (param.type) {
+    case "int":
+    case "float": {
+      const input = h("input", {
+        id,
+        type: "number",
+        name: param.name,
+        "data-testid": testid,
+        step: param.type === "int" ? 1 : "any",
+        min: param.minimum,
+        max: param.maximum,
+        placeholder: param.nullable ? "auto" : null,
+        value: typeof param.default === "number" ? param.default : null,
+      });
+      const read = () => {
+        const text = input.value.trim();
+        if (text === "") {
+          if (param.nullable) return null;
+          throw new InvalidValue("a value is required");
+        }
+        const value = Number(text);
+        if (!Number.isFinite(value)) throw new InvalidValue(`expected a number, got ${JSON.stringify(text)}`);
+        if (param.type === "int" && !Number.isInteger(value)) {
+          throw new InvalidValue(`expected an integer, got ${text}`);
+        }
+        return value;
+      };
+      return { control: input, read };
+    }
+    case "bool": {
+      const input = h("input", {
+        id,
+        type: "checkbox",
+        name: param.name,
+        "data-testid": testid,
+        checked: param.default === true,
+      });
+      return { control: input, read: () => input.checked };
+    }
+    case "choice": {
+      const choices = param.enum ?? [];
+      const select = h(
+        "select",
+        { id, name: param.name, "data-testid": testid },
+        ...choices.map((choice, index) =>
+          h("option", { value: index, selected: choice === param.default }, String(choice)),
+        ),
+      );
+      return { control: select, read: () => choices[select.selectedIndex] ?? null };
+    }
+    case "layer": {
+      const select = h(
+        "select",
+        { id, name: param.name, "data-testid": testid },
+        param.nullable &&
+          h("option", { value: "" }, context.defaultLayer ? `auto (${context.defaultLayer})` : "auto"),
+        ...context.layers.map((layer) =>
+          h(
+            "option",
+            { value: layer.name, selected: layer.name === param.default },
+            `${layer.name}  ·  ${layer.op} ${layer.shape.join("×")}`,
+          ),
+        ),
+      );
+      const read = () => {
+        if (select.value === "") {
+          if (param.nullable) return null;
+          throw new InvalidValue("choose a layer");
+        }
+        return select.value;
+      };
+      return { control: select, read };
+    }
+    case "class":
+      return classControl(param, context.labels, id, testid);
+    default: {
+      const input = h("input", {
+        id,
+        type: "text",
+        name: param.name,
+        "data-testid": testid,
+        value: typeof param.default === "string" ? param.default : null,
+        placeholder: param.nullable ? "auto" : null,
+      });
+      const read = () => (input.value === "" && param.nullable ? null : input.value);
+      return { control: input, read };
+    }
+  }
+}
+
+/** A text input searching the model's labels; empty or "top prediction" means null. */
+function classControl(
+  param: ParamSchema,
+  labels: string[],
+  id: string,
+  testid: string,
+): { control: HTMLElement; read: () => unknown } {
+  const listId = `${id}-labels`;
+  const datalist = h(
+    "datalist",
+    { id: listId },
+    param.nullable && h("option", { value: TOP_PREDICTION }),
+    ...labels.map((label, index) => h("option", { value: `${index}: ${label}` })),
+  );
+  const initial = typeof param.default === "number" ? `${param.default}: ${labels[param.default] ?? ""}` : "";
+  const input = h("input", {
+    id,
+    type: "search",
+    name: param.name,
+    list: listId,
+    "data-testid": testid,
+    autocomplete: "off",
+    placeholder: param.nullable ? TOP_PREDICTION : "class name or index",
+    value: initial || null,
+  });
+  const read = () => {
+    const text = input.value.trim();
+    if (text === "" || text.toLowerCase() === TOP_PREDICTION) {
+      if (param.nullable) return null;
+      throw new InvalidValue("choose a class");
+    }
+    const numbered = /^(\d+)\b/.exec(text);
+    if (numbered) return Number(numbered[1]);
+    const wanted = text.toLowerCase();
+    const index = labels.findIndex((label) => label.toLowerCase() === wanted);
+    if (index >= 0) return index;
+    const partial = labels.findIndex((label) => label.toLowerCase().split(/,\s*/).includes(wanted));
+    if (partial >= 0) return partial;
+    throw new InvalidValue(`no class named ${JSON.stringify(text)}`);
+  };
+  return { control: h("span", { class: "class-input" }, input, datalist), read };
+}
