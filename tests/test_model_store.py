@@ -343,3 +343,21 @@ def test_ensure_default_writes_into_the_first_folder_only_when_missing(tmp_path:
     store.ensure_default(log=print)
     assert calls == [first]
     assert store.default_id == f"{default.DEFAULT_MODEL_STEM}.onnx"
+
+
+def test_module_model_keeps_activations_that_later_in_place_ops_would_overwrite():
+    from convlens.models.base import ModelCard
+    from convlens.models.module import ModuleModel
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None).eval()
+    model = ModuleModel("resnet18", net, ModelCard(title="resnet18", input_size=(64, 64)))
+    images = torch.rand(1, 3, 64, 64)
+    captured = model.forward(images, ["bn1", "layer1.0.bn2"]).activations
+    with torch.no_grad():
+        stem = net.bn1(net.conv1(model.normalise(images)))
+    torch.testing.assert_close(captured["bn1"], stem)
+    assert (captured["bn1"] < 0).any(), "the ReLU after bn1 runs in place; the kept value must predate it"
+    logits = model.forward(images.requires_grad_(), ["layer1.0.bn2"])
+    (grad,) = torch.autograd.grad(logits.logits[0, 3], logits.activations["layer1.0.bn2"])
+    assert grad.abs().sum() > 0

@@ -53,8 +53,16 @@ class ModuleModel(Model):
 
 
 def _capture(store: dict[str, torch.Tensor], name: str):
+    """Keep a tapped output and hand the rest of the network a copy.
+
+    Without the copy, a later in-place op (ResNet's ``relu_``, ``out += identity``)
+    would overwrite the kept activation; the copy keeps it in the autograd graph.
+    """
+
     def hook(_module, _inputs, output):
         if isinstance(output, torch.Tensor):
             store[name] = output
+            return output.clone()
+        return None
 
     return hook
