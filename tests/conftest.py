@@ -62,47 +62,60 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def live_server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """``python -m convlens serve`` in a subprocess on a free port; yields its base URL."""
-    port = free_port()
-    data_dir = tmp_path_factory.mktemp("live-data")
-    log_path = data_dir / "server.log"
-    env = {**os.environ, "CONVLENS_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "convlens",
-                "--models-dir",
-                str(models_dir),
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"convlens serve exited with {process.returncode}:\n{log_path.read_text()}")
+def start_server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Starts ``python -m convlens serve`` subprocesses on free ports: ``start_server(env={...})`` → base URL."""
+    processes: list[subprocess.Popen] = []
+
+    def start(env: dict[str, str] | None = None) -> str:
+        port = free_port()
+        data_dir = tmp_path_factory.mktemp("live-data")
+        log_path = data_dir / "server.log"
+        environment = {
+            **os.environ,
+            "CONVLENS_DATA_DIR": str(data_dir),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "convlens",
+            "--models-dir",
+            str(models_dir),
+            "serve",
+            "--port",
+            str(port),
+        ]
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"convlens serve exited with {process.returncode}:\n{log_path.read_text()}"
+                )
+            try:
+                if requests.get(f"{url}/api/models", timeout=30).ok:
+                    return url
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"convlens serve did not answer within 120 s:\n{log_path.read_text()}")
+            time.sleep(0.3)
+
+    yield start
+    for process in processes:
+        process.terminate()
+    for process in processes:
         try:
-            if requests.get(f"{url}/api/models", timeout=30).ok:
-                break
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             process.kill()
-            raise RuntimeError(f"convlens serve did not answer within 120 s:\n{log_path.read_text()}")
-        time.sleep(0.3)
-    yield url
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+
+
+@pytest.fixture(scope="session")
+def live_server(start_server) -> str:
+    """One real server on 127.0.0.1 for the session; its base URL."""
+    return start_server()

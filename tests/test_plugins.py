@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -197,3 +198,43 @@ def test_example_channel_mosaic_fills_tiles_row_by_row(monkeypatch, convlens_run
     assert isinstance(events[-1], Result) and len(events[-1].data["channels"]) == 7
     (sample,) = register_sample_images()
     assert sample.load().shape == (256, 256, 3) and sample.load().dtype == np.uint8
+
+
+def test_example_plugin_is_listed_by_the_api_and_runs_over_the_socket(example_site, start_server):
+    import requests
+    import socketio
+
+    url = start_server(env={"PYTHONPATH": str(example_site)})
+    methods = {m["name"]: m for m in requests.get(f"{url}/api/methods", timeout=30).json()}
+    assert methods["channel_mosaic"]["plugin"] == "example"
+    assert "example-checkerboard" in {
+        image["id"] for image in requests.get(f"{url}/api/images", timeout=30).json()
+    }
+    job = requests.post(
+        f"{url}/api/jobs",
+        json={
+            "method": "channel_mosaic",
+            "model": "efficientnet_lite0.pt2",
+            "image": "example-checkerboard",
+            "params": {"layer": "_blocks.3", "count": 6},
+        },
+        timeout=60,
+    ).json()
+    frames, finished = [], []
+    client = socketio.Client()
+    client.on(
+        "frame",
+        lambda data: (frames.append(data), client.emit("frame_ack", {"job": job["id"], "seq": data["seq"]})),
+    )
+    client.on("done", lambda data: finished.append(data))
+    client.connect(url, transports=["websocket"])
+    try:
+        assert client.call("subscribe", {"job": job["id"]}, timeout=30)["ok"]
+        deadline = time.monotonic() + 120
+        while not finished and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        client.disconnect()
+    assert finished, "the example plugin's job finished and said so over the socket"
+    assert frames and frames[-1]["data"][:2] == b"\xff\xd8"
+    assert len(finished[0]["result"]["data"]["channels"]) == 6
