@@ -26,6 +26,28 @@ def models_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def resnet18_with_statistics():
+    """A seeded random ResNet-18 (eval) whose BatchNorms have non-trivial statistics.
+
+    Untrained BatchNorm is nearly the identity, which would let a conv's output pass for
+    its BatchNorm's and hide BatchNorm folding; these statistics make such mistakes show.
+    """
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    module = torchvision.models.resnet18(weights=None)
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.running_mean.uniform_(-0.5, 0.5)
+                layer.running_var.uniform_(0.5, 2.0)
+                layer.weight.uniform_(0.5, 1.5)
+                layer.bias.uniform_(-0.2, 0.2)
+    return module.eval()
+
+
+@pytest.fixture(scope="session")
 def app_config(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     from convlens.config import Config
 

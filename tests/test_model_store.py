@@ -32,18 +32,8 @@ def relative_error(actual: torch.Tensor | np.ndarray, expected: torch.Tensor | n
 
 
 @pytest.fixture(scope="module")
-def store_resnet() -> torch.nn.Module:
-    """A seeded random ResNet-18 whose BatchNorms have non-trivial statistics, so folding them matters."""
-    torch.manual_seed(0)
-    module = torchvision.models.resnet18(weights=None)
-    with torch.no_grad():
-        for layer in module.modules():
-            if isinstance(layer, torch.nn.BatchNorm2d):
-                layer.running_mean.uniform_(-0.5, 0.5)
-                layer.running_var.uniform_(0.5, 2.0)
-                layer.weight.uniform_(0.5, 1.5)
-                layer.bias.uniform_(-0.2, 0.2)
-    return module.eval()
+def store_resnet(resnet18_with_statistics) -> torch.nn.Module:
+    return resnet18_with_statistics
 
 
 @pytest.fixture(scope="module")
