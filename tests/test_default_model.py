@@ -14,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from convlens.models.default import DEFAULT_MODEL_STEM, default_model_files, ensure_default_models
+from convlens.models.default import DEFAULT_MODEL_STEM, SUFFIXES, default_model_files, ensure_default_models
 from convlens.models.efficientnet_lite import build_efficientnet_lite0
+from convlens.models.store import ModelStore
 
 # Writing and loading the three files takes a minute or more of wall time on two shared cores.
 pytestmark = pytest.mark.slow
@@ -25,16 +26,19 @@ CARD = json.loads((MODELS / f"{DEFAULT_MODEL_STEM}.json").read_text())
 LABELS = (MODELS / CARD["labels"]).read_text().splitlines()
 
 
-def photo(name: str, size: tuple[int, int] = (224, 224)) -> torch.Tensor:
-    """A scikit-image sample photo as the model takes it: 1x3xHxW, bicubic-resized, ImageNet-normalised."""
+def pixels(name: str, size: tuple[int, int] = (224, 224)) -> torch.Tensor:
+    """A scikit-image sample photo as convlens models take it: 1x3xHxW in [0, 1], bicubic-resized."""
     import skimage.data
 
-    pixels = getattr(skimage.data, name)()
-    resized = Image.fromarray(pixels).resize((size[1], size[0]), Image.BICUBIC)
-    image = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    resized = Image.fromarray(getattr(skimage.data, name)()).resize((size[1], size[0]), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+
+
+def photo(name: str, size: tuple[int, int] = (224, 224)) -> torch.Tensor:
+    """A scikit-image sample photo as the eager model takes it: :func:`pixels`, ImageNet-normalised."""
     mean = torch.tensor(CARD["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(CARD["std"]).view(1, 3, 1, 1)
-    return (image - mean) / std
+    return (pixels(name, size) - mean) / std
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +211,57 @@ def test_card_default_layer_is_a_module_path_in_every_format(written, eager):
     ]
     assert len(scopes) == len(proto.graph.node)
     assert any(f"'{layer}'" in scope for scope in scopes)
+
+
+@pytest.fixture(scope="module")
+def store(written, tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    """The written files with the checkout's card and labels, loaded as the server loads them."""
+    directory = tmp_path_factory.mktemp("store")
+    for path in default_model_files(written[0]).values():
+        (directory / path.name).symlink_to(path)
+    for name in (f"{DEFAULT_MODEL_STEM}.json", CARD["labels"]):
+        (directory / name).symlink_to(MODELS / name)
+    return ModelStore([directory])
+
+
+CONVOLUTIONS = [
+    "_conv_stem",
+    "_blocks.1._expand_conv",
+    "_blocks.3._depthwise_conv",
+    "_blocks.9._project_conv",
+]
+
+
+def test_every_format_lists_the_same_layers_convolutions_included(store):
+    # The ONNX export keeps BatchNorm apart from the convolutions, so a user switching format keeps their layer.
+    layers = {suffix: store.get(f"{DEFAULT_MODEL_STEM}.{suffix}").layers() for suffix in SUFFIXES}
+    assert layers["onnx"] == layers["pt2"]
+    assert layers["pt"] == layers["pt2"]
+    for suffix, infos in layers.items():
+        ops = {layer.name: layer.op for layer in infos}
+        assert ops.get("_conv_head") == "Conv2d", suffix
+        assert {ops.get(name) for name in CONVOLUTIONS} == {"Conv2d"}, suffix
+        assert ops.get("_blocks.9") == "InvertedResidual", suffix
+        assert ops.get("_blocks.9._bn2") == "BatchNorm2d", suffix
+
+
+def test_onnx_convolution_layers_are_the_eager_convolutions_before_batchnorm(store, eager):
+    names = [*CONVOLUTIONS, "_conv_head", "_blocks.9"]
+    expected = {}
+    handles = [
+        eager.get_submodule(name).register_forward_hook(
+            lambda module, inputs, output, name=name: expected.__setitem__(name, output.detach())
+        )
+        for name in names
+    ]
+    try:
+        eager_logits(eager, photo("chelsea"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    model = store.get(f"{DEFAULT_MODEL_STEM}.onnx")
+    with torch.no_grad():
+        activations = model.forward(pixels("chelsea"), names).activations
+    for name in names:
+        difference = (activations[name] - expected[name]).abs().max() / expected[name].abs().max()
+        assert difference <= 1e-5, name
