@@ -265,3 +265,20 @@ def test_onnx_convolution_layers_are_the_eager_convolutions_before_batchnorm(sto
     for name in names:
         difference = (activations[name] - expected[name]).abs().max() / expected[name].abs().max()
         assert difference <= 1e-5, name
+
+
+def test_gradients_agree_across_the_three_formats_on_chelsea(store):
+    """d logit(Egyptian cat) / d image and d unit(_blocks.9, channel 5) / d image, each format against TorchScript."""
+    gradients = {}
+    for suffix in SUFFIXES:
+        model = store.get(f"{DEFAULT_MODEL_STEM}.{suffix}")
+        images = pixels("chelsea").clone().requires_grad_(True)
+        result = model.forward(images, ["_blocks.9"])
+        (class_gradient,) = torch.autograd.grad(result.logits[0, 285], images, retain_graph=True)
+        (unit_gradient,) = torch.autograd.grad(result.activations["_blocks.9"][0, 5].mean(), images)
+        gradients[suffix] = (class_gradient, unit_gradient)
+    reference = gradients.pop("pt")
+    assert all(g.abs().max() > 0 for g in reference)
+    for suffix, pair in gradients.items():
+        for actual, expected in zip(pair, reference, strict=True):
+            assert (actual - expected).abs().max() / expected.abs().max() <= 1e-4, suffix
