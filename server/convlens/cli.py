@@ -9,9 +9,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from werkzeug.serving import WSGIRequestHandler
+
 from .errors import BadInput
 
 EXIT_BAD_INPUT = 2
+
+
+class NoDelayRequestHandler(WSGIRequestHandler):
+    """Werkzeug's handler with TCP_NODELAY on its sockets.
+
+    A binary Socket.IO event is two websocket messages; with Nagle's algorithm the second
+    waits for the client's delayed ACK (40 ms), which capped a viewer at ~20 frames/s
+    (bench/stream_fps.py measured 19.7 → 70.3 frames/s with it). gunicorn sets it already.
+    """
+
+    disable_nagle_algorithm = True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +114,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     socketio = app.extensions["socketio"]
     print(f"convlens: serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     socketio.run(
-        app, host=args.host, port=args.port, debug=args.debug, use_reloader=False, allow_unsafe_werkzeug=True
+        app,
+        host=args.host,
+        port=args.port,
+        debug=args.debug,
+        use_reloader=False,
+        allow_unsafe_werkzeug=True,
+        request_handler=NoDelayRequestHandler,
     )
     return 0
 

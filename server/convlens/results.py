@@ -60,7 +60,7 @@ def write_result(
     files: dict[str, str] = {}
     for name, image in images.items():
         filename = f"{name}.png"
-        Image.fromarray(to_uint8(image)).save(out_dir / filename)
+        Image.fromarray(to_uint8(image)).save(out_dir / filename, compress_level=1)
         files[name] = filename
     animation = None
     if len(frames) > 1:

@@ -1,0 +1,346 @@
+"""DeepDream iterations per second through a real convlens server versus the same math in a bare torch loop.
+
+convlens side: ``python -m convlens serve`` on 127.0.0.1, ``POST /api/jobs`` deepdream on chelsea (one octave,
+a fixed layer, seed 0), one Socket.IO viewer over a websocket acknowledging every frame at once. Two rates:
+*end to end*, steps / (the job's ``started`` → ``done`` received), which includes the top-5 prediction before
+the first step and writing the result (PNG, GIF, JSON) after the last; and *per step*, from the first to the
+last ``progress`` event received.
+
+Reference side, in this process: the same model file loaded through ``ModelStore``, reduced to a plain torch
+callable returning the layer's activation (the fx GraphModule that ``convlens.models.fx_taps.tapped_module``
+builds for ONNX and ``torch.export`` files, the compiled TorchScript graph of ``tapped_graph`` for ``.pt``),
+and the plugin's step written out in torch: jitter roll, forward, mean square of the activation, gradient,
+divide by its mean absolute value, step, clamp, roll back. No frames, no encoding. The final image is
+compared with the server's ``dream.png`` to show it is the same computation. Like a convlens job, each
+reference run is a fresh thread: on a 2-core machine with other load, torch's OpenMP team behaves very
+differently in the main thread (its spinning workers can make each parallel region cost milliseconds), so
+running the loop in the main thread would compare threading set-ups, not convlens. For the same reason
+the models are loaded in a fresh thread too, as the server loads them in request threads.
+
+A third side, *pruned*, is the reference with the graph cut after the layer (ONNX and ``.pt2``), to show what
+computing the logits that DeepDream never uses costs.
+
+The sides alternate (A/B, then B/A) within one run and the medians are reported, so the machine's other
+load falls on both. Run: ``.venv/bin/python bench/deepdream_overhead.py [--steps 30 --repeats 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
+import torch
+from live import (
+    Viewer,
+    convlens_server,
+    ensure_models,
+    exit_on_sigterm,
+    http,
+    machine_note,
+    median,
+    rate,
+    submit,
+    write_summary,
+)
+from PIL import Image
+
+FORMATS = {"onnx": "efficientnet_lite0.onnx", "pt2": "efficientnet_lite0.pt2", "pt": "efficientnet_lite0.pt"}
+IMAGE = "chelsea"
+LAYER = "_blocks.9"
+LR = 0.05
+JITTER = 16
+SEED = 0
+
+LayerFunction = Callable[[torch.Tensor], torch.Tensor]
+T = TypeVar("T")
+
+
+# -- the reference: the plugin's math in plain torch -----------------------------------------------------
+def layer_function(model, layer: str, pruned: bool = False) -> LayerFunction | None:
+    """A plain torch callable: normalised NCHW input → ``layer``'s activation (``None``: no pruned form)."""
+    from convlens.models.fx_taps import GraphModel, tapped_module
+
+    if isinstance(model, GraphModel):
+        node = {point.name: point.node for point in model.layer_points()}[layer]
+        module = tapped_module(model.graph_module, (node,))
+        if pruned:
+            output = next(n for n in module.graph.nodes if n.op == "output")
+            output.args = ((output.args[0][1],),)
+            module.graph.eliminate_dead_code()
+            module.recompile()
+            return lambda inputs: module(inputs)[0]
+        return lambda inputs: module(inputs)[1]
+    if pruned:
+        return None
+    from convlens.models.torchscript import tapped_graph
+
+    function = torch._C._create_function_from_graph("bench_taps", tapped_graph(model.module, (layer,)))
+    return lambda inputs: function(model.module, inputs)[1]
+
+
+def base_image(model) -> torch.Tensor:
+    """The plugin's starting image: chelsea, long side at most twice the model's input size, 1x3xHxW in [0, 1]."""
+    from skimage import data
+
+    from convlens.images import to_float, to_tensor
+
+    pixels = to_float(np.asarray(data.chelsea()))
+    height, width = pixels.shape[:2]
+    factor = min(1.0, 2 * max(model.input_size) / max(height, width))
+    return to_tensor(pixels, (max(1, round(height * factor)), max(1, round(width * factor))))
+
+
+def in_fresh_thread(function: Callable[[], T]) -> T:
+    """``function()`` run in a new thread, as convlens runs each job (``socketio.start_background_task``)."""
+    outcome: list = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, function()))
+        except BaseException as error:  # re-raised in the caller's thread
+            outcome.append((False, error))
+
+    thread = threading.Thread(target=target, name="bench-bare", daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+def bare_deepdream(model, forward_layer: LayerFunction, steps: int) -> dict:
+    """``steps`` DeepDream steps (one octave) in plain torch, in a fresh thread.
+
+    Returns it/s over all steps (``its``), it/s from the end of the first step on (``per_step_its``, as the
+    convlens side's per-step rate is measured between progress events) and the final image as uint8.
+    """
+    return in_fresh_thread(lambda: _bare_deepdream(model, forward_layer, steps))
+
+
+def _bare_deepdream(model, forward_layer: LayerFunction, steps: int) -> dict:
+    mean = torch.tensor(model.card.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.card.std).view(1, 3, 1, 1)
+    input_size = None if model.card.extra.get("dynamic_size") else tuple(model.input_size)
+    rng = np.random.default_rng(SEED)
+    dream = base_image(model).clamp(0.0, 1.0)
+    started = first_done = time.perf_counter()
+    for step in range(steps):
+        shift = tuple(int(s) for s in rng.integers(-JITTER, JITTER + 1, size=2))
+        rolled = torch.roll(dream, shifts=shift, dims=(2, 3)).requires_grad_(True)
+        inputs = rolled
+        if input_size is not None and tuple(rolled.shape[-2:]) != input_size:
+            inputs = torch.nn.functional.interpolate(
+                rolled, size=input_size, mode="bilinear", align_corners=False, antialias=True
+            )
+        objective = forward_layer((inputs - mean) / std).float().pow(2).mean()
+        if not np.isfinite(float(objective.detach())):
+            raise RuntimeError("the objective is not finite")
+        (gradient,) = torch.autograd.grad(objective, rolled)
+        gradient = gradient / (gradient.abs().mean() + 1e-8)
+        stepped = (rolled.detach() + LR * gradient).clamp_(0.0, 1.0)
+        dream = torch.roll(stepped, shifts=(-shift[0], -shift[1]), dims=(2, 3))
+        if step == 0:
+            first_done = time.perf_counter()
+    finished = time.perf_counter()
+    pixels = (dream[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+    return {
+        "its": rate(steps, finished - started),
+        "per_step_its": rate(steps - 1, finished - first_done),
+        "pixels": pixels,
+    }
+
+
+# -- the convlens side -----------------------------------------------------------------------------------
+def convlens_deepdream(server, viewer: Viewer, model_id: str, steps: int, timeout: float) -> dict:
+    job_id = submit(
+        server.url,
+        {
+            "method": "deepdream",
+            "model": model_id,
+            "image": IMAGE,
+            "params": {"layer": LAYER, "octaves": 1, "steps": steps, "lr": LR, "jitter": JITTER},
+            "seed": SEED,
+        },
+    )
+    viewer.watch(job_id)
+    record = viewer.wait(timeout)
+    started = record.job["started"]
+    (first_time, first_step), (last_time, last_step) = record.progress[0], record.progress[-1]
+    if last_step != steps:
+        raise RuntimeError(f"job {job_id}: last progress {last_step}, expected {steps}")
+    return {
+        "job": job_id,
+        "end_to_end_its": rate(steps, record.end_time - started),
+        "per_step_its": rate(last_step - first_step, last_time - first_time),
+        "before_first_step_s": first_time
+        - started
+        - (last_time - first_time) / max(1, last_step - first_step),
+        "after_last_step_s": record.end_time - last_time,
+        "frames_received": len(record.frames),
+    }
+
+
+def server_image(server, job_id: str) -> np.ndarray:
+    answer = http().get(f"{server.url}/api/jobs/{job_id}/images/dream.png", timeout=30)
+    answer.raise_for_status()
+    return np.asarray(Image.open(io.BytesIO(answer.content)).convert("RGB"))
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--formats", default="onnx,pt2,pt", help="comma-separated: onnx, pt2, pt")
+    parser.add_argument("--job-timeout", type=float, default=300)
+    parser.add_argument("--json", default=None, help="write the summary rows here (for bench/run.py)")
+    args = parser.parse_args(argv)
+    exit_on_sigterm()
+
+    from convlens.models.store import ModelStore
+    from convlens.runtime import configure_threads, tune_malloc
+
+    tune_malloc()  # as `convlens serve` does, so both sides run with the same allocator settings
+    configure_threads()
+    formats = [name.strip() for name in args.formats.split(",") if name.strip()]
+    models_dir = ensure_models()
+    store = ModelStore([models_dir])
+    print(f"deepdream_overhead: {args.steps} steps on {IMAGE}, layer {LAYER}; {machine_note()}", flush=True)
+
+    results: dict[str, dict[str, list]] = {fmt: {} for fmt in formats}
+    with convlens_server(models_dir) as server:
+        viewer = Viewer(server.url)
+        try:
+            functions = {}
+            for fmt in formats:
+                # Loaded off the main thread, as the server loads models in request threads: torch work in
+                # the main thread leaves it an OpenMP team, and with more OpenMP threads than cores libgomp
+                # stops spinning, which made later steps in other threads ~30% slower here.
+                model = in_fresh_thread(lambda fmt=fmt: store.get(FORMATS[fmt]))
+                functions[fmt] = {
+                    "bare": layer_function(model, LAYER),
+                    "pruned": layer_function(model, LAYER, pruned=True),
+                }
+                # Warm-up: model load, ONNX Runtime session and graph building on the server, first calls here.
+                convlens_deepdream(server, viewer, FORMATS[fmt], 2, args.job_timeout)
+                for function in functions[fmt].values():
+                    if function is not None:
+                        bare_deepdream(model, function, 2)
+            for repeat in range(args.repeats):
+                order = formats if repeat % 2 == 0 else formats[::-1]
+                for fmt in order:
+                    model = store.get(FORMATS[fmt])
+                    sides = ["convlens", "bare", "pruned"]
+                    sides = sides[repeat % 3 :] + sides[: repeat % 3]
+                    for side in sides:
+                        runs = results[fmt].setdefault(side, [])
+                        if side == "convlens":
+                            run = convlens_deepdream(
+                                server, viewer, FORMATS[fmt], args.steps, args.job_timeout
+                            )
+                            runs.append(run)
+                            if repeat == 0:
+                                results[fmt]["server_pixels"] = [server_image(server, run["job"])]
+                        elif functions[fmt][side] is not None:
+                            runs.append(bare_deepdream(model, functions[fmt][side], args.steps))
+                        if runs:
+                            print(
+                                f"  repeat {repeat + 1} {fmt:<5} {side:<8} {describe(runs[-1])}", flush=True
+                            )
+        finally:
+            viewer.close()
+
+    rows, details = report(results, args.steps)
+    write_summary(args.json, rows, details)
+    return 0
+
+
+def describe(run: dict) -> str:
+    if "its" in run:
+        return f"{run['its']:.2f} it/s, {run['per_step_its']:.2f} it/s per step"
+    return f"{run['end_to_end_its']:.2f} it/s end to end, {run['per_step_its']:.2f} it/s per step"
+
+
+RATE_KEYS = {
+    "convlens": ("end_to_end_its", "per_step_its"),
+    "bare": ("its", "per_step_its"),
+    "pruned": ("its", "per_step_its"),
+}
+"""Each side's run keys for its end-to-end and per-step rates."""
+
+
+def report(results: dict, steps: int) -> tuple[list[dict], dict]:
+    """Print the medians and return ``bench/run.py``'s rows and the per-format details."""
+    rows, details = [], {}
+    print(f"\nDeepDream it/s, medians ({steps} steps, 1 octave, {IMAGE}, layer {LAYER})")
+    print(
+        f"{'format':<6} {'side':<9} {'end to end':>10} {'per step':>9} {'vs bare e2e':>11} {'vs bare step':>12}"
+    )
+    for fmt, sides in results.items():
+        medians = {
+            side: {
+                name: median([run[key] for run in sides.get(side, [])])
+                for name, key in zip(("e2e", "step"), keys, strict=True)
+            }
+            for side, keys in RATE_KEYS.items()
+        }
+        bare = medians["bare"]
+        for side, values in medians.items():
+            if values["e2e"] == values["e2e"]:  # not NaN: the side ran
+                print(
+                    f"{fmt:<6} {side:<9} {values['e2e']:>10.2f} {values['step']:>9.2f}"
+                    f" {values['e2e'] / bare['e2e']:>11.3f} {values['step'] / bare['step']:>12.3f}"
+                )
+        diff = float("nan")
+        if sides.get("server_pixels") and sides.get("bare"):
+            server, reference = sides["server_pixels"][0].astype(int), sides["bare"][0]["pixels"].astype(int)
+            diff = float(np.abs(server - reference).max())
+        convlens = sides.get("convlens", [])
+        details[fmt] = {
+            "medians_its": medians,
+            "before_first_step_s": median([run["before_first_step_s"] for run in convlens]),
+            "after_last_step_s": median([run["after_last_step_s"] for run in convlens]),
+            "max_pixel_difference": diff,
+            "runs": {
+                side: [{k: v for k, v in run.items() if k != "pixels"} for run in sides.get(side, [])]
+                for side in ("convlens", "bare", "pruned")
+            },
+        }
+        for name, label in (("e2e", "end to end"), ("step", "per step")):
+            rows.append(
+                {
+                    "figure": f"deepdream it/s, {fmt}, {label}: convlens vs bare torch",
+                    "convlens": medians["convlens"][name],
+                    "reference": bare[name],
+                    "ratio": medians["convlens"][name] / bare[name],
+                }
+            )
+        if medians["pruned"]["step"] == medians["pruned"]["step"]:
+            rows.append(
+                {
+                    "figure": f"deepdream it/s, {fmt}, per step: bare torch vs bare pruned after the layer",
+                    "convlens": bare["step"],
+                    "reference": medians["pruned"]["step"],
+                    "ratio": bare["step"] / medians["pruned"]["step"],
+                }
+            )
+    for fmt, detail in details.items():
+        convlens, bare = detail["medians_its"]["convlens"], detail["medians_its"]["bare"]
+        print(
+            f"{fmt}: convlens overhead {100 * (bare['e2e'] / convlens['e2e'] - 1):+.1f}% time end to end,"
+            f" {100 * (bare['step'] / convlens['step'] - 1):+.1f}% per step; before the first step"
+            f" {detail['before_first_step_s']:.2f} s, after the last {detail['after_last_step_s']:.2f} s;"
+            f" final image vs bare: max difference {detail['max_pixel_difference']:.0f}/255"
+        )
+    return rows, details
+
+
+if __name__ == "__main__":
+    sys.exit(main())

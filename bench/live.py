@@ -1,0 +1,230 @@
+"""What every bench script shares: a real ``convlens serve`` on 127.0.0.1, a Socket.IO viewer, medians.
+
+The server runs as a subprocess on a free port and is always terminated (``with convlens_server(...)``),
+also when the bench is interrupted or sent SIGTERM by ``bench/run.py``'s time limit. All traffic stays on
+127.0.0.1: proxies from the environment are switched off for this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS_DIR = REPO / "models"
+LOCAL = "127.0.0.1"
+
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = f"{LOCAL},localhost"
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into ``SystemExit`` so ``finally`` blocks (which stop servers) run."""
+
+    def handler(_signum, _frame):
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def ensure_models() -> Path:
+    """The checkout's ``models/`` with the default model in all three formats, written if missing."""
+    from convlens.models.default import ensure_default_models
+
+    ensure_default_models(MODELS_DIR, log=lambda message: print(message, file=sys.stderr))
+    return MODELS_DIR
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOCAL, 0))
+        return probe.getsockname()[1]
+
+
+def http() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
+@dataclass
+class Server:
+    url: str
+    pid: int
+    log_path: Path
+
+
+@contextmanager
+def server_process(
+    command: Sequence[str],
+    port: int,
+    ready_path: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+) -> Iterator[Server]:
+    """Run ``command`` (a server on 127.0.0.1:``port``) until the ``with`` block ends; wait for ``ready_path``."""
+    workdir = Path(tempfile.mkdtemp(prefix="convlens-bench-"))
+    log_path = workdir / "server.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CONVLENS_DATA_DIR": str(workdir / "data"), **(env or {})}
+    url = f"http://{LOCAL}:{port}"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(list(command), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        deadline = time.monotonic() + timeout
+        client = http()
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+            try:
+                if client.get(url + ready_path, timeout=30).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not answer within {timeout:.0f} s:\n{log_path.read_text()}")
+            time.sleep(0.3)
+        yield Server(url, process.pid, log_path)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def convlens_server(models_dir: Path = MODELS_DIR) -> Iterator[Server]:
+    """``python -m convlens serve`` on a free port of 127.0.0.1, with a throwaway data folder."""
+    port = free_port()
+    command = [sys.executable, "-m", "convlens", "--models-dir", str(models_dir), "serve", "--host", LOCAL]
+    command += ["--port", str(port)]
+    with server_process(command, port, "/api/models") as server:
+        yield server
+
+
+@dataclass
+class JobRecord:
+    """What a viewer saw of one job, with ``time.time()`` receipt times (comparable with the server's)."""
+
+    job_id: str
+    progress: list[tuple[float, int]] = field(default_factory=list)
+    frames: list[tuple[float, int, int]] = field(default_factory=list)
+    """(receipt time, seq, payload bytes) of each frame."""
+    job: dict[str, Any] = field(default_factory=dict)
+    end: str | None = None
+    end_time: float | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
+
+
+class Viewer:
+    """One Socket.IO client over a websocket that acknowledges each frame ``ack_delay`` seconds after it arrives."""
+
+    def __init__(self, url: str, ack_delay: float = 0.0) -> None:
+        import socketio
+
+        self.ack_delay = ack_delay
+        self.record: JobRecord | None = None
+        self.client = socketio.Client(reconnection=False)
+        self.client.on("frame", self._on_frame)
+        self.client.on("progress", self._on_progress)
+        self.client.on("job", self._on_job)
+        for name in ("done", "failed", "stopped"):
+            self.client.on(name, lambda data, name=name: self._on_end(name, data))
+        self.client.connect(url, transports=["websocket"], wait_timeout=30)
+
+    def watch(self, job_id: str) -> JobRecord:
+        """Subscribe to ``job_id``; events of the job are recorded from now on."""
+        self.record = JobRecord(job_id)
+        answer = self.client.call("subscribe", {"job": job_id}, timeout=30)
+        if not answer or not answer.get("ok"):
+            raise RuntimeError(f"subscribe refused: {answer}")
+        self._on_job(answer["job"])
+        return self.record
+
+    def wait(self, timeout: float) -> JobRecord:
+        record = self.record
+        if record is None or not record.finished.wait(timeout):
+            raise TimeoutError(f"job {record.job_id if record else '?'} did not end within {timeout:.0f} s")
+        self.client.call("unsubscribe", {"job": record.job_id}, timeout=30)
+        if record.end != "done":
+            raise RuntimeError(f"job {record.job_id} ended {record.end}: {record.job.get('error')}")
+        return record
+
+    def close(self) -> None:
+        self.client.disconnect()
+
+    def _current(self, data: dict) -> JobRecord | None:
+        record = self.record
+        return record if record is not None and data.get("job", data.get("id")) == record.job_id else None
+
+    def _on_frame(self, data: dict) -> None:
+        now = time.time()
+        record = self._current(data)
+        if record is None:
+            return
+        record.frames.append((now, data["seq"], len(data["data"])))
+        if self.ack_delay:
+            time.sleep(self.ack_delay)
+        self.client.emit("frame_ack", {"job": record.job_id, "seq": data["seq"]})
+
+    def _on_progress(self, data: dict) -> None:
+        now = time.time()
+        record = self._current(data)
+        if record is not None:
+            record.progress.append((now, data["step"]))
+
+    def _on_job(self, data: dict) -> None:
+        record = self._current(data)
+        if record is not None and (data.get("finished") or not record.job.get("finished")):
+            record.job = data
+
+    def _on_end(self, name: str, data: dict) -> None:
+        now = time.time()
+        record = self._current(data)
+        if record is not None and record.end is None:
+            record.end, record.end_time = name, now
+            record.finished.set()
+
+
+def submit(url: str, body: dict) -> str:
+    """POST a job to the server at ``url``; its id."""
+    answer = http().post(f"{url}/api/jobs", json=body, timeout=60)
+    if answer.status_code != 202:
+        raise RuntimeError(f"POST /api/jobs answered {answer.status_code}: {answer.text}")
+    return answer.json()["id"]
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def rate(count: float, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("nan")
+
+
+def write_summary(path: str | None, rows: list[dict[str, Any]], details: dict[str, Any]) -> None:
+    """Rows for ``bench/run.py``'s table: ``{figure, convlens, reference, ratio, unit}``."""
+    if path:
+        Path(path).write_text(json.dumps({"rows": rows, "details": details}, indent=2))
+
+
+def machine_note() -> str:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return f"{os.cpu_count()} CPUs, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
