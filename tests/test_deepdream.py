@@ -67,6 +67,27 @@ def test_same_seed_same_frames_other_seed_other_jitter(convlens_run, tiny_model,
     assert not np.array_equal(first[-1].image, other[-1].image)
 
 
+def test_dreams_without_logits_giving_the_frames_a_full_forward_gives(convlens_run, sample_image):
+    full = make_tiny_model()
+    asked = []
+    layer_only_forward = full.forward
+
+    def forward_with_logits(images, layers=(), *, logits=True):
+        asked.append(logits)
+        return layer_only_forward(images, layers, logits=True)
+
+    full.forward = forward_with_logits
+    params = dict(layer="conv3", octaves=2, steps=3, jitter=8, seed=7)
+    expected = convlens_run("deepdream", full, sample_image, **params)
+    events = convlens_run("deepdream", make_tiny_model(), sample_image, **params)
+    assert asked and not any(asked)
+    frames, expected_frames = of_type(events, Frame), of_type(expected, Frame)
+    assert len(frames) == len(expected_frames) == 6
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(frames, expected_frames, strict=True))
+    assert objectives(events) == objectives(expected)
+    assert events[-1].data["objective"] == expected[-1].data["objective"]
+
+
 def test_channel_param_dreams_on_that_channel_only(convlens_run, tiny_model, sample_image):
     events = convlens_run(
         "deepdream", tiny_model, sample_image, layer="conv3", channel=5, octaves=1, steps=4, jitter=0

@@ -282,3 +282,20 @@ def test_gradients_agree_across_the_three_formats_on_chelsea(store):
     for suffix, pair in gradients.items():
         for actual, expected in zip(pair, reference, strict=True):
             assert (actual - expected).abs().max() / expected.abs().max() <= 1e-4, suffix
+
+
+def test_a_layer_without_logits_is_the_same_value_and_gradient_in_every_format(store):
+    """What DeepDream asks for: ``_blocks.9`` alone, no logits, with a unit's gradient, as a full forward gives."""
+    for suffix in SUFFIXES:
+        model = store.get(f"{DEFAULT_MODEL_STEM}.{suffix}")
+        results = {}
+        for logits in (True, False):
+            images = pixels("chelsea").clone().requires_grad_(True)
+            result = model.forward(images, ["_blocks.9"], logits=logits)
+            activation = result.activations["_blocks.9"]
+            (gradient,) = torch.autograd.grad(activation[0, 5].mean(), images)
+            results[logits] = (result.logits, activation.detach(), gradient)
+        assert results[False][0] is None and results[True][0] is not None, suffix
+        for actual, expected in zip(results[False][1:], results[True][1:], strict=True):
+            assert expected.abs().max() > 0, suffix
+            assert (actual - expected).abs().max() / expected.abs().max() <= 1e-6, suffix

@@ -305,6 +305,8 @@ def test_a_file_fixed_to_batch_one_runs_any_batch_with_a_default_card(tmp_path: 
     result = model.forward(images, ["features"])
     assert relative_error(result.logits.detach(), expected) < 1e-5
     assert result.activations["features"].shape == (3, 4, 8, 8)
+    alone = model.forward(images, ["features"], logits=False).activations["features"]
+    assert relative_error(alone, result.activations["features"].detach()) <= 1e-6
     assert relative_error(model.logits(images, batch_size=2), expected) < 1e-5
 
 
@@ -352,3 +354,92 @@ def test_module_model_keeps_activations_that_later_in_place_ops_would_overwrite(
     logits = model.forward(images.requires_grad_(), ["layer1.0.bn2"])
     (grad,) = torch.autograd.grad(logits.logits[0, 3], logits.activations["layer1.0.bn2"])
     assert grad.abs().sum() > 0
+
+
+HIDDEN = ["layer1.0.relu", "layer1.0.bn2", "layer2"]
+"""A ReLU module called twice per block (read at its last call), an output a later ``+=`` overwrites in the
+eager module, and a block output."""
+
+
+def hidden_forward(model, images: torch.Tensor, logits: bool):
+    """``forward(images, HIDDEN, logits=logits)`` and the input gradient of one unit of ``layer2``."""
+    inputs = images.clone().requires_grad_(True)
+    result = model.forward(inputs, HIDDEN, logits=logits)
+    (gradient,) = torch.autograd.grad(result.activations["layer2"][:, 5].mean(), inputs)
+    return result, gradient
+
+
+@pytest.mark.parametrize("model_id", [*formats(), "eager"])
+def test_layers_without_logits_are_the_same_activations_and_gradients(
+    store, store_eager, store_images, model_id
+):
+    model = store_eager if model_id == "eager" else store.get(model_id)
+    full, full_gradient = hidden_forward(model, store_images, logits=True)
+    cut, cut_gradient = hidden_forward(model, store_images, logits=False)
+    assert cut.logits is None and full.logits is not None
+    assert set(cut.activations) == set(HIDDEN)
+    for name in HIDDEN:
+        assert relative_error(cut.activations[name].detach(), full.activations[name].detach()) <= 1e-6, name
+    assert full_gradient.abs().max() > 0
+    assert relative_error(cut_gradient, full_gradient) <= 1e-6
+
+
+@pytest.mark.parametrize("model_id", [*formats(), "eager"])
+def test_no_logits_and_no_layers_is_a_bad_layers_input(store, store_eager, store_images, model_id):
+    model = store_eager if model_id == "eager" else store.get(model_id)
+    with pytest.raises(BadInput) as caught:
+        model.forward(store_images, [], logits=False)
+    assert caught.value.field == "layers"
+
+
+def computing_nodes(graph: torch.fx.Graph) -> set[str]:
+    return {node.name for node in graph.nodes if node.op in ("call_function", "call_module", "call_method")}
+
+
+def ancestors(graph: torch.fx.Graph, name: str) -> set[str]:
+    """``name`` and every node it is computed from."""
+    by_name = {node.name: node for node in graph.nodes}
+    found, stack = set(), [by_name[name]]
+    while stack:
+        node = stack.pop()
+        if node.name not in found:
+            found.add(node.name)
+            stack.extend(node.all_input_nodes)
+    return found
+
+
+@pytest.mark.parametrize("model_id", ["resnet18.onnx", "resnet18.pt2"])
+def test_a_graph_without_logits_computes_only_what_its_layer_needs(store, model_id):
+    from convlens.models.fx_taps import first_output, tapped_module
+
+    model = store.get(model_id)
+    graph = model.graph_module.graph
+    node = {point.name: point.node for point in model.layer_points()}["layer2"]
+    full = computing_nodes(tapped_module(model.graph_module, [node]).graph)
+    cut_graph = tapped_module(model.graph_module, [node], logits=False).graph
+    cut = computing_nodes(cut_graph)
+    # Impure nodes stay whatever they feed (torch.export's input guards).
+    impure = {n.name for n in cut_graph.nodes if n.name in cut and n.is_impure()}
+    assert cut - impure == computing_nodes(graph) & ancestors(graph, node)
+    assert first_output(graph).name in full - cut
+    assert len(cut) < len(full)
+
+
+def test_module_model_without_logits_stops_after_its_last_layer_and_removes_its_hooks(
+    store_resnet, store_eager, store_images
+):
+    store_eager.layers()
+    ran = []
+    handles = [
+        store_resnet.get_submodule(name).register_forward_hook(lambda *_, name=name: ran.append(name))
+        for name in ("layer2", "layer3", "fc")
+    ]
+    try:
+        store_eager.forward(store_images, HIDDEN, logits=False)
+        assert ran == ["layer2"]
+        store_eager.forward(store_images, HIDDEN)
+        assert ran == ["layer2", "layer2", "layer3", "fc"]
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert not any(module._forward_hooks for module in store_resnet.modules())

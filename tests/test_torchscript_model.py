@@ -190,6 +190,51 @@ def test_a_logits_gradient_wrt_a_hidden_activation_matches_eager(model, resnet, 
     assert relative_error(gradient, expected) <= 1e-4
 
 
+WITHOUT_LOGITS = [*WRITTEN_LATER, "layer1.0.relu", "layer2"]
+"""Layers written in place later, a ReLU called twice per block (read at its last call), a block output."""
+
+
+def test_layers_without_logits_are_the_eager_values_and_gradients(model, resnet, images):
+    eager_inputs = images.clone().requires_grad_(True)
+    _, expected = eager_forward(resnet, eager_inputs, WITHOUT_LOGITS)
+    (expected_gradient,) = torch.autograd.grad(expected["layer2"][:, 5].mean(), eager_inputs)
+    full = model.forward(images, WITHOUT_LOGITS)
+    # TorchScript's executor profiles the first runs and optimises the graph after: check past that point.
+    for _ in range(3):
+        inputs = images.clone().requires_grad_(True)
+        result = model.forward(inputs, WITHOUT_LOGITS, logits=False)
+        assert result.logits is None
+        for name in WITHOUT_LOGITS:
+            assert (result.activations[name] - expected[name]).abs().max() <= 1e-5, name
+            assert relative_error(result.activations[name], full.activations[name]) <= 1e-6, name
+        (gradient,) = torch.autograd.grad(result.activations["layer2"][:, 5].mean(), inputs)
+        assert relative_error(gradient, expected_gradient) <= 1e-6
+
+
+def operator_counts(graph: torch._C.Graph) -> dict[str, int]:
+    kinds = [node.kind() for node in graph.nodes()]
+    return {
+        "conv": sum(kind in ("aten::_convolution", "aten::conv2d") for kind in kinds),
+        "linear": kinds.count("aten::linear"),
+        "pool": kinds.count("aten::adaptive_avg_pool2d"),
+    }
+
+
+def test_a_graph_without_logits_ends_at_its_last_layer(model):
+    full = torchscript.tapped_graph(model.module, ["layer1.0.bn2", "layer2"])
+    cut = torchscript.tapped_graph(model.module, ["layer1.0.bn2", "layer2"], logits=False)
+    assert operator_counts(full) == {"conv": 20, "linear": 1, "pool": 1}
+    # The stem's convolution, layer1's four and layer2's five (its downsample included): nothing after.
+    assert operator_counts(cut) == {"conv": 10, "linear": 0, "pool": 0}
+    assert len(list(cut.nodes())) < len(list(full.nodes()))
+
+
+def test_no_logits_and_no_layers_is_a_bad_layers_input(model, images):
+    with pytest.raises(BadInput) as caught:
+        model.forward(images, [], logits=False)
+    assert caught.value.field == "layers"
+
+
 def test_an_unknown_layer_is_a_bad_layer_input(model, images):
     with pytest.raises(BadInput) as caught:
         model.forward(images, ["layer9"])
@@ -200,15 +245,17 @@ def test_the_tapped_graph_is_built_once_per_set_of_layers(saved, images, monkeyp
     built = []
     original = torchscript.tapped_graph
 
-    def counting(module, paths, fold=True):
-        built.append(tuple(paths))
-        return original(module, paths, fold)
+    def counting(module, paths, fold=True, logits=True):
+        built.append((tuple(paths), logits))
+        return original(module, paths, fold, logits)
 
     monkeypatch.setattr(torchscript, "tapped_graph", counting)
     model = TorchScriptModel("resnet18", saved["traced"], CARD)
     for layers in (["layer1", "layer2"], ["layer1", "layer2"], ["layer2"], ["layer1", "layer2"]):
         model.forward(images, layers)
-    assert built == [("layer1", "layer2"), ("layer2",)]
+    model.forward(images, ["layer2"], logits=False)
+    model.forward(images, ["layer2"], logits=False)
+    assert built == [(("layer1", "layer2"), True), (("layer2",), True), (("layer2",), False)]
 
 
 def test_a_file_that_is_not_torchscript_is_bad_input(tmp_path: Path):
@@ -316,6 +363,10 @@ def test_memory_written_under_another_name_leaves_a_snapshot_and_the_logits_righ
     result = model.forward(images, ["view"])
     assert (result.activations["view"] - returned).abs().max() <= 1e-5
     assert (result.logits - expected_logits).abs().max() <= 1e-5
+    # Without logits, the write after the tap is cut off with the rest, so the value is simply what returned.
+    alone = model.forward(images, ["view"], logits=False)
+    assert alone.logits is None
+    assert (alone.activations["view"] - returned).abs().max() <= 1e-5
 
 
 def test_a_frozen_module_has_logits_and_no_layers(tmp_path):

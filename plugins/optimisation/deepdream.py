@@ -70,7 +70,7 @@ def layer_objective(
 ) -> torch.Tensor:
     """Mean square of ``layer``'s activations (of ``channel`` only, when given) for ``images``."""
     inputs = images if input_size is None else resized(images, input_size)
-    activations = model.forward(inputs, [layer]).activations
+    activations = model.forward(inputs, [layer], logits=False).activations
     if layer not in activations:
         raise BadInput("params.layer", f"layer {layer!r} of model {model.id!r} gives no tensor to maximise")
     activation = activations[layer]

@@ -50,9 +50,9 @@ class ModelCard:
 
 @dataclass
 class Forward:
-    """The result of :meth:`Model.forward`: logits (NxK) and the requested activations by layer name."""
+    """What :meth:`Model.forward` returns: logits (NxK, ``None`` if not asked for), activations by layer."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     activations: dict[str, torch.Tensor]
 
 
@@ -137,8 +137,18 @@ class Model(ABC):
         return (images - mean) / std
 
     @abstractmethod
-    def forward(self, images: torch.Tensor, layers: Sequence[str] = ()) -> Forward:
-        """Logits and the activations at ``layers`` for Nx3xHxW images in [0, 1], differentiable."""
+    def forward(self, images: torch.Tensor, layers: Sequence[str] = (), *, logits: bool = True) -> Forward:
+        """Logits and the activations at ``layers`` for Nx3xHxW images in [0, 1], differentiable.
+
+        With ``logits=False`` only what ``layers`` need is computed and ``Forward.logits`` is ``None``: the
+        cheap way for a method that looks at hidden layers only. It needs at least one layer
+        (:meth:`_check_request`).
+        """
+
+    def _check_request(self, layers: Sequence[str], logits: bool) -> None:
+        """Refuse a forward that would return nothing: ``logits=False`` with no layers."""
+        if not logits and not layers:
+            raise BadInput("layers", "a forward without logits needs at least one layer")
 
     def logits(self, images: torch.Tensor | np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Forward-only logits (NxK numpy) for a batch of images in [0, 1], run in chunks of ``batch_size``."""
@@ -146,7 +156,8 @@ class Model(ABC):
         outputs = []
         with torch.inference_mode():
             for start in range(0, tensor.shape[0], batch_size):
-                outputs.append(self.forward(tensor[start : start + batch_size]).logits.float().cpu().numpy())
+                result = self.forward(tensor[start : start + batch_size], logits=True)
+                outputs.append(result.logits.float().cpu().numpy())
         return np.concatenate(outputs, axis=0)
 
     def predict(self, image: torch.Tensor | np.ndarray, k: int = 5) -> list[dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 Rather than hooks, the graph is copied with the chosen nodes added to its output, so each activation is an
 ordinary tensor of the same autograd graph as the logits: a plugin can differentiate the logits w.r.t. it, or
-it w.r.t. the input. One copy is compiled per set of nodes and kept in a small cache.
+it w.r.t. the input. One copy is compiled per set of nodes and kept in a small cache. A caller that wants
+the activations alone gets a copy returning only them, cut down to the nodes they depend on.
 
 Layer names follow the eager model: a layer is the dotted path of an ``nn.Module`` (``layer1.0``,
 ``_blocks.3``) and its activation is the last node, in graph order, inside that module's scope. Where a graph
@@ -127,8 +128,13 @@ def first_output(graph: fx.Graph) -> fx.Node:
     return found[0]
 
 
-def tapped_module(graph_module: fx.GraphModule, node_names: Sequence[str]) -> fx.GraphModule:
+def tapped_module(
+    graph_module: fx.GraphModule, node_names: Sequence[str], logits: bool = True
+) -> fx.GraphModule:
     """A copy of ``graph_module`` sharing its weights that returns ``(first output, *values of node_names)``.
+
+    With ``logits=False`` it returns only the values of ``node_names``, and the nodes they do not depend on
+    (the rest of the network, the logits among them) are removed from the copy.
 
     The copy uses plain fx code generation, so it takes the inputs positionally and returns a flat tuple,
     whatever pytree structure the original's signature had.
@@ -142,13 +148,19 @@ def tapped_module(graph_module: fx.GraphModule, node_names: Sequence[str]) -> fx
     for node in graph_module.graph.nodes:
         if node.op != "output":
             copies[node] = graph.node_copy(node, lambda arg: copies[arg])
-    logits = copies[first_output(graph_module.graph)]
-    graph.output((logits, *(copies[by_name[name]] for name in node_names)))
-    return fx.GraphModule(graph_module, graph)
+    taps = tuple(copies[by_name[name]] for name in node_names)
+    graph.output((copies[first_output(graph_module.graph)], *taps) if logits else taps)
+    module = fx.GraphModule(graph_module, graph)
+    if not logits:
+        # Dead-code elimination needs the owning module to tell pure submodule calls from impure ones.
+        module.graph.eliminate_dead_code()
+        module.recompile()
+    return module
 
 
 class GraphTaps:
-    """Runs a GraphModule for its first output and the values of chosen nodes, differentiably.
+    """Runs a GraphModule for its first output and the values of chosen nodes, differentiably (or for the
+    values alone, computing only what they need).
 
     ``fixed_batch`` is the batch size the graph was traced for when it cannot take another: inputs are then
     run in chunks of that size, the last padded with zeros, and outputs joined along the batch dimension.
@@ -160,34 +172,37 @@ class GraphTaps:
         self.module = graph_module
         self.fixed_batch = fixed_batch
         self._cache_size = cache_size
-        self._cache: OrderedDict[tuple[str, ...], fx.GraphModule] = OrderedDict()
+        self._cache: OrderedDict[tuple[tuple[str, ...], bool], fx.GraphModule] = OrderedDict()
         self._lock = threading.Lock()
         self._device = next((t.device for t in _tensors(graph_module)), torch.device("cpu"))
 
-    def tapped(self, node_names: tuple[str, ...]) -> fx.GraphModule:
-        """The compiled copy returning these nodes, built once per tuple of names."""
+    def tapped(self, node_names: tuple[str, ...], logits: bool = True) -> fx.GraphModule:
+        """The compiled copy returning these nodes (after the first output if ``logits``), built once."""
+        key = (node_names, logits)
         with self._lock:
-            module = self._cache.get(node_names)
+            module = self._cache.get(key)
             if module is None:
-                module = tapped_module(self.module, node_names)
-                self._cache[node_names] = module
+                module = tapped_module(self.module, node_names, logits)
+                self._cache[key] = module
                 if len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
             else:
-                self._cache.move_to_end(node_names)
+                self._cache.move_to_end(key)
             return module
 
     def run(
-        self, inputs: torch.Tensor, node_names: Sequence[str] = ()
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The first output and ``{node name: value}`` for ``inputs`` (NxCxHxW, already normalised)."""
+        self, inputs: torch.Tensor, node_names: Sequence[str] = (), logits: bool = True
+    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """The first output (``None`` unless ``logits``) and ``{node name: value}`` for normalised inputs."""
         self._follow(inputs.device)
         names = tuple(dict.fromkeys(node_names))
-        module = self.tapped(names)
+        module = self.tapped(names, logits)
         if self.fixed_batch is None or inputs.shape[0] == self.fixed_batch:
             values = module(inputs)
         else:
             values = self._run_chunked(module, inputs)
+        if not logits:
+            return None, dict(zip(names, values, strict=True))
         return values[0], dict(zip(names, values[1:], strict=True))
 
     def layers(self, points: Sequence[TapPoint], example: torch.Tensor) -> list[LayerInfo]:
@@ -261,7 +276,8 @@ class GraphModel(Model):
             self._layers = layers
         return self._layers
 
-    def forward(self, images: torch.Tensor, layers: Sequence[str] = ()) -> Forward:
+    def forward(self, images: torch.Tensor, layers: Sequence[str] = (), *, logits: bool = True) -> Forward:
+        self._check_request(layers, logits)
         if layers:
             self.layers()
         nodes = []
@@ -269,8 +285,8 @@ class GraphModel(Model):
             if name not in self._node_of:
                 raise BadInput("layer", f"model {self.id!r} has no layer {name!r}")
             nodes.append(self._node_of[name])
-        logits, values = self._taps.run(self.normalise(images), nodes)
-        return Forward(logits, {name: values[node] for name, node in zip(layers, nodes, strict=True)})
+        outputs, values = self._taps.run(self.normalise(images), nodes, logits)
+        return Forward(outputs, {name: values[node] for name, node in zip(layers, nodes, strict=True)})
 
 
 def _tensors(module: torch.nn.Module):

@@ -16,6 +16,10 @@ tapped value's memory later, the activation is a copy taken where the call retur
 reads a second copy of it, so both the activation and the logits stay correct and the logits remain
 differentiable w.r.t. the activation.
 
+Without logits, the copy returns the activations alone: everything after the last tapped call is cut, then
+whatever only fed it, in-place operators included where TorchScript's alias analysis shows it safe, so a
+layer costs only the network up to it.
+
 Limits: a call inside a loop the graph keeps (not unrolled) or a branch decided by data is not a layer; nor is
 a module whose forward returns a tuple. Where a later in-place op reaches a tapped value's memory through some
 other name (a view taken before the tap), the activation is a snapshot that the logits do not depend on, so
@@ -47,17 +51,23 @@ _FOLDABLE = {"BoolType", "IntType", "FloatType", "StringType", "NoneType"}
 
 
 # -- private TorchScript entry points ------------------------------------------------------------------
-# Everything below uses the ``torch._C`` graph IR, which TorchScript exposes for its own passes. The four
+# Everything below uses the ``torch._C`` graph IR, which TorchScript exposes for its own passes. The five
 # calls that are private by name are wrapped here so an upgrade that moves one breaks in one place, and
 # ``tests/test_torchscript_model.py`` checks they still exist.
 def _run_passes(
-    graph: torch._C.Graph, *, inline: bool = False, fold: bool = False, dce: bool = False
+    graph: torch._C.Graph,
+    *,
+    inline: bool = False,
+    fold: bool = False,
+    dce: bool = False,
+    prune: bool = False,
 ) -> None:
     """Run TorchScript's own passes on ``graph`` in place.
 
     ``inline`` expands the remaining function and method calls (``F.relu`` in a scripted model), ``fold``
     evaluates nodes whose inputs are all constants (an ``if`` on a constant keeps only its taken branch),
-    ``dce`` drops nodes whose outputs are unused and have no side effects.
+    ``dce`` drops nodes whose outputs are unused and have no side effects, in-place operators kept. ``prune``
+    drops the in-place operators too where alias analysis shows that nothing still used reads what they write.
     """
     if inline:
         torch._C._jit_pass_inline(graph)
@@ -65,6 +75,8 @@ def _run_passes(
         torch._C._jit_pass_constant_propagation(graph)
     if dce:
         torch._C._jit_pass_dce(graph)
+    if prune:
+        torch._C._jit_pass_dce_graph(graph)
 
 
 def _compile(graph: torch._C.Graph) -> torch._C.ScriptFunction:
@@ -76,6 +88,7 @@ PRIVATE_ENTRY_POINTS = (
     "_jit_pass_inline",
     "_jit_pass_constant_propagation",
     "_jit_pass_dce",
+    "_jit_pass_dce_graph",
     "_create_function_from_graph",
 )
 
@@ -242,6 +255,28 @@ def _last_calls(graph: torch._C.Graph, calls: Sequence[_Call]) -> dict[str, torc
     return last
 
 
+def _keep_only_what_anchors_need(graph: torch._C.Graph, anchors: Sequence[torch._C.Node]) -> None:
+    """Drop what the anchors do not depend on from ``graph``, whose outputs have all been erased.
+
+    Nothing after the last anchor can change a value read by one, so that tail goes whole, its checks
+    (``prim::RaiseException``, which dead-code elimination keeps) included; then what only fed the tail.
+    The anchors are outputs meanwhile, which keeps every write they read. Done before the alias analysis of
+    :func:`tapped_graph`, so that in-place operators of the rest of the network count as no later write.
+    """
+    values = {anchor.output().unique() for anchor in anchors}
+    for anchor in anchors:
+        graph.registerOutput(anchor.output())
+    nodes = list(graph.nodes())
+    last = max(
+        i for i, node in enumerate(nodes) if node.outputsSize() == 1 and node.output().unique() in values
+    )
+    for node in reversed(nodes[last + 1 :]):
+        node.destroy()
+    _run_passes(graph, prune=True)
+    for index in range(len(anchors) - 1, -1, -1):
+        graph.eraseOutput(index)
+
+
 def tap_points(module: torch.jit.ScriptModule, fold: bool = True) -> list[tuple[str, str]]:
     """``(path, class name)`` of every submodule whose output can be tapped, ordered by where it returns."""
     graph, calls = _inline_calls(module, fold)
@@ -249,8 +284,14 @@ def tap_points(module: torch.jit.ScriptModule, fold: bool = True) -> list[tuple[
     return [(path, modules[path].original_name) for path in _last_calls(graph, calls)]
 
 
-def tapped_graph(module: torch.jit.ScriptModule, paths: Sequence[str], fold: bool = True) -> torch._C.Graph:
-    """``module``'s forward graph returning ``(output, *activations at paths)``; ``self`` stays its first input."""
+def tapped_graph(
+    module: torch.jit.ScriptModule, paths: Sequence[str], fold: bool = True, logits: bool = True
+) -> torch._C.Graph:
+    """``module``'s forward graph returning ``(output, *activations at paths)``; ``self`` stays its first input.
+
+    With ``logits=False`` it returns only the activations, and whatever they do not depend on (the rest of
+    the network, the output among it) is removed.
+    """
     graph, calls = _inline_calls(module, fold)
     last = _last_calls(graph, calls)
     missing = [path for path in paths if path not in last]
@@ -264,6 +305,9 @@ def tapped_graph(module: torch.jit.ScriptModule, paths: Sequence[str], fold: boo
     for value in outputs[1:]:
         if value.unique() not in kept:
             value.node().destroy()
+    if not logits:
+        graph.eraseOutput(0)
+        _keep_only_what_anchors_need(graph, anchors)
     # Decided on the graph as it is now: a rewiring below only hands later nodes a fresh copy in place of a
     # value, which leaves how they reach any other tapped value unchanged.
     later_access = _LaterAccess(graph)
@@ -310,7 +354,7 @@ class TorchScriptModel(Model):
             self._ops = {}
         self._layers: list[LayerInfo] | None = None
         self._cache_size = cache_size
-        self._cache: OrderedDict[tuple[str, ...], torch._C.ScriptFunction] = OrderedDict()
+        self._cache: OrderedDict[tuple[tuple[str, ...], bool], torch._C.ScriptFunction] = OrderedDict()
         self._lock = threading.Lock()
         self._device = next((t.device for t in self.module.parameters()), torch.device("cpu"))
 
@@ -326,7 +370,8 @@ class TorchScriptModel(Model):
             self._layers = [LayerInfo(name, self._ops[name], tuple(acts[name].shape[1:])) for name in names]
         return self._layers
 
-    def forward(self, images: torch.Tensor, layers: Sequence[str] = ()) -> Forward:
+    def forward(self, images: torch.Tensor, layers: Sequence[str] = (), *, logits: bool = True) -> Forward:
+        self._check_request(layers, logits)
         for name in layers:
             if name not in self._ops:
                 raise BadInput("layer", f"model {self.id!r} has no layer {name!r}")
@@ -335,20 +380,23 @@ class TorchScriptModel(Model):
         if not layers:
             return Forward(self.module(inputs), {})
         names = tuple(dict.fromkeys(layers))
-        values = self._tapped(names)(self.module, inputs)
+        values = self._tapped(names, logits)(self.module, inputs)
+        if not logits:
+            return Forward(None, dict(zip(names, values, strict=True)))
         return Forward(values[0], dict(zip(names, values[1:], strict=True)))
 
-    def _tapped(self, names: tuple[str, ...]) -> torch._C.ScriptFunction:
-        """The compiled forward returning these layers, built once per tuple of names."""
+    def _tapped(self, names: tuple[str, ...], logits: bool) -> torch._C.ScriptFunction:
+        """The compiled forward returning these layers (after the output if ``logits``), built once."""
+        key = (names, logits)
         with self._lock:
-            function = self._cache.get(names)
+            function = self._cache.get(key)
             if function is None:
-                function = _compile(tapped_graph(self.module, names, self._fold))
-                self._cache[names] = function
+                function = _compile(tapped_graph(self.module, names, self._fold, logits))
+                self._cache[key] = function
                 if len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
             else:
-                self._cache.move_to_end(names)
+                self._cache.move_to_end(key)
             return function
 
     def _follow(self, device: torch.device) -> None:
