@@ -7,8 +7,9 @@ the first step and writing the result (PNG, GIF, JSON) after the last; and *per 
 last ``progress`` event received.
 
 Reference side, in this process: the same model file loaded through ``ModelStore``, reduced to a plain torch
-callable returning the layer's activation (the fx GraphModule that ``convlens.models.fx_taps.tapped_module``
-builds for ONNX and ``torch.export`` files, the compiled TorchScript graph of ``tapped_graph`` for ``.pt``),
+callable returning the layer's activation and computing nothing past it (the fx GraphModule that
+``convlens.models.fx_taps.tapped_module`` builds for ONNX and ``torch.export`` files, the compiled TorchScript
+graph of ``tapped_graph`` for ``.pt``),
 and the plugin's step written out in torch: jitter roll, forward, mean square of the activation, gradient,
 divide by its mean absolute value, step, clamp, roll back. No frames, no encoding. The final image is
 compared with the server's ``dream.png`` to show it is the same computation. Like a convlens job, each
@@ -16,9 +17,6 @@ reference run is a fresh thread: on a 2-core machine with other load, torch's Op
 differently in the main thread (its spinning workers can make each parallel region cost milliseconds), so
 running the loop in the main thread would compare threading set-ups, not convlens. For the same reason
 the models are loaded in a fresh thread too, as the server loads them in request threads.
-
-A third side, *pruned*, is the reference with the graph cut after the layer (ONNX and ``.pt2``), to show what
-computing the logits that DeepDream never uses costs.
 
 The sides alternate (A/B, then B/A) within one run and the medians are reported, so the machine's other
 load falls on both. Run: ``.venv/bin/python bench/deepdream_overhead.py [--steps 30 --repeats 3]``.
@@ -62,26 +60,24 @@ T = TypeVar("T")
 
 
 # -- the reference: the plugin's math in plain torch -----------------------------------------------------
-def layer_function(model, layer: str, pruned: bool = False) -> LayerFunction | None:
-    """A plain torch callable: normalised NCHW input → ``layer``'s activation (``None``: no pruned form)."""
+def layer_function(model, layer: str) -> LayerFunction:
+    """A plain torch callable: normalised NCHW input → ``layer``'s activation, nothing computed past it.
+
+    The graph convlens itself runs for ``forward(..., logits=False)``: the fx GraphModule of
+    ``fx_taps.tapped_module`` for ONNX and ``torch.export`` files, the compiled TorchScript graph of
+    ``tapped_graph`` for ``.pt``, both cut after the layer.
+    """
     from convlens.models.fx_taps import GraphModel, tapped_module
 
     if isinstance(model, GraphModel):
         node = {point.name: point.node for point in model.layer_points()}[layer]
-        module = tapped_module(model.graph_module, (node,))
-        if pruned:
-            output = next(n for n in module.graph.nodes if n.op == "output")
-            output.args = ((output.args[0][1],),)
-            module.graph.eliminate_dead_code()
-            module.recompile()
-            return lambda inputs: module(inputs)[0]
-        return lambda inputs: module(inputs)[1]
-    if pruned:
-        return None
+        module = tapped_module(model.graph_module, (node,), logits=False)
+        return lambda inputs: module(inputs)[0]
     from convlens.models.torchscript import tapped_graph
 
-    function = torch._C._create_function_from_graph("bench_taps", tapped_graph(model.module, (layer,)))
-    return lambda inputs: function(model.module, inputs)[1]
+    graph = tapped_graph(model.module, (layer,), logits=False)
+    function = torch._C._create_function_from_graph("bench_taps", graph)
+    return lambda inputs: function(model.module, inputs)[0]
 
 
 def base_image(model) -> torch.Tensor:
@@ -224,21 +220,15 @@ def main(argv: list[str] | None = None) -> int:
                 # the main thread leaves it an OpenMP team, and with more OpenMP threads than cores libgomp
                 # stops spinning, which made later steps in other threads ~30% slower here.
                 model = in_fresh_thread(lambda fmt=fmt: store.get(FORMATS[fmt]))
-                functions[fmt] = {
-                    "bare": layer_function(model, LAYER),
-                    "pruned": layer_function(model, LAYER, pruned=True),
-                }
+                functions[fmt] = {"bare": layer_function(model, LAYER)}
                 # Warm-up: model load, ONNX Runtime session and graph building on the server, first calls here.
                 convlens_deepdream(server, viewer, FORMATS[fmt], 2, args.job_timeout)
-                for function in functions[fmt].values():
-                    if function is not None:
-                        bare_deepdream(model, function, 2)
+                bare_deepdream(model, functions[fmt]["bare"], 2)
             for repeat in range(args.repeats):
                 order = formats if repeat % 2 == 0 else formats[::-1]
                 for fmt in order:
                     model = store.get(FORMATS[fmt])
-                    sides = ["convlens", "bare", "pruned"]
-                    sides = sides[repeat % 3 :] + sides[: repeat % 3]
+                    sides = ["convlens", "bare"] if repeat % 2 == 0 else ["bare", "convlens"]
                     for side in sides:
                         runs = results[fmt].setdefault(side, [])
                         if side == "convlens":
@@ -248,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                             runs.append(run)
                             if repeat == 0:
                                 results[fmt]["server_pixels"] = [server_image(server, run["job"])]
-                        elif functions[fmt][side] is not None:
+                        else:
                             runs.append(bare_deepdream(model, functions[fmt][side], args.steps))
                         if runs:
                             print(
@@ -271,7 +261,6 @@ def describe(run: dict) -> str:
 RATE_KEYS = {
     "convlens": ("end_to_end_its", "per_step_its"),
     "bare": ("its", "per_step_its"),
-    "pruned": ("its", "per_step_its"),
 }
 """Each side's run keys for its end-to-end and per-step rates."""
 
@@ -310,7 +299,7 @@ def report(results: dict, steps: int) -> tuple[list[dict], dict]:
             "max_pixel_difference": diff,
             "runs": {
                 side: [{k: v for k, v in run.items() if k != "pixels"} for run in sides.get(side, [])]
-                for side in ("convlens", "bare", "pruned")
+                for side in ("convlens", "bare")
             },
         }
         for name, label in (("e2e", "end to end"), ("step", "per step")):
@@ -320,15 +309,6 @@ def report(results: dict, steps: int) -> tuple[list[dict], dict]:
                     "convlens": medians["convlens"][name],
                     "reference": bare[name],
                     "ratio": medians["convlens"][name] / bare[name],
-                }
-            )
-        if medians["pruned"]["step"] == medians["pruned"]["step"]:
-            rows.append(
-                {
-                    "figure": f"deepdream it/s, {fmt}, per step: bare torch vs bare pruned after the layer",
-                    "convlens": bare["step"],
-                    "reference": medians["pruned"]["step"],
-                    "ratio": bare["step"] / medians["pruned"]["step"],
                 }
             )
     for fmt, detail in details.items():
