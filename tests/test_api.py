@@ -83,6 +83,10 @@ def test_saliency_job_writes_a_heatmap(client):
     job = wait_for(client, answer.get_json()["id"])
     assert job["state"] == "done", job["error"]
     assert job["result"]["seed"] == 3
+    array = client.get(job["result"]["array_urls"]["gradient_map"])
+    assert array.status_code == 200
+    gradient_map = np.load(io.BytesIO(array.data))
+    assert gradient_map.shape == (224, 224) and gradient_map.max() > 0
     for url in job["result"]["images"].values():
         picture = client.get(url)
         assert picture.status_code == 200

@@ -60,6 +60,7 @@ def run_saliency(ctx: RunContext) -> Iterator[Event]:
     yield Progress(1, 1)
     yield Result(
         images={"saliency": heatmap, "map": normalised},
+        arrays={"gradient_map": gradient_map},
         data={
             "target": target,
             "label": ctx.model.label(target),

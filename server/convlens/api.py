@@ -156,6 +156,20 @@ def job_image(job_id: str, name: str):
     return send_file(services().jobs.results_dir / job.id / files[name], mimetype="image/png")
 
 
+@blueprint.get("/jobs/<job_id>/arrays/<name>.npy")
+def job_array(job_id: str, name: str):
+    job = services().jobs.get(job_id)
+    arrays = (job.result or {}).get("arrays", {})
+    if name not in arrays:
+        raise NotFound("array", f"job {job_id!r} has no result array {name!r}")
+    return send_file(
+        services().jobs.results_dir / job.id / arrays[name],
+        mimetype="application/octet-stream",
+        as_attachment=True,
+        download_name=f"{job.method}-{name}.npy",
+    )
+
+
 @blueprint.get("/jobs/<job_id>/frames.gif")
 def job_animation(job_id: str):
     job = services().jobs.get(job_id)

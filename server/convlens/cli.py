@@ -208,7 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         final.data,
     )
     images = dict(final.images) or ({"final": frames[-1]} if frames else {})
-    summary = write_result(args.out, record, images, frames)
+    summary = write_result(args.out, record, images, frames, final.arrays)
     print(json.dumps({"out": str(args.out), "files": summary["files"], "animation": summary["animation"]}))
     return 0
 

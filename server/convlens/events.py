@@ -47,10 +47,11 @@ class Log:
 
 @dataclass
 class Result:
-    """The method's final output: named images and JSON-serialisable data."""
+    """The method's final output: named images, raw arrays (saved as ``.npy``) and JSON-serialisable data."""
 
     images: dict[str, np.ndarray] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 Event = Frame | Progress | Metrics | Log | Result

@@ -291,8 +291,9 @@ class JobManager:
             data=result.data,
         )
         out_dir = self.results_dir / job.id
-        summary = write_result(out_dir, record, result.images, job.kept_frames)
+        summary = write_result(out_dir, record, result.images, job.kept_frames, result.arrays)
         summary["images"] = {name: f"/api/jobs/{job.id}/images/{name}.png" for name in result.images}
+        summary["array_urls"] = {name: f"/api/jobs/{job.id}/arrays/{name}.npy" for name in result.arrays}
         if (out_dir / "frames.gif").exists():
             summary["animation"] = f"/api/jobs/{job.id}/frames.gif"
         job.result = summary

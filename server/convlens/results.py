@@ -53,7 +53,11 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_result(
-    out_dir: Path, record: RunRecord, images: dict[str, np.ndarray], frames: list[np.ndarray | bytes]
+    out_dir: Path,
+    record: RunRecord,
+    images: dict[str, np.ndarray],
+    frames: list[np.ndarray | bytes],
+    arrays: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Write the run into ``out_dir`` and return what ``result.json`` holds."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -62,6 +66,11 @@ def write_result(
         filename = f"{name}.png"
         Image.fromarray(to_uint8(image)).save(out_dir / filename, compress_level=1)
         files[name] = filename
+    array_files: dict[str, str] = {}
+    for name, array in (arrays or {}).items():
+        filename = f"{name}.npy"
+        np.save(out_dir / filename, np.asarray(array), allow_pickle=False)
+        array_files[name] = filename
     animation = None
     if len(frames) > 1:
         animation = "frames.gif"
@@ -77,6 +86,7 @@ def write_result(
         "metrics": record.metrics,
         "data": record.data,
         "files": files,
+        "arrays": array_files,
         "animation": animation,
         "frames": len(frames),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
