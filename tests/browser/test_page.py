@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import re
 import time
 
+import numpy as np
 import pytest
 import requests
 
@@ -234,3 +236,18 @@ def test_job_view_on_its_own_catches_up_on_a_finished_run(page, live_server, fin
     assert page.get_by_test_id("result-json").is_visible()
     assert page.get_by_test_id("predictions").get_by_test_id("prediction").count() == 5
     assert page.get_by_test_id("result-image").count() >= 1
+
+
+def test_saliency_result_offers_its_raw_array_for_download(page, live_server):
+    open_app(page, live_server)
+    page.locator('[data-testid="image-thumb"][data-image="chelsea"]').click()
+    page.locator('[data-testid="method"][data-method="saliency"]').click()
+    page.get_by_test_id("run").click()
+    view = page.locator("convlens-job-view")
+    wait_for_state(page, view, "done", timeout=60_000)
+    link = page.get_by_test_id("result-array")
+    link.wait_for(state="visible")
+    assert link.inner_text() == "gradient_map.npy"
+    download = page.request.get(link.get_attribute("href"))
+    array = np.load(io.BytesIO(download.body()))
+    assert array.shape == (224, 224) and array.max() > 0

@@ -82,6 +82,8 @@ export interface JobResult {
   images: Record<string, string>;
   /** The URL of an animated GIF of the run's frames, when there is one. */
   animation?: string | null;
+  /** Raw result arrays (NumPy .npy) by name → URL, e.g. an attribution map before normalisation. */
+  array_urls?: Record<string, string>;
 }
 
 export interface Job {

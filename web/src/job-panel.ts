@@ -264,6 +264,9 @@ export class JobPanel {
         link(`/api/jobs/${id}/result`, "result.json", "result-json"),
         link(`/api/jobs/${id}/frames/latest`, "last frame"),
         typeof result?.animation === "string" && link(result.animation, "animation", "animation"),
+        ...Object.entries(result?.array_urls ?? {}).map(([name, url]) =>
+          link(url, `${name}.npy`, "result-array"),
+        ),
       ),
       images.length > 0 &&
         h(
