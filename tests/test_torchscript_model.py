@@ -398,3 +398,16 @@ def test_traced_efficientnet_lite0_has_its_blocks_as_layers(tmp_path):
     assert (result.logits - expected_logits).abs().max() <= 1e-5
     for name in chosen:
         assert (result.activations[name] - expected[name]).abs().max() <= 1e-5, name
+
+
+def test_the_logits_gradient_wrt_a_layer_survives_repeated_runs(models_dir):
+    # From its second run TorchScript's optimising executor merged the default model's head into one
+    # differentiable graph and cut d logit / d _head_act; the gradient must survive any number of runs.
+    from convlens.models.store import ModelStore
+
+    model = ModelStore([models_dir]).get("efficientnet_lite0.pt")
+    for _ in range(4):
+        inputs = torch.rand(1, 3, 96, 96, requires_grad=True)
+        result = model.forward(inputs, ["_head_act"])
+        (gradient,) = torch.autograd.grad(result.logits[0, 285], result.activations["_head_act"])
+        assert gradient.abs().max() > 0

@@ -5,9 +5,10 @@ from __future__ import annotations
 from convlens import hookimpl
 from convlens.methods import Method
 
+from .gradcam import GRADCAM
 from .saliency import SALIENCY
 
 
 @hookimpl
 def register_methods() -> list[Method]:
-    return [SALIENCY]
+    return [SALIENCY, GRADCAM]

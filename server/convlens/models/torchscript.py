@@ -380,7 +380,16 @@ class TorchScriptModel(Model):
         if not layers:
             return Forward(self.module(inputs), {})
         names = tuple(dict.fromkeys(layers))
-        values = self._tapped(names, logits)(self.module, inputs)
+        function = self._tapped(names, logits)
+        if logits:
+            # From its second run the optimising executor merges a tapped layer and what follows into one
+            # differentiable graph, which cuts the gradient of the logits w.r.t. the returned activation
+            # (Grad-CAM's). The plain interpreter keeps it; the setting is per thread. Layer-only graphs
+            # (logits=False) end at the layers, so they keep the optimiser.
+            with torch.jit.optimized_execution(False):
+                values = function(self.module, inputs)
+        else:
+            values = function(self.module, inputs)
         if not logits:
             return Forward(None, dict(zip(names, values, strict=True)))
         return Forward(values[0], dict(zip(names, values[1:], strict=True)))
