@@ -50,12 +50,25 @@ def saliency_map(model: Model, image: torch.Tensor, target: int | None) -> tuple
     return gradient.abs().amax(dim=1)[0].float().numpy(), target, float(score.detach())
 
 
+def percentile_scaled(values: np.ndarray) -> tuple[np.ndarray, float]:
+    """Non-negative HxW ``values`` divided by their 99th percentile and clipped to 1, and that divisor."""
+    scale = float(np.percentile(values, SATURATE_PERCENTILE))
+    normalised = np.minimum(values / scale, 1.0) if scale > 0 else np.zeros_like(values)
+    return normalised, scale
+
+
+def heatmap_overlay(
+    image: torch.Tensor, values: np.ndarray, opacity: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """``values`` (HxW, >= 0) percentile-scaled and overlaid on ``image`` (1x3xHxW): heatmap, scaled map, scale."""
+    normalised, scale = percentile_scaled(values)
+    return overlay(to_image(image), normalised, opacity), normalised, scale
+
+
 def run_saliency(ctx: RunContext) -> Iterator[Event]:
     image = ctx.model_input()
     gradient_map, target, score = saliency_map(ctx.model, image, ctx.params["target"])
-    scale = float(np.percentile(gradient_map, SATURATE_PERCENTILE))
-    normalised = np.minimum(gradient_map / scale, 1.0) if scale > 0 else np.zeros_like(gradient_map)
-    heatmap = overlay(to_image(image), normalised, ctx.params["overlay"])
+    heatmap, normalised, scale = heatmap_overlay(image, gradient_map, ctx.params["overlay"])
     yield Frame(heatmap, step=0, label="saliency")
     yield Progress(1, 1)
     yield Result(
