@@ -6,9 +6,10 @@ from convlens import hookimpl
 from convlens.methods import Method
 
 from .gradcam import GRADCAM
+from .gradients import GRADIENT_METHODS
 from .saliency import SALIENCY
 
 
 @hookimpl
 def register_methods() -> list[Method]:
-    return [SALIENCY, GRADCAM]
+    return [SALIENCY, *GRADIENT_METHODS, GRADCAM]
