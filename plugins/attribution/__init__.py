@@ -7,9 +7,10 @@ from convlens.methods import Method
 
 from .gradcam import GRADCAM
 from .gradients import GRADIENT_METHODS
+from .occlusion import OCCLUSION
 from .saliency import SALIENCY
 
 
 @hookimpl
 def register_methods() -> list[Method]:
-    return [SALIENCY, *GRADIENT_METHODS, GRADCAM]
+    return [OCCLUSION, SALIENCY, *GRADIENT_METHODS, GRADCAM]

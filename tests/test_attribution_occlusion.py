@@ -1,0 +1,214 @@
+"""Occlusion equals Captum's ``Occlusion`` on the softmax probability, on a random ResNet-18 exported to ONNX
+(run by ONNX Runtime, checked against the eager module) and on the default model (ONNX Runtime against its
+onnx2torch module); its frames fill in row by row; bad windows and strides are refused before any work.
+
+Tolerance: 1e-5 absolute on maps of probabilities, float32 noise between ONNX Runtime and torch only.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from convlens.errors import BadInput
+from convlens.events import Frame, Progress, Result
+from convlens.images import to_tensor
+from convlens.models.base import Model
+from convlens.models.store import ModelStore
+from convlens_plugins.attribution.occlusion import OCCLUSION, fill_values
+
+captum_attr = pytest.importorskip("captum.attr")
+
+TOLERANCE = 1e-5
+SIZE = 64
+MEAN = (0.5, 0.4, 0.3)
+STD = (0.2, 0.25, 0.3)
+
+
+class Probabilities(nn.Module):
+    """Softmax probabilities of ``logits`` (a torch function of [0, 1] pixels): what Captum occludes."""
+
+    def __init__(self, logits) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(images), dim=1)
+
+
+def normalised(net: nn.Module, mean, std):
+    mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    return lambda images: net((images - mean) / std)
+
+
+def captum_occlusion(logits, inputs: torch.Tensor, target: int, window: int, stride: int, baselines):
+    with torch.no_grad():
+        attribution = captum_attr.Occlusion(Probabilities(logits)).attribute(
+            inputs,
+            sliding_window_shapes=(3, window, window),
+            strides=(3, stride, stride),
+            baselines=baselines,
+            target=target,
+            perturbations_per_eval=16,
+        )
+    assert torch.equal(attribution[0, 0], attribution[0, 2])  # the window spans all channels
+    return attribution[0, 0].numpy()
+
+
+def result_of(events) -> Result:
+    assert isinstance(events[-1], Result)
+    return events[-1]
+
+
+@pytest.fixture(scope="module")
+def onnx_resnet(resnet18_with_statistics, tmp_path_factory) -> Model:
+    """The seeded random ResNet-18 exported by the dynamo exporter and loaded by convlens's store."""
+    directory = tmp_path_factory.mktemp("occlusion-models")
+    batch = {0: torch.export.Dim("batch", min=1)}
+    torch.onnx.export(
+        resnet18_with_statistics,
+        (torch.rand(2, 3, SIZE, SIZE),),
+        str(directory / "resnet18.onnx"),
+        dynamo=True,
+        dynamic_shapes=(batch,),
+        verbose=False,
+    )
+    labels = [f"thing {index}" for index in range(1000)]
+    (directory / "resnet18-labels.txt").write_text("\n".join(labels) + "\n")
+    card = {"title": "ResNet-18", "input_size": [SIZE, SIZE], "mean": MEAN, "std": STD}
+    (directory / "resnet18.json").write_text(json.dumps({**card, "labels": "resnet18-labels.txt"}))
+    model = ModelStore([directory]).get("resnet18")
+    assert model.format == "onnx" and model._runtime() is not None  # the fast path is under test
+    return model
+
+
+@pytest.mark.parametrize(
+    ("window", "stride", "fill", "baseline"),
+    [(16, 8, "grey", 0.5), (16, 10, "zero", 0.0), (24, 12, "mean", "mean"), (16, 16, "blur", "blur")],
+)
+def test_occlusion_matches_captum_on_an_onnx_resnet18(
+    convlens_run, onnx_resnet, resnet18_with_statistics, sample_image, window, stride, fill, baseline
+):
+    events = convlens_run(OCCLUSION, onnx_resnet, sample_image, window=window, stride=stride, fill=fill)
+    result = result_of(events)
+    inputs = to_tensor(sample_image, (SIZE, SIZE))
+    logits = normalised(resnet18_with_statistics, MEAN, STD)
+    with torch.no_grad():
+        probabilities = torch.softmax(logits(inputs), dim=1)[0]
+    target = int(probabilities.argmax())
+    assert result.data["target"] == target
+    np.testing.assert_allclose(result.data["base_probability"], probabilities[target], atol=TOLERANCE)
+    if baseline == "mean":
+        baseline = inputs.mean(dim=(2, 3), keepdim=True).expand_as(inputs).contiguous()
+    elif baseline == "blur":
+        baseline = torch.from_numpy(fill_values(inputs[0].numpy(), "blur", window))[None]
+    oracle = captum_occlusion(logits, inputs, target, window, stride, baseline)
+    assert np.abs(oracle).max() > 1e-4  # the random net does react to occlusion
+    attribution = result.arrays["attribution"]
+    assert attribution.shape == (SIZE, SIZE) and attribution.dtype == np.float32
+    np.testing.assert_allclose(attribution, oracle, atol=TOLERANCE)
+
+
+def test_the_grids_hold_each_positions_probability_and_top_class(
+    convlens_run, onnx_resnet, resnet18_with_statistics, sample_image
+):
+    """Fig. 7 (d), (e): checked position by position against the eager module on hand-built occlusions."""
+    result = result_of(convlens_run(OCCLUSION, onnx_resnet, sample_image, window=16, stride=10, target=7))
+    inputs = to_tensor(sample_image, (SIZE, SIZE))
+    starts = [0, 10, 20, 30, 40, 50]  # ceil((64 - 16) / 10) + 1 positions, the last window cut at the edge
+    occluded = inputs.repeat(len(starts) ** 2, 1, 1, 1)
+    for index, (y, x) in enumerate((y, x) for y in starts for x in starts):
+        occluded[index, :, y : y + 16, x : x + 16] = 0.5
+    with torch.no_grad():
+        probabilities = torch.softmax(normalised(resnet18_with_statistics, MEAN, STD)(occluded), dim=1)
+    grid = result.arrays["probability_grid"]
+    assert grid.shape == (6, 6) and result.data["positions"] == 36
+    np.testing.assert_allclose(grid.ravel(), probabilities[:, 7].numpy(), atol=TOLERANCE)
+    np.testing.assert_array_equal(
+        result.arrays["top_class_grid"].ravel(), probabilities.argmax(dim=1).numpy()
+    )
+    assert result.data["target"] == 7 and result.data["label"] == "thing 7"
+    seen = result.data["classes_seen"]
+    assert sum(entry["fraction"] for entry in seen) == pytest.approx(1.0)
+    assert seen[0]["index"] == int(np.bincount(result.arrays["top_class_grid"].ravel()).argmax())
+    assert result.images["probability_map"].shape == (60, 60, 3)
+    assert result.images["top_class_map"].shape == (60, 60, 3)
+
+
+def test_occlusion_matches_captum_on_the_default_model(convlens_run, models_dir, sample_image):
+    """ONNX Runtime (convlens) against the model's own onnx2torch graph (Captum), coarse windows to stay quick."""
+    model = ModelStore([models_dir]).get("efficientnet_lite0")
+    result = result_of(convlens_run(OCCLUSION, model, sample_image, window=64, stride=48, fill="grey"))
+    target = result.data["target"]
+    assert result.data["label"] == model.label(target) and result.data["positions"] == 25
+    inputs = to_tensor(sample_image, model.input_size)
+    oracle = captum_occlusion(lambda images: model.forward(images).logits, inputs, target, 64, 48, 0.5)
+    assert oracle.max() > 0.01  # hiding the cat costs the cat class probability
+    np.testing.assert_allclose(result.arrays["attribution"], oracle, atol=TOLERANCE)
+    assert result.data["scale"] == pytest.approx(float(oracle.max()), abs=TOLERANCE)
+
+
+def test_frames_fill_in_row_by_row(convlens_run, tiny_model, sample_image):
+    """One frame per batch; with one row of windows per batch, each frame finishes 8 more pixel rows."""
+    events = convlens_run(OCCLUSION, tiny_model, sample_image, window=16, stride=8, batch_size=7)
+    frames = [event for event in events if isinstance(event, Frame)]
+    progress = [event for event in events if isinstance(event, Progress)]
+    assert len(frames) == 7 and [p.step for p in progress] == [7 * (k + 1) for k in range(7)]
+    assert all(p.total == 49 for p in progress)
+    picture = to_tensor(sample_image, (SIZE, SIZE))[0].numpy().transpose(1, 2, 0)
+    grey = np.repeat(picture.mean(axis=2, keepdims=True), 3, axis=2)
+    for step, frame in enumerate(frames[:-1]):
+        finished = 8 * (step + 1)
+        np.testing.assert_allclose(frame.image[finished:], grey[finished:], atol=1e-6)
+        assert np.abs(frame.image[:finished] - grey[:finished]).max() > 0.05
+    np.testing.assert_allclose(frames[-1].image, result_of(events).images["occlusion"], atol=1e-6)
+
+
+def test_fills_hide_what_they_should(convlens_run, tiny_model):
+    """On a flat grey picture, grey, mean and blur fills change nothing; black does. On chelsea all differ."""
+    flat = np.full((SIZE, SIZE, 3), 128, np.uint8)
+    for fill in ("grey", "mean", "blur"):
+        result = result_of(convlens_run(OCCLUSION, tiny_model, flat, window=16, stride=16, fill=fill))
+        np.testing.assert_allclose(result.arrays["attribution"], 0.0, atol=1e-6)
+        np.testing.assert_allclose(
+            result.arrays["probability_grid"], result.data["base_probability"], atol=1e-6
+        )
+    black = result_of(convlens_run(OCCLUSION, tiny_model, flat, window=16, stride=16, fill="zero"))
+    assert np.abs(black.arrays["attribution"]).max() > 1e-4
+    from skimage import data
+
+    maps = [
+        result_of(
+            convlens_run(OCCLUSION, tiny_model, data.astronaut(), window=16, stride=8, fill=fill, target=3)
+        )
+        for fill in ("grey", "zero", "mean", "blur")
+    ]
+    for first in range(4):
+        for second in range(first + 1, 4):
+            assert not np.allclose(maps[first].arrays["attribution"], maps[second].arrays["attribution"])
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "words"),
+    [
+        ({"window": 65}, "params.window", "does not fit"),
+        ({"stride": 0}, "params.stride", "at least 1"),
+        ({"window": 16, "stride": 17}, "params.stride", "larger than the 16-pixel window"),
+        ({"fill": "noise"}, "params.fill", "expected one of"),
+        ({"target": 10}, "params.target", "class index"),
+    ],
+)
+def test_bad_windows_and_strides_are_refused_before_any_work(tiny_model, sample_image, params, field, words):
+    from convlens.runner import iterate, prepare_run
+
+    calls = []
+    original = tiny_model.logits
+    tiny_model.logits = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+    with pytest.raises(BadInput) as error:
+        list(iterate(OCCLUSION, prepare_run(OCCLUSION, tiny_model, sample_image, params)))
+    assert error.value.field == field and words in error.value.reason
+    assert error.value.status == 400 and not calls
