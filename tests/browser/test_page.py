@@ -251,3 +251,23 @@ def test_saliency_result_offers_its_raw_array_for_download(page, live_server):
     download = page.request.get(link.get_attribute("href"))
     array = np.load(io.BytesIO(download.body()))
     assert array.shape == (224, 224) and array.max() > 0
+
+
+def test_occlusion_heatmap_fills_in_on_the_canvas(page, live_server, artifacts):
+    open_app(page, live_server)
+    view = page.locator("convlens-job-view")
+    view.evaluate(RECORDER)
+    page.locator('[data-testid="image-thumb"][data-image="chelsea"]').click()
+    page.locator('[data-testid="method"][data-method="occlusion"]').click()
+    page.get_by_test_id("param-window").fill("48")
+    page.get_by_test_id("param-stride").fill("16")
+    page.get_by_test_id("param-batch_size").fill("13")
+    page.get_by_test_id("run").click()
+    wait_for_state(page, view, "done", timeout=120_000)
+    record = page.evaluate("window.__convlens")
+    hashes = [frame["hash"] for frame in record["frames"]]
+    # 12x12 window positions in batches of 13: the map is drawn in several steps, each one different.
+    assert len(set(hashes)) >= 3, f"the heatmap should fill in over several frames, got {record['frames']}"
+    progress = record["progress"]
+    assert progress == sorted(progress) and len(set(progress)) >= 3, progress
+    page.screenshot(path=str(artifacts / "occlusion.png"), full_page=True)
