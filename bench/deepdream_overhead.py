@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -40,6 +38,7 @@ from live import (
     ensure_models,
     exit_on_sigterm,
     http,
+    in_fresh_thread,
     machine_note,
     median,
     rate,
@@ -56,7 +55,6 @@ JITTER = 16
 SEED = 0
 
 LayerFunction = Callable[[torch.Tensor], torch.Tensor]
-T = TypeVar("T")
 
 
 # -- the reference: the plugin's math in plain torch -----------------------------------------------------
@@ -90,25 +88,6 @@ def base_image(model) -> torch.Tensor:
     height, width = pixels.shape[:2]
     factor = min(1.0, 2 * max(model.input_size) / max(height, width))
     return to_tensor(pixels, (max(1, round(height * factor)), max(1, round(width * factor))))
-
-
-def in_fresh_thread(function: Callable[[], T]) -> T:
-    """``function()`` run in a new thread, as convlens runs each job (``socketio.start_background_task``)."""
-    outcome: list = []
-
-    def target() -> None:
-        try:
-            outcome.append((True, function()))
-        except BaseException as error:  # re-raised in the caller's thread
-            outcome.append((False, error))
-
-    thread = threading.Thread(target=target, name="bench-bare", daemon=True)
-    thread.start()
-    thread.join()
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value
 
 
 def bare_deepdream(model, forward_layer: LayerFunction, steps: int) -> dict:

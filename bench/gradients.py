@@ -20,37 +20,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
-from live import ensure_models, exit_on_sigterm, machine_note, median, write_summary
+from live import ensure_models, exit_on_sigterm, in_fresh_thread, machine_note, median, write_summary
 
 FORMATS = {"onnx": "efficientnet_lite0.onnx", "pt2": "efficientnet_lite0.pt2", "pt": "efficientnet_lite0.pt"}
 STEPS = 50
 SAMPLES = 50
 NOISE_LEVEL = 0.15
 SEED = 0
-
-
-def in_fresh_thread(work: Callable[[], Any]) -> Any:
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = work()
-        except BaseException as error:  # re-raised in the caller
-            box["error"] = error
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 def timed(work: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:

@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import numpy as np
 import torch
-from live import ensure_models, exit_on_sigterm, machine_note, median, rate, write_summary
+from live import ensure_models, exit_on_sigterm, in_fresh_thread, machine_note, median, rate, write_summary
 
 MODEL = "efficientnet_lite0"
 WINDOW = 32
@@ -36,26 +33,6 @@ STRIDE = 8
 FILL = "grey"
 GREY = 0.5
 AGREEMENT = 1e-4
-T = TypeVar("T")
-
-
-def in_fresh_thread(function: Callable[[], T]) -> T:
-    """``function()`` run in a new thread, as convlens runs each job."""
-    outcome: list = []
-
-    def target() -> None:
-        try:
-            outcome.append((True, function()))
-        except BaseException as error:  # re-raised in the caller's thread
-            outcome.append((False, error))
-
-    thread = threading.Thread(target=target, name="bench-occlusion", daemon=True)
-    thread.start()
-    thread.join()
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value
 
 
 def run_convlens(model, image: np.ndarray, batch_size: int) -> tuple[float, np.ndarray, int, int]:

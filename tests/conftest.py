@@ -48,6 +48,33 @@ def resnet18_with_statistics():
 
 
 @pytest.fixture(scope="session")
+def export_three_formats():
+    """``export(module, directory, size)`` writes ``resnet18.pt2`` (torch.export), ``.onnx`` (dynamo) and ``.pt`` (traced).
+
+    A batch of 2 in the example input, with a dynamic batch dimension: with 1, torch.export fixes it.
+    """
+    import torch
+
+    def export(module, directory: Path, size: int, stem: str = "resnet18") -> None:
+        example = torch.rand(2, 3, size, size)
+        batch = {0: torch.export.Dim("batch", min=1)}
+        program = torch.export.export(module, (example,), dynamic_shapes=(batch,))
+        torch.export.save(program, str(directory / f"{stem}.pt2"))
+        torch.onnx.export(
+            module,
+            (example,),
+            str(directory / f"{stem}.onnx"),
+            dynamo=True,
+            dynamic_shapes=(batch,),
+            verbose=False,
+        )
+        with torch.no_grad():
+            torch.jit.save(torch.jit.trace(module, (example,)), str(directory / f"{stem}.pt"))
+
+    return export
+
+
+@pytest.fixture(scope="session")
 def app_config(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     from convlens.config import Config
 

@@ -56,24 +56,13 @@ def eager(resnet18_with_statistics) -> ModuleModel:
 
 
 @pytest.fixture(scope="module")
-def store(resnet18_with_statistics, tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+def store(
+    resnet18_with_statistics, tmp_path_factory: pytest.TempPathFactory, export_three_formats
+) -> ModelStore:
     """The random ResNet-18 as resnet18.onnx, .pt2 and .pt (as tests/test_model_store.py writes them)."""
     module = resnet18_with_statistics
     directory = tmp_path_factory.mktemp("gradient-models")
-    example = torch.rand(2, 3, SIZE, SIZE)
-    batch = {0: torch.export.Dim("batch", min=1)}
-    program = torch.export.export(module, (example,), dynamic_shapes=(batch,))
-    torch.export.save(program, str(directory / "resnet18.pt2"))
-    torch.onnx.export(
-        module,
-        (example,),
-        str(directory / "resnet18.onnx"),
-        dynamo=True,
-        dynamic_shapes=(batch,),
-        verbose=False,
-    )
-    with torch.no_grad():
-        torch.jit.save(torch.jit.trace(module, (example,)), str(directory / "resnet18.pt"))
+    export_three_formats(module, directory, SIZE)
     (directory / "resnet18-labels.txt").write_text("\n".join(LABELS) + "\n")
     card = {"title": "ResNet-18 (random)", "input_size": [SIZE, SIZE], "mean": list(MEAN), "std": list(STD)}
     (directory / "resnet18.json").write_text(json.dumps({**card, "labels": "resnet18-labels.txt"}))

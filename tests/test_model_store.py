@@ -37,23 +37,12 @@ def store_resnet(resnet18_with_statistics) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def store_dir(store_resnet: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def store_dir(
+    store_resnet: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory, export_three_formats
+) -> Path:
     """resnet18.onnx (dynamo exporter), .pt2 (torch.export) and .pt (torch.jit.trace), with one card for all."""
     directory = tmp_path_factory.mktemp("store-models")
-    example = torch.rand(2, 3, SIZE, SIZE)
-    batch = {0: torch.export.Dim("batch", min=1)}
-    program = torch.export.export(store_resnet, (example,), dynamic_shapes=(batch,))
-    torch.export.save(program, str(directory / "resnet18.pt2"))
-    torch.onnx.export(
-        store_resnet,
-        (example,),
-        str(directory / "resnet18.onnx"),
-        dynamo=True,
-        dynamic_shapes=(batch,),
-        verbose=False,
-    )
-    with torch.no_grad():
-        torch.jit.save(torch.jit.trace(store_resnet, (example,)), str(directory / "resnet18.pt"))
+    export_three_formats(store_resnet, directory, SIZE)
     (directory / "resnet18-labels.txt").write_text("\n".join(LABELS) + "\n")
     card = {
         "title": "ResNet-18 (random)",
