@@ -26,7 +26,9 @@ from convlens.errors import BadInput
 from convlens.events import Event, Frame, Progress, Result
 from convlens.images import to_image
 from convlens.methods import Method, RunContext
-from convlens.params import Bool, ClassIndex, Float, Layer
+from convlens.params import Bool, Layer
+
+from .saliency import OVERLAY, TARGET
 
 if TYPE_CHECKING:
     from convlens.models.base import LayerInfo, Model
@@ -107,9 +109,7 @@ GRADCAM = Method(
     topic="Which pixels matter",
     run=run_gradcam,
     params=(
-        ClassIndex(
-            "target", title="Class", help="The class whose score is explained; empty: the top prediction."
-        ),
+        TARGET,
         Layer(
             "layer",
             title="Layer",
@@ -122,9 +122,7 @@ GRADCAM = Method(
             title="Only positive evidence",
             help="Apply the paper's ReLU to the map; off keeps negative evidence in the saved arrays.",
         ),
-        Float(
-            "overlay", 0.7, minimum=0.0, maximum=1.0, title="Overlay opacity", help="0 shows only the image."
-        ),
+        OVERLAY,
     ),
     needs=frozenset({"gradients", "layers"}),
     description="Each channel of a convolutional layer weighted by the mean gradient of the class score "

@@ -27,9 +27,9 @@ import torch.nn.functional as F  # noqa: N812 - the usual name
 from convlens.errors import BadInput
 from convlens.events import Event, Frame, Progress, Result
 from convlens.methods import Method, RunContext
-from convlens.params import Choice, ClassIndex, Float, Int
+from convlens.params import Choice, Float, Int
 
-from .saliency import SATURATE_PERCENTILE, heatmap_overlay
+from .saliency import OVERLAY, SATURATE_PERCENTILE, TARGET, heatmap_overlay
 
 if TYPE_CHECKING:
     from convlens.models.base import Model
@@ -98,14 +98,6 @@ def finish(
         arrays={"attributions": attributions},
         data={"target": target, "label": ctx.model.label(target), "score": score, **scales, **data},
     )
-
-
-TARGET = ClassIndex(
-    "target", title="Class", help="The class whose score is explained; empty: the top prediction."
-)
-OVERLAY = Float(
-    "overlay", 0.7, minimum=0.0, maximum=1.0, title="Overlay opacity", help="0 shows only the image."
-)
 
 
 # -- gradient × input -------------------------------------------------------------------------------

@@ -25,7 +25,9 @@ from convlens.colormaps import colorize, overlay
 from convlens.errors import BadInput
 from convlens.events import Event, Frame, Progress, Result
 from convlens.methods import Method, RunContext
-from convlens.params import Choice, ClassIndex, Float, Int
+from convlens.params import Choice, ClassIndex, Int
+
+from .saliency import OVERLAY
 
 if TYPE_CHECKING:
     from convlens.models.base import Model
@@ -279,9 +281,7 @@ OCCLUSION = Method(
             help="What the square shows: mid grey, black, the image's mean colour or the image blurred.",
         ),
         Int("batch_size", 32, minimum=1, maximum=512, title="Batch size", help="Positions per forward pass."),
-        Float(
-            "overlay", 0.7, minimum=0.0, maximum=1.0, title="Overlay opacity", help="0 shows only the image."
-        ),
+        OVERLAY,
     ),
     needs=frozenset(),
     description="Slide a square over the image and map how much the class probability drops when each pixel "

@@ -35,6 +35,14 @@ REFERENCE = (
 SATURATE_PERCENTILE = 99.0
 """The shown map is divided by this percentile of itself and clipped: a few extreme pixels would leave the rest black."""
 
+TARGET = ClassIndex(
+    "target", title="Class", help="The class whose score is explained; empty: the top prediction."
+)
+OVERLAY = Float(
+    "overlay", 0.7, minimum=0.0, maximum=1.0, title="Overlay opacity", help="0 shows only the image."
+)
+"""Parameters every attribution map shares."""
+
 
 def saliency_map(model: Model, image: torch.Tensor, target: int | None) -> tuple[np.ndarray, int, float]:
     """``max_c |d logit_target / d image|`` (HxW float32) for a 1x3xHxW image in [0, 1], the target and its logit.
@@ -90,12 +98,8 @@ SALIENCY = Method(
     topic="Which pixels matter",
     run=run_saliency,
     params=(
-        ClassIndex(
-            "target", title="Class", help="The class whose score is explained; empty: the top prediction."
-        ),
-        Float(
-            "overlay", 0.7, minimum=0.0, maximum=1.0, title="Overlay opacity", help="0 shows only the image."
-        ),
+        TARGET,
+        OVERLAY,
     ),
     needs=frozenset({"gradients"}),
     description="Gradient of the class score (logit) w.r.t. the input pixels, max over colour channels of its "
