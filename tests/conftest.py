@@ -48,6 +48,26 @@ def resnet18_with_statistics():
 
 
 @pytest.fixture(scope="session")
+def pixel_space():
+    """``pixel_space(net, mean, std)``: ``net`` taking [0, 1] pixels, normalised as ``Model.normalise`` does, so
+    an oracle such as Captum sees what convlens sees. An ``nn.Module`` (Captum hooks its submodules)."""
+    import torch
+    from torch import nn
+
+    class PixelSpace(nn.Module):
+        def __init__(self, net: nn.Module, mean, std) -> None:
+            super().__init__()
+            self.net = net
+            self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.net((images - self.mean) / self.std)
+
+    return lambda net, mean, std: PixelSpace(net, mean, std).eval()
+
+
+@pytest.fixture(scope="session")
 def export_three_formats():
     """``export(module, directory, size)`` writes ``resnet18.pt2`` (torch.export), ``.onnx`` (dynamo) and ``.pt`` (traced).
 

@@ -33,24 +33,11 @@ RESNET_FILES = ("resnet18.onnx", "resnet18.pt2", "resnet18.pt")
 TOLERANCE = {"onnx": 1e-4, "export": 1e-5, "torchscript": 1e-5}
 
 
-class PixelSpace(nn.Module):
-    """``net`` taking [0, 1] pixels: normalises like :meth:`Model.normalise`, so Captum sees what convlens sees."""
-
-    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.net = net
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net((images - self.mean) / self.std)
-
-
 def captum_gradcam(
-    net: nn.Module, model, image: np.ndarray, layer: str, target: int, relu: bool
+    pixel_space, net: nn.Module, model, image: np.ndarray, layer: str, target: int, relu: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Captum's Grad-CAM of the eager ``net`` at ``layer``: at the layer's resolution, and upsampled bilinearly."""
-    wrapped = PixelSpace(net, model.card.mean, model.card.std).eval()
+    wrapped = pixel_space(net, model.card.mean, model.card.std)
     inputs = to_tensor(image, model.input_size)
     layer_gradcam = captum_attr.LayerGradCam(wrapped, wrapped.net.get_submodule(layer))
     cam = layer_gradcam.attribute(inputs, target=target, relu_attributions=relu).detach()
@@ -66,20 +53,20 @@ def top_class(model, image: np.ndarray) -> int:
     return int(np.argmax(model.logits(to_tensor(image, model.input_size))[0]))
 
 
-def check_against_captum(convlens_run, net, model, image, layer, target, relu=True) -> Result:
+def check_against_captum(convlens_run, pixel_space, net, model, image, layer, target, relu=True) -> Result:
     events = convlens_run(GRADCAM, model, image, layer=layer, target=target, relu=relu)
     assert [type(event) for event in events] == [Frame, Progress, Result]
     result = events[-1]
     expected_target = top_class(model, image) if target is None else target
     assert result.data["target"] == expected_target
     assert result.data["layer"] == layer
-    cam, upsampled = captum_gradcam(net, model, image, layer, expected_target, relu)
+    cam, upsampled = captum_gradcam(pixel_space, net, model, image, layer, expected_target, relu)
     assert np.abs(cam).max() > 0
     tolerance = TOLERANCE[model.format]
     assert result.arrays["cam"].shape == cam.shape == tuple(result.data["layer_shape"][1:])
     assert relative_error(result.arrays["cam"], cam) < tolerance
-    assert result.arrays["cam_upsampled"].shape == model.input_size
-    assert relative_error(result.arrays["cam_upsampled"], upsampled) < tolerance
+    assert result.arrays["attribution"].shape == model.input_size
+    assert relative_error(result.arrays["attribution"], upsampled) < tolerance
     shown = np.clip(upsampled / upsampled.max(), 0, 1)
     assert np.abs(result.images["map"] - shown).max() < 2 * tolerance
     assert result.images["map"].max() == pytest.approx(1.0)
@@ -121,10 +108,10 @@ def resnet_store(resnet_net: nn.Module, tmp_path_factory: pytest.TempPathFactory
 @pytest.mark.parametrize("layer", ["layer4", "layer3"])
 @pytest.mark.parametrize("model_id", RESNET_FILES)
 def test_gradcam_matches_captum_on_resnet18_in_every_format(
-    convlens_run, resnet_net, resnet_store, sample_image, model_id, layer, relu
+    convlens_run, pixel_space, resnet_net, resnet_store, sample_image, model_id, layer, relu
 ):
     result = check_against_captum(
-        convlens_run, resnet_net, resnet_store.get(model_id), sample_image, layer, 281, relu
+        convlens_run, pixel_space, resnet_net, resnet_store.get(model_id), sample_image, layer, 281, relu
     )
     assert result.data["label"] == "thing 281"
     # Without the ReLU the negative evidence is kept in the arrays (and is black in the map).
@@ -132,7 +119,7 @@ def test_gradcam_matches_captum_on_resnet18_in_every_format(
 
 
 def test_gradcam_defaults_to_the_top_class_and_the_last_spatial_layer(
-    convlens_run, resnet_net, resnet_store, sample_image
+    convlens_run, pixel_space, resnet_net, resnet_store, sample_image
 ):
     model = resnet_store.get("resnet18.pt2")
     # avgpool is 512x1x1 and fc is flat: neither is a map; the card's default layer is for other methods.
@@ -140,7 +127,7 @@ def test_gradcam_defaults_to_the_top_class_and_the_last_spatial_layer(
     result = convlens_run(GRADCAM, model, sample_image)[-1]
     assert result.data["layer"] == "layer4" and result.data["layer_shape"] == [512, SIZE // 32, SIZE // 32]
     assert result.data["target"] == top_class(model, sample_image)
-    check_against_captum(convlens_run, resnet_net, model, sample_image, "layer4", None)
+    check_against_captum(convlens_run, pixel_space, resnet_net, model, sample_image, "layer4", None)
 
 
 @pytest.fixture(scope="module")
@@ -155,15 +142,19 @@ def efficientnet() -> nn.Module:
     "model_id", ["efficientnet_lite0.onnx", "efficientnet_lite0.pt2", "efficientnet_lite0.pt"]
 )
 def test_gradcam_matches_captum_on_the_default_model(
-    convlens_run, efficientnet, models_dir: Path, sample_image, model_id
+    convlens_run, pixel_space, efficientnet, models_dir: Path, sample_image, model_id
 ):
     model = ModelStore([models_dir]).get(model_id)
-    result = check_against_captum(convlens_run, efficientnet, model, sample_image, "_head_act", None)
+    result = check_against_captum(
+        convlens_run, pixel_space, efficientnet, model, sample_image, "_head_act", None
+    )
     assert result.data["layer_shape"] == [1280, 7, 7]
     assert result.data["label"] == model.labels[result.data["target"]]
     # A second run of the same layer: TorchScript's optimising executor would cut its gradient from then on.
     assert convlens_run(GRADCAM, model, sample_image)[-1].data["layer"] == "_head_act"
-    check_against_captum(convlens_run, efficientnet, model, sample_image, "_blocks.15", 285, relu=False)
+    check_against_captum(
+        convlens_run, pixel_space, efficientnet, model, sample_image, "_blocks.15", 285, relu=False
+    )
 
 
 @pytest.mark.parametrize("layer", ["fc", "avgpool"])

@@ -245,9 +245,9 @@ def test_the_tapped_graph_is_built_once_per_set_of_layers(saved, images, monkeyp
     built = []
     original = torchscript.tapped_graph
 
-    def counting(module, paths, fold=True, logits=True):
-        built.append((tuple(paths), logits))
-        return original(module, paths, fold, logits)
+    def counting(module, paths, fold=True, logits=True, relu_rule="gradient"):
+        built.append((tuple(paths), logits, relu_rule))
+        return original(module, paths, fold, logits, relu_rule)
 
     monkeypatch.setattr(torchscript, "tapped_graph", counting)
     model = TorchScriptModel("resnet18", saved["traced"], CARD)
@@ -255,7 +255,14 @@ def test_the_tapped_graph_is_built_once_per_set_of_layers(saved, images, monkeyp
         model.forward(images, layers)
     model.forward(images, ["layer2"], logits=False)
     model.forward(images, ["layer2"], logits=False)
-    assert built == [(("layer1", "layer2"), True), (("layer2",), True), (("layer2",), False)]
+    model.forward(images, relu_rule="guided")
+    model.forward(images, relu_rule="guided")
+    assert built == [
+        (("layer1", "layer2"), True, "gradient"),
+        (("layer2",), True, "gradient"),
+        (("layer2",), False, "gradient"),
+        ((), True, "guided"),
+    ]
 
 
 def test_a_file_that_is_not_torchscript_is_bad_input(tmp_path: Path):
@@ -378,7 +385,7 @@ def test_a_frozen_module_has_logits_and_no_layers(tmp_path):
         torch.jit.save(torch.jit.freeze(torch.jit.script(module)), str(path))
     model = TorchScriptModel("frozen", path, ModelCard(title="frozen", input_size=(16, 16)))
     images = torch.rand(2, 3, 16, 16)
-    assert model.layers() == [] and model.capabilities == frozenset({"gradients"})
+    assert model.layers() == [] and model.capabilities == frozenset({"gradients", "relu_rules"})
     with torch.no_grad():
         expected = module(normalise(images))
     assert (model.forward(images).logits - expected).abs().max() <= 1e-5

@@ -25,7 +25,7 @@ from convlens.colormaps import overlay
 from convlens.errors import BadInput
 from convlens.events import Event, Frame, Progress, Result
 from convlens.images import to_image
-from convlens.methods import Method, RunContext
+from convlens.methods import ATTRIBUTION_MAP, Method, RunContext
 from convlens.params import Bool, Layer
 
 from .saliency import OVERLAY, TARGET
@@ -92,7 +92,7 @@ def run_gradcam(ctx: RunContext) -> Iterator[Event]:
     yield Progress(1, 1)
     yield Result(
         images={"gradcam": heatmap, "map": normalised},
-        arrays={"cam": cam_map, "cam_upsampled": upsampled_map},
+        arrays={"cam": cam_map, "attribution": upsampled_map},
         data={
             "target": target,
             "label": model.label(target),
@@ -125,6 +125,7 @@ GRADCAM = Method(
         OVERLAY,
     ),
     needs=frozenset({"gradients", "layers"}),
+    tags=frozenset({ATTRIBUTION_MAP}),
     description="Each channel of a convolutional layer weighted by the mean gradient of the class score "
     "(logit) w.r.t. it, summed, ReLU'd and upsampled: the regions the layer found evidence for the class in.",
     reference=REFERENCE,

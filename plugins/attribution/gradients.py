@@ -26,7 +26,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual name
 
 from convlens.errors import BadInput
 from convlens.events import Event, Frame, Progress, Result
-from convlens.methods import Method, RunContext
+from convlens.methods import ATTRIBUTION_MAP, Method, RunContext
 from convlens.params import Choice, Float, Int
 
 from .saliency import OVERLAY, SATURATE_PERCENTILE, TARGET, heatmap_overlay
@@ -95,7 +95,7 @@ def finish(
     yield Frame(images[name], label=name)
     yield Result(
         images=images,
-        arrays={"attributions": attributions},
+        arrays={"attributions": attributions, "attribution": np.abs(attributions).max(axis=0)},
         data={"target": target, "label": ctx.model.label(target), "score": score, **scales, **data},
     )
 
@@ -122,6 +122,7 @@ INPUT_X_GRADIENT = Method(
     run=run_input_x_gradient,
     params=(TARGET, OVERLAY),
     needs=frozenset({"gradients"}),
+    tags=frozenset({ATTRIBUTION_MAP}),
     description="The gradient of the class score (logit) times the pixel value, per pixel and channel: a "
     "first-order estimate of each pixel's contribution relative to a black image.",
     reference="Shrikumar, Greenside, Shcherbina, Kundaje 2016, Not Just a Black Box: Learning Important Features "
@@ -207,6 +208,7 @@ SMOOTHGRAD = Method(
         OVERLAY,
     ),
     needs=frozenset({"gradients"}),
+    tags=frozenset({ATTRIBUTION_MAP}),
     description="The gradient of the class score averaged over noisy copies of the image: the noise averages "
     "out the gradient's pixel-to-pixel jitter, leaving a sharper map. It sharpens live as copies come in.",
     reference="Smilkov, Thorat, Kim, Viégas, Wattenberg 2017, SmoothGrad: removing noise by adding noise, "
@@ -352,6 +354,7 @@ INTEGRATED_GRADIENTS = Method(
         OVERLAY,
     ),
     needs=frozenset({"gradients"}),
+    tags=frozenset({ATTRIBUTION_MAP}),
     description="The pixel-wise difference from a baseline times the class score's gradient integrated along the "
     "straight path from the baseline to the image; the attributions add up to the score's change (completeness).",
     reference="Sundararajan, Taly, Yan 2017, Axiomatic Attribution for Deep Networks, arXiv:1703.01365",

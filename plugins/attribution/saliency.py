@@ -22,7 +22,7 @@ import torch
 from convlens.colormaps import overlay
 from convlens.events import Event, Frame, Progress, Result
 from convlens.images import to_image
-from convlens.methods import Method, RunContext
+from convlens.methods import ATTRIBUTION_MAP, Method, RunContext
 from convlens.params import ClassIndex, Float
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def run_saliency(ctx: RunContext) -> Iterator[Event]:
     yield Progress(1, 1)
     yield Result(
         images={"saliency": heatmap, "map": normalised},
-        arrays={"gradient_map": gradient_map},
+        arrays={"gradient_map": gradient_map, "attribution": gradient_map},
         data={
             "target": target,
             "label": ctx.model.label(target),
@@ -102,6 +102,7 @@ SALIENCY = Method(
         OVERLAY,
     ),
     needs=frozenset({"gradients"}),
+    tags=frozenset({ATTRIBUTION_MAP}),
     description="Gradient of the class score (logit) w.r.t. the input pixels, max over colour channels of its "
     "absolute value: bright pixels are those whose change would change the score most.",
     reference=REFERENCE,

@@ -16,8 +16,14 @@ if TYPE_CHECKING:
 
     from .models.base import Model
 
-NEEDS = ("gradients", "layers")
-"""What a method can require of a model: autograd through it, and access to hidden layers."""
+NEEDS = ("gradients", "layers", "relu_rules")
+"""What a method can require of a model: autograd through it, access to hidden layers, and backward rules
+through its rectifiers other than the gradient (``Model.forward(relu_rule=...)``)."""
+
+ATTRIBUTION_MAP = "attribution-map"
+"""Tag of a method whose result has ``arrays["attribution"]``: one relevance value per pixel of the model's
+input (HxW float32, larger is more relevant, negative where the method finds counter-evidence) and which takes
+a ``target`` class parameter. The comparison view runs every method so tagged on one image and class."""
 
 
 @dataclass
@@ -57,7 +63,8 @@ class Method:
     ``run(ctx)`` is a generator of :mod:`convlens.events`; the server may pause
     between two events, or close the generator to stop it. ``topic`` groups methods
     in the UI (e.g. "Which pixels matter"); ``needs`` lists what of :data:`NEEDS`
-    the model must support.
+    the model must support; ``tags`` are promises about the result a view can rely
+    on (:data:`ATTRIBUTION_MAP`).
     """
 
     name: str
@@ -68,6 +75,7 @@ class Method:
     needs: frozenset[str] = frozenset()
     description: str = ""
     reference: str = ""
+    tags: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(NEEDS)
@@ -89,5 +97,6 @@ class Method:
             "description": self.description,
             "reference": self.reference,
             "needs": sorted(self.needs),
+            "tags": sorted(self.tags),
             "params": [p.to_json() for p in self.params],
         }

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
+from .rectifiers import check_rule
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,8 @@ class Model(ABC):
 
     @property
     def capabilities(self) -> frozenset[str]:
-        """Subset of ``{"gradients", "layers"}`` this model supports."""
-        return frozenset({"gradients", "layers"})
+        """Subset of :data:`convlens.methods.NEEDS` this model supports."""
+        return frozenset({"gradients", "layers", "relu_rules"})
 
     @cached_property
     def sha256(self) -> str:
@@ -137,18 +138,30 @@ class Model(ABC):
         return (images - mean) / std
 
     @abstractmethod
-    def forward(self, images: torch.Tensor, layers: Sequence[str] = (), *, logits: bool = True) -> Forward:
+    def forward(
+        self,
+        images: torch.Tensor,
+        layers: Sequence[str] = (),
+        *,
+        logits: bool = True,
+        relu_rule: str = "gradient",
+    ) -> Forward:
         """Logits and the activations at ``layers`` for Nx3xHxW images in [0, 1], differentiable.
 
         With ``logits=False`` only what ``layers`` need is computed and ``Forward.logits`` is ``None``: the
         cheap way for a method that looks at hidden layers only. It needs at least one layer
-        (:meth:`_check_request`).
+        (:meth:`_check_request`). ``relu_rule`` is how gradients pass back through the rectifiers (ReLU,
+        ReLU6, clips at 0): ``gradient``, ``deconvnet`` or ``guided`` (:mod:`convlens.models.rectifiers`);
+        the forward values are the same under every rule.
         """
 
-    def _check_request(self, layers: Sequence[str], logits: bool) -> None:
-        """Refuse a forward that would return nothing: ``logits=False`` with no layers."""
+    def _check_request(self, layers: Sequence[str], logits: bool, relu_rule: str = "gradient") -> None:
+        """Refuse a forward that would return nothing (``logits=False`` with no layers) or an unknown rule."""
         if not logits and not layers:
             raise BadInput("layers", "a forward without logits needs at least one layer")
+        check_rule(relu_rule)
+        if relu_rule != "gradient" and "relu_rules" not in self.capabilities:
+            raise BadInput("relu_rule", f"model {self.id!r} cannot change its backward rules", status=422)
 
     def logits(self, images: torch.Tensor | np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Forward-only logits (NxK numpy) for a batch of images in [0, 1], run in chunks of ``batch_size``."""

@@ -23,6 +23,7 @@ from torch import fx
 
 from ..errors import BadInput
 from .base import Forward, LayerInfo, Model
+from .rectifiers import rectify_fx
 
 Scope = tuple[str, str]
 """A module scope: its dotted path and its class name (``("layer1.0", "BasicBlock")``)."""
@@ -129,12 +130,16 @@ def first_output(graph: fx.Graph) -> fx.Node:
 
 
 def tapped_module(
-    graph_module: fx.GraphModule, node_names: Sequence[str], logits: bool = True
+    graph_module: fx.GraphModule,
+    node_names: Sequence[str],
+    logits: bool = True,
+    relu_rule: str = "gradient",
 ) -> fx.GraphModule:
     """A copy of ``graph_module`` sharing its weights that returns ``(first output, *values of node_names)``.
 
     With ``logits=False`` it returns only the values of ``node_names``, and the nodes they do not depend on
-    (the rest of the network, the logits among them) are removed from the copy.
+    (the rest of the network, the logits among them) are removed from the copy. A ``relu_rule`` other than
+    ``gradient`` replaces the copy's rectifiers (:func:`~convlens.models.rectifiers.rectify_fx`).
 
     The copy uses plain fx code generation, so it takes the inputs positionally and returns a flat tuple,
     whatever pytree structure the original's signature had.
@@ -151,9 +156,12 @@ def tapped_module(
     taps = tuple(copies[by_name[name]] for name in node_names)
     graph.output((copies[first_output(graph_module.graph)], *taps) if logits else taps)
     module = fx.GraphModule(graph_module, graph)
+    if relu_rule != "gradient":
+        rectify_fx(module, relu_rule)
     if not logits:
         # Dead-code elimination needs the owning module to tell pure submodule calls from impure ones.
         module.graph.eliminate_dead_code()
+    if relu_rule != "gradient" or not logits:
         module.recompile()
     return module
 
@@ -172,17 +180,19 @@ class GraphTaps:
         self.module = graph_module
         self.fixed_batch = fixed_batch
         self._cache_size = cache_size
-        self._cache: OrderedDict[tuple[tuple[str, ...], bool], fx.GraphModule] = OrderedDict()
+        self._cache: OrderedDict[tuple[tuple[str, ...], bool, str], fx.GraphModule] = OrderedDict()
         self._lock = threading.Lock()
         self._device = next((t.device for t in _tensors(graph_module)), torch.device("cpu"))
 
-    def tapped(self, node_names: tuple[str, ...], logits: bool = True) -> fx.GraphModule:
+    def tapped(
+        self, node_names: tuple[str, ...], logits: bool = True, relu_rule: str = "gradient"
+    ) -> fx.GraphModule:
         """The compiled copy returning these nodes (after the first output if ``logits``), built once."""
-        key = (node_names, logits)
+        key = (node_names, logits, relu_rule)
         with self._lock:
             module = self._cache.get(key)
             if module is None:
-                module = tapped_module(self.module, node_names, logits)
+                module = tapped_module(self.module, node_names, logits, relu_rule)
                 self._cache[key] = module
                 if len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
@@ -191,12 +201,16 @@ class GraphTaps:
             return module
 
     def run(
-        self, inputs: torch.Tensor, node_names: Sequence[str] = (), logits: bool = True
+        self,
+        inputs: torch.Tensor,
+        node_names: Sequence[str] = (),
+        logits: bool = True,
+        relu_rule: str = "gradient",
     ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         """The first output (``None`` unless ``logits``) and ``{node name: value}`` for normalised inputs."""
         self._follow(inputs.device)
         names = tuple(dict.fromkeys(node_names))
-        module = self.tapped(names, logits)
+        module = self.tapped(names, logits, relu_rule)
         if self.fixed_batch is None or inputs.shape[0] == self.fixed_batch:
             values = module(inputs)
         else:
@@ -276,8 +290,15 @@ class GraphModel(Model):
             self._layers = layers
         return self._layers
 
-    def forward(self, images: torch.Tensor, layers: Sequence[str] = (), *, logits: bool = True) -> Forward:
-        self._check_request(layers, logits)
+    def forward(
+        self,
+        images: torch.Tensor,
+        layers: Sequence[str] = (),
+        *,
+        logits: bool = True,
+        relu_rule: str = "gradient",
+    ) -> Forward:
+        self._check_request(layers, logits, relu_rule)
         if layers:
             self.layers()
         nodes = []
@@ -285,7 +306,7 @@ class GraphModel(Model):
             if name not in self._node_of:
                 raise BadInput("layer", f"model {self.id!r} has no layer {name!r}")
             nodes.append(self._node_of[name])
-        outputs, values = self._taps.run(self.normalise(images), nodes, logits)
+        outputs, values = self._taps.run(self.normalise(images), nodes, logits, relu_rule)
         return Forward(outputs, {name: values[node] for name, node in zip(layers, nodes, strict=True)})
 
 

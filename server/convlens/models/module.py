@@ -8,6 +8,7 @@ a number of times that depends on the input is read at the count of the blank im
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from ..errors import BadInput
 from .base import Forward, LayerInfo, Model, ModelCard
+from .rectifiers import RectifierMode
 
 
 class _AllCaptured(Exception):
@@ -68,8 +70,15 @@ class ModuleModel(Model):
             if name in shapes
         ]
 
-    def forward(self, images: torch.Tensor, layers: Sequence[str] = (), *, logits: bool = True) -> Forward:
-        self._check_request(layers, logits)
+    def forward(
+        self,
+        images: torch.Tensor,
+        layers: Sequence[str] = (),
+        *,
+        logits: bool = True,
+        relu_rule: str = "gradient",
+    ) -> Forward:
+        self._check_request(layers, logits, relu_rule)
         for name in layers:
             if name not in self._modules:
                 raise BadInput("layer", f"model {self.id!r} has no layer {name!r}")
@@ -83,8 +92,10 @@ class ModuleModel(Model):
         handles = [
             self._modules[name].register_forward_hook(_capture(captured, name, calls_left)) for name in names
         ]
+        rules = RectifierMode(relu_rule) if relu_rule != "gradient" else contextlib.nullcontext()
         try:
-            outputs = self.module(self.normalise(images))
+            with rules:
+                outputs = self.module(self.normalise(images))
         except _AllCaptured:
             outputs = None
         finally:

@@ -24,7 +24,8 @@ Limits: a call inside a loop the graph keeps (not unrolled) or a branch decided 
 a module whose forward returns a tuple. Where a later in-place op reaches a tapped value's memory through some
 other name (a view taken before the tap), the activation is a snapshot that the logits do not depend on, so
 it has the right values but no gradient from the logits. A file whose graph cannot be read this way still
-gives logits and input gradients, with no layers.
+gives logits and input gradients, with no layers and no backward rules; a frozen module (its submodules
+inlined away) has no layers, but its rectifiers can still take other backward rules.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import torch
 
 from ..errors import BadInput
 from .base import Forward, LayerInfo, Model, ModelCard
+from .rectifiers import rectify_script
 
 log = logging.getLogger(__name__)
 
@@ -285,14 +287,22 @@ def tap_points(module: torch.jit.ScriptModule, fold: bool = True) -> list[tuple[
 
 
 def tapped_graph(
-    module: torch.jit.ScriptModule, paths: Sequence[str], fold: bool = True, logits: bool = True
+    module: torch.jit.ScriptModule,
+    paths: Sequence[str],
+    fold: bool = True,
+    logits: bool = True,
+    relu_rule: str = "gradient",
 ) -> torch._C.Graph:
     """``module``'s forward graph returning ``(output, *activations at paths)``; ``self`` stays its first input.
 
     With ``logits=False`` it returns only the activations, and whatever they do not depend on (the rest of
-    the network, the output among it) is removed.
+    the network, the output among it) is removed. A ``relu_rule`` other than ``gradient`` replaces the
+    rectifiers (:func:`~convlens.models.rectifiers.rectify_script`) before the taps are placed, so in-place
+    rectifiers become out-of-place ones first.
     """
     graph, calls = _inline_calls(module, fold)
+    if relu_rule != "gradient":
+        rectify_script(graph, relu_rule)
     last = _last_calls(graph, calls)
     missing = [path for path in paths if path not in last]
     if missing:
@@ -345,22 +355,27 @@ class TorchScriptModel(Model):
             parameter.requires_grad_(False)
         # Folding reads attributes once; a module that assigns its own attributes must keep reading them.
         self._fold = self.module.inlined_graph.findNode("prim::SetAttr", True) is None
+        self._readable = True
         try:
             self._ops = dict(tap_points(self.module, self._fold))
         except (RuntimeError, AttributeError, KeyError) as error:
             log.warning(
-                "%s: hidden layers unavailable, its graph could not be read (%s)", self.path.name, error
+                "%s: hidden layers and backward rules unavailable, its graph could not be read (%s)",
+                self.path.name,
+                error,
             )
             self._ops = {}
+            self._readable = False
         self._layers: list[LayerInfo] | None = None
         self._cache_size = cache_size
-        self._cache: OrderedDict[tuple[tuple[str, ...], bool], torch._C.ScriptFunction] = OrderedDict()
+        self._cache: OrderedDict[tuple[tuple[str, ...], bool, str], torch._C.ScriptFunction] = OrderedDict()
         self._lock = threading.Lock()
         self._device = next((t.device for t in self.module.parameters()), torch.device("cpu"))
 
     @property
     def capabilities(self) -> frozenset[str]:
-        return frozenset({"gradients", "layers"} if self._ops else {"gradients"})
+        readable = {"relu_rules"} if self._readable else set()
+        return frozenset({"gradients"} | readable | ({"layers"} if self._ops else set()))
 
     def layers(self) -> list[LayerInfo]:
         if self._layers is None:
@@ -370,17 +385,24 @@ class TorchScriptModel(Model):
             self._layers = [LayerInfo(name, self._ops[name], tuple(acts[name].shape[1:])) for name in names]
         return self._layers
 
-    def forward(self, images: torch.Tensor, layers: Sequence[str] = (), *, logits: bool = True) -> Forward:
-        self._check_request(layers, logits)
+    def forward(
+        self,
+        images: torch.Tensor,
+        layers: Sequence[str] = (),
+        *,
+        logits: bool = True,
+        relu_rule: str = "gradient",
+    ) -> Forward:
+        self._check_request(layers, logits, relu_rule)
         for name in layers:
             if name not in self._ops:
                 raise BadInput("layer", f"model {self.id!r} has no layer {name!r}")
         self._follow(images.device)
         inputs = self.normalise(images)
-        if not layers:
+        if not layers and relu_rule == "gradient":
             return Forward(self.module(inputs), {})
         names = tuple(dict.fromkeys(layers))
-        function = self._tapped(names, logits)
+        function = self._tapped(names, logits, relu_rule)
         if logits:
             # From its second run the optimising executor merges a tapped layer and what follows into one
             # differentiable graph, which cuts the gradient of the logits w.r.t. the returned activation
@@ -390,17 +412,21 @@ class TorchScriptModel(Model):
                 values = function(self.module, inputs)
         else:
             values = function(self.module, inputs)
+        if not isinstance(values, tuple):
+            values = (values,)
         if not logits:
             return Forward(None, dict(zip(names, values, strict=True)))
         return Forward(values[0], dict(zip(names, values[1:], strict=True)))
 
-    def _tapped(self, names: tuple[str, ...], logits: bool) -> torch._C.ScriptFunction:
+    def _tapped(
+        self, names: tuple[str, ...], logits: bool, relu_rule: str = "gradient"
+    ) -> torch._C.ScriptFunction:
         """The compiled forward returning these layers (after the output if ``logits``), built once."""
-        key = (names, logits)
+        key = (names, logits, relu_rule)
         with self._lock:
             function = self._cache.get(key)
             if function is None:
-                function = _compile(tapped_graph(self.module, names, self._fold, logits))
+                function = _compile(tapped_graph(self.module, names, self._fold, logits, relu_rule))
                 self._cache[key] = function
                 if len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
