@@ -71,20 +71,31 @@ def gradcam(
     return (F.relu(cam) if relu else cam), target
 
 
-def run_gradcam(ctx: RunContext) -> Iterator[Event]:
-    model = ctx.model
-    layer = ctx.params["layer"] or last_spatial_layer(model)
-    info = model.layer(layer)
+def spatial_layer(model: Model, name: str | None) -> LayerInfo:
+    """The layer ``name`` (default: the last spatial one), refused unless its output is a CxHxW map."""
+    info = model.layer(name or last_spatial_layer(model))
     if not is_spatial(info):
         raise BadInput(
             "params.layer",
-            f"{layer!r} is not a spatial (CxHxW) layer; its output shape is {list(info.shape)}",
+            f"{info.name!r} is not a spatial (CxHxW) layer; its output shape is {list(info.shape)}",
         )
+    return info
+
+
+def upsampled(cam: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """A 1x1xhxw map resized bilinearly to the image's size, as Grad-CAM is shown."""
+    return F.interpolate(cam, size=image.shape[2:], mode="bilinear", align_corners=False)
+
+
+def run_gradcam(ctx: RunContext) -> Iterator[Event]:
+    model = ctx.model
+    info = spatial_layer(model, ctx.params["layer"])
+    layer = info.name
     image = ctx.model_input()
     cam, target = gradcam(model, image, layer, ctx.params["target"], ctx.params["relu"])
-    upsampled = F.interpolate(cam, size=image.shape[2:], mode="bilinear", align_corners=False)
+    upsampled_cam = upsampled(cam, image)
     cam_map = cam[0, 0].float().numpy()
-    upsampled_map = upsampled[0, 0].float().numpy()
+    upsampled_map = upsampled_cam[0, 0].float().numpy()
     scale = float(upsampled_map.max())
     normalised = np.clip(upsampled_map / scale, 0.0, 1.0) if scale > 0 else np.zeros_like(upsampled_map)
     heatmap = overlay(to_image(image), normalised, ctx.params["overlay"])

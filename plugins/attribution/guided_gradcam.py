@@ -15,15 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-import torch.nn.functional as F  # noqa: N812 - the usual name
 
-from convlens.errors import BadInput
 from convlens.events import Event, Frame, Progress, Result
 from convlens.methods import ATTRIBUTION_MAP, Method, RunContext
 from convlens.params import Layer
 
 from .backprop_rules import Unit, reconstruction, unit_gradient
-from .gradcam import gradcam, is_spatial, last_spatial_layer
+from .gradcam import gradcam, spatial_layer, upsampled
 from .gradients import attribution_views
 from .saliency import OVERLAY, TARGET
 
@@ -35,19 +33,12 @@ REFERENCE = (
 
 def run_guided_gradcam(ctx: RunContext) -> Iterator[Event]:
     model = ctx.model
-    layer = ctx.params["layer"] or last_spatial_layer(model)
-    info = model.layer(layer)
-    if not is_spatial(info):
-        raise BadInput(
-            "params.layer",
-            f"{layer!r} is not a spatial (CxHxW) layer; its output shape is {list(info.shape)}",
-        )
+    layer = spatial_layer(model, ctx.params["layer"]).name
     image = ctx.model_input()
     cam, target = gradcam(model, image, layer, ctx.params["target"])
-    upsampled = F.interpolate(cam, size=image.shape[2:], mode="bilinear", align_corners=False)
     yield Progress(1, 2)
     guided, score, rectifiers = unit_gradient(model, image, Unit(None, target), "guided")
-    attributions = (guided * upsampled)[0].float().numpy()
+    attributions = (guided * upsampled(cam, image))[0].float().numpy()
     images, scales = attribution_views(image, attributions, ctx.params["overlay"], "guided_gradcam")
     images["reconstruction"] = reconstruction(attributions)
     yield Frame(images["reconstruction"], label="reconstruction")
