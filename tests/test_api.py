@@ -33,7 +33,7 @@ def test_models_lists_the_default_model_in_three_formats(client):
         assert models[model_id]["format"] == fmt
         assert models[model_id]["num_classes"] == 1000
         assert models[model_id]["input_size"] == [224, 224]
-        assert set(models[model_id]["capabilities"]) == {"gradients", "layers"}
+        assert set(models[model_id]["capabilities"]) == {"gradients", "layers", "relu_rules"}
 
 
 def test_model_detail_has_layers_and_hash(client, models_dir):
@@ -263,3 +263,77 @@ def test_a_broken_model_file_is_listed_with_its_error(models_dir, tmp_path):
         "/api/jobs", json={"method": "predict", "model": "broken.onnx", "image": "chelsea"}
     )
     assert answer.status_code == 400 and answer.get_json()["field"] == "model"
+
+
+def test_predict_endpoint_gives_the_top_classes_of_an_image(client):
+    answer = client.get(f"/api/models/{DEFAULT_MODEL}/predict?image=chelsea")
+    assert answer.status_code == 200, answer.get_json()
+    top = answer.get_json()
+    assert len(top) == 5
+    assert (top[0]["index"], top[0]["label"]) == (285, "Egyptian cat")
+    probabilities = [entry["probability"] for entry in top]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1
+    three = client.get(f"/api/models/{DEFAULT_MODEL}/predict?image=chelsea&k=3").get_json()
+    assert [entry["index"] for entry in three] == [entry["index"] for entry in top[:3]]
+
+
+def test_predict_endpoint_agrees_with_a_predict_job(client):
+    job = client.post("/api/jobs", json={"method": "predict", "model": DEFAULT_MODEL, "image": "coffee"})
+    finished = wait_for(client, job.get_json()["id"])
+    quick = client.get(f"/api/models/{DEFAULT_MODEL}/predict?image=coffee").get_json()
+    assert [p["index"] for p in quick] == [p["index"] for p in finished["predictions"]]
+    for mine, theirs in zip(quick, finished["predictions"], strict=True):
+        assert mine["probability"] == pytest.approx(theirs["probability"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "field"),
+    [
+        ("/api/models/nope.onnx/predict?image=chelsea", 404, "model"),
+        (f"/api/models/{DEFAULT_MODEL}/predict?image=nope", 404, "image"),
+        (f"/api/models/{DEFAULT_MODEL}/predict", 400, "image"),
+        (f"/api/models/{DEFAULT_MODEL}/predict?image=chelsea&k=five", 400, "k"),
+        (f"/api/models/{DEFAULT_MODEL}/predict?image=chelsea&k=0", 400, "k"),
+        (f"/api/models/{DEFAULT_MODEL}/predict?image=chelsea&k=-1", 400, "k"),
+        (f"/api/models/{DEFAULT_MODEL}/predict?image=chelsea&k=1001", 400, "k"),
+        (f"/api/models/{DEFAULT_MODEL}/predict?image=chelsea&k=2.5", 400, "k"),
+        ("/api/colormaps/jet", 404, "colormap"),
+        ("/api/images/chelsea?model=nope.onnx", 404, "model"),
+    ],
+)
+def test_bad_predict_colormap_and_image_queries_name_the_field(client, query, status, field):
+    answer = client.get(query)
+    assert answer.status_code == status, answer.get_json()
+    assert answer.get_json()["field"] == field
+    assert answer.get_json()["error"]
+
+
+def test_predict_accepts_every_k_up_to_the_number_of_classes(client):
+    everything = client.get(f"/api/models/{DEFAULT_MODEL}/predict?image=chelsea&k=1000").get_json()
+    assert sorted(entry["index"] for entry in everything) == list(range(1000))
+    assert sum(entry["probability"] for entry in everything) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["inferno", "grey"])
+def test_colormap_endpoint_serves_the_server_table(client, name):
+    from convlens.colormaps import colormap
+
+    answer = client.get(f"/api/colormaps/{name}")
+    assert answer.status_code == 200
+    body = answer.get_json()
+    assert body["name"] == name
+    colours = np.array(body["colors"])
+    assert colours.shape == (256, 3) and colours.dtype.kind == "i"
+    np.testing.assert_array_equal(colours, np.floor(colormap(name).astype(np.float64) * 255 + 0.5))
+
+
+def test_image_resized_to_a_model_input_is_what_a_job_sees(client):
+    from convlens.images import resize
+
+    answer = client.get(f"/api/images/chelsea?model={DEFAULT_MODEL}")
+    assert answer.status_code == 200 and answer.mimetype == "image/png"
+    pixels = np.asarray(Image.open(io.BytesIO(answer.data)).convert("RGB"))
+    assert pixels.shape == (224, 224, 3)
+    original = np.asarray(Image.open(io.BytesIO(client.get("/api/images/chelsea").data)).convert("RGB"))
+    expected = np.floor(resize(original, (224, 224)) * 255 + 0.5)
+    np.testing.assert_array_equal(pixels, expected)

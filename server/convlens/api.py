@@ -9,7 +9,10 @@ from flask import Blueprint, current_app, jsonify, request, send_file
 from PIL import Image
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from . import colormaps
 from .errors import BadInput, NotFound
+from .events import to_uint8
+from .images import resize, to_tensor
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("api", __name__, url_prefix="/api")
@@ -65,6 +68,37 @@ def model_detail(model_id: str):
     return jsonify({**model.to_json(with_layers=True), "sha256": model.sha256})
 
 
+@blueprint.get("/models/<path:model_id>/predict")
+def model_predict(model_id: str):
+    """Top-``k`` classes (``?k=``, default 5) of ``?image=`` resized to the model's input, as a job sees it."""
+    svc = services()
+    model = svc.models.get(model_id)
+    image_id = request.args.get("image")
+    if not image_id:
+        raise BadInput("image", "give the image id as ?image=<id>")
+    pixels = svc.images.get(image_id)
+    k = _int_arg("k", 5, 1, len(model.labels))
+    return jsonify(model.predict(to_tensor(pixels, model.input_size), k=k))
+
+
+@blueprint.get("/colormaps/<name>")
+def colormap_table(name: str):
+    """The 256 colours of a colour map as 0-255 RGB, rounded as the server's PNGs round them."""
+    if name not in colormaps.NAMES:
+        raise NotFound("colormap", f"unknown colour map {name!r}; expected one of {list(colormaps.NAMES)}")
+    table = to_uint8(colormaps.colormap(name)[None])[0]
+    return jsonify({"name": name, "colors": table.tolist()})
+
+
+def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
+    text = request.args.get(name)
+    if text is None:
+        return default
+    if not text.strip().isdigit() or not minimum <= int(text) <= maximum:
+        raise BadInput(name, f"expected an integer from {minimum} to {maximum}, got {text!r}")
+    return int(text)
+
+
 @blueprint.get("/methods")
 def list_methods():
     svc = services()
@@ -86,8 +120,13 @@ def list_images():
 
 @blueprint.get("/images/<image_id>")
 def image_file(image_id: str):
-    """The image as PNG; ``?size=N`` scales it to fit in NxN (thumbnails)."""
-    picture = Image.fromarray(services().images.get(image_id))
+    """The image as PNG; ``?size=N`` scales it to fit in NxN (thumbnails); ``?model=<id>`` resizes it to that
+    model's input exactly as a job does, so a map can be laid over the very picture it was computed on."""
+    pixels = services().images.get(image_id)
+    model_id = request.args.get("model")
+    if model_id is not None:
+        pixels = to_uint8(resize(pixels, services().models.get(model_id).input_size))
+    picture = Image.fromarray(pixels)
     size = request.args.get("size")
     if size is not None:
         if not size.isdigit() or not 8 <= int(size) <= 4096:
