@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.convlens-installed
 WEB_SOURCES := $(shell find web/src web/public -type f 2>/dev/null) \
-	web/index.html web/package.json web/package-lock.json web/vite.config.ts web/tsconfig.json
+	web/index.html web/compare.html web/package.json web/package-lock.json web/vite.config.ts web/tsconfig.json
 MODEL_FILES := models/efficientnet_lite0.onnx models/efficientnet_lite0.pt models/efficientnet_lite0.pt2
 # glibc malloc returns big torch buffers to the OS after every batch; keeping them is 5x faster here.
 export MALLOC_MMAP_MAX_ := 0

@@ -1,7 +1,7 @@
 import { defineConfig } from "vite";
 
-// The Flask server serves dist/index.html at "/" and the rest under "/assets/".
-// The entry keeps a stable name so another page can embed the elements with
+// The Flask server serves dist/index.html at "/", dist/compare.html at "/compare.html" and the rest
+// under "/assets/". The main entry keeps a stable name so another page can embed the elements with
 // <script type="module" src="http://host:port/assets/convlens.js">.
 export default defineConfig({
   base: "/",
@@ -10,9 +10,15 @@ export default defineConfig({
     assetsDir: "assets",
     emptyOutDir: true,
     target: "es2022",
+    // One bundle and no chunks to preload: the polyfill would only be an extra request.
+    modulePreload: { polyfill: false },
     rolldownOptions: {
+      // The bundle itself is an entry, so both pages and any embedding page load the same convlens.js.
+      input: { convlens: "src/main.ts", index: "index.html", compare: "compare.html" },
+      // Keep convlens.js's exports (the element classes, parseNpy) for pages that import it.
+      preserveEntrySignatures: "exports-only",
       output: {
-        entryFileNames: "assets/convlens.js",
+        entryFileNames: "assets/[name].js",
         chunkFileNames: "assets/[name]-[hash].js",
         assetFileNames: "assets/[name]-[hash][extname]",
       },

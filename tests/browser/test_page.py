@@ -245,12 +245,13 @@ def test_saliency_result_offers_its_raw_array_for_download(page, live_server):
     page.get_by_test_id("run").click()
     view = page.locator("convlens-job-view")
     wait_for_state(page, view, "done", timeout=60_000)
-    link = page.get_by_test_id("result-array")
-    link.wait_for(state="visible")
-    assert link.inner_text() == "gradient_map.npy"
-    download = page.request.get(link.get_attribute("href"))
-    array = np.load(io.BytesIO(download.body()))
-    assert array.shape == (224, 224) and array.max() > 0
+    links = page.get_by_test_id("result-array")
+    links.first.wait_for(state="visible")
+    assert {"gradient_map.npy", "attribution.npy"} <= set(links.all_inner_texts())
+    for link in links.all():
+        download = page.request.get(link.get_attribute("href"))
+        array = np.load(io.BytesIO(download.body()))
+        assert array.shape == (224, 224) and array.max() > 0, link.inner_text()
 
 
 def test_occlusion_heatmap_fills_in_on_the_canvas(page, live_server, artifacts):

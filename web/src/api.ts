@@ -9,6 +9,10 @@ export interface ModelInfo {
   num_classes: number;
   capabilities: string[];
   default_layer: string | null;
+  /** The server's default model. */
+  default?: boolean;
+  /** Set instead of the rest when the file failed to load. */
+  error?: string;
 }
 
 export interface LayerInfo {
@@ -45,7 +49,18 @@ export interface MethodInfo {
   needs: string[];
   params: ParamSchema[];
   plugin: string;
+  /** Promises about the result, e.g. ATTRIBUTION_MAP. */
+  tags?: string[];
   unavailable?: string | null;
+}
+
+/** Tag of a method whose result has `arrays.attribution` (HxW relevance per input pixel) and a `target` param. */
+export const ATTRIBUTION_MAP = "attribution-map";
+
+export interface Colormap {
+  name: string;
+  /** 256 [r, g, b] in 0-255, from value 0 to value 1. */
+  colors: [number, number, number][];
 }
 
 export interface ImageInfo {
@@ -198,12 +213,38 @@ export class ApiClient {
     return this.get("/api/images");
   }
 
+  /** The top-`k` classes of `image` as `model` sees it (resized to its input). */
+  predict(model: string, image: string, k = 5): Promise<Prediction[]> {
+    const query = new URLSearchParams({ image, k: String(k) });
+    return this.get(`/api/models/${encodeURIComponent(model)}/predict?${query}`);
+  }
+
+  colormap(name: string): Promise<Colormap> {
+    return this.get(`/api/colormaps/${encodeURIComponent(name)}`);
+  }
+
+  /** The URL of `image` resized to `model`'s input exactly as a job sees it. */
+  imageForModel(image: string, model: string): string {
+    return this.url(`/api/images/${encodeURIComponent(image)}?model=${encodeURIComponent(model)}`);
+  }
+
   jobs(): Promise<Job[]> {
     return this.get("/api/jobs");
   }
 
   startJob(request: JobRequest): Promise<Job> {
     return this.post("/api/jobs", request);
+  }
+
+  stopJob(id: string): Promise<Job> {
+    return this.post(`/api/jobs/${encodeURIComponent(id)}/stop`, {});
+  }
+
+  /** A binary download (a .npy array), or an ApiError naming `field`. */
+  async bytes(path: string, field: string): Promise<ArrayBuffer> {
+    const response = await fetch(this.url(path));
+    if (!response.ok) throw await errorFrom(response, field);
+    return response.arrayBuffer();
   }
 
   async uploadImage(file: File): Promise<ImageInfo> {

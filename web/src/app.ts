@@ -10,13 +10,17 @@ import {
   type JobRequest,
   type MethodInfo,
   type ModelDetail,
+  type Prediction,
 } from "./api";
 import { h, replaceChildren, sheet } from "./dom";
 import { ImagePicker } from "./image-picker";
 import type { ConvlensJobView } from "./job-view";
 import { MethodList } from "./method-list";
+import { pageFrame } from "./page";
 import { ParamForm } from "./param-form";
 import css from "./styles/app.css?inline";
+import classPickerCss from "./styles/class-picker.css?inline";
+import pageCss from "./styles/page.css?inline";
 import theme from "./styles/theme.css?inline";
 
 const RECENT_RUNS = 8;
@@ -30,6 +34,7 @@ export class ConvlensApp extends HTMLElement {
   private api = new ApiClient();
   private model: ModelDetail | null = null;
   private readonly labels = new Map<string, Promise<string[]>>();
+  private readonly topClasses = new Map<string, Promise<Prediction[]>>();
   private method: MethodInfo | null = null;
   private form: ParamForm | null = null;
   /** Guards against answers for a model or method the user has since left. */
@@ -50,18 +55,23 @@ export class ConvlensApp extends HTMLElement {
   private readonly recent: HTMLElement;
   private readonly jobView: ConvlensJobView;
   private readonly loadError: HTMLElement;
+  private readonly compareLink: HTMLAnchorElement;
 
   constructor() {
     super();
     this.root = this.attachShadow({ mode: "open" });
-    styles ??= [sheet(theme), sheet(css)];
+    styles ??= [sheet(theme), sheet(pageCss), sheet(css), sheet(classPickerCss)];
     this.root.adoptedStyleSheets = styles;
 
     this.modelSelect = h("select", { id: "model", "data-testid": "model-select" });
     this.modelSelect.addEventListener("change", () => void this.chooseModel(this.modelSelect.value));
     this.modelInfo = h("small", { class: "help" });
     this.modelError = h("p", { class: "error", role: "alert", "data-testid": "model-error", hidden: true });
-    this.images = new ImagePicker(this.api, () => this.clearRunError());
+    this.images = new ImagePicker(this.api, () => {
+      this.clearRunError();
+      this.updateCompareLink();
+      void this.offerTopClasses();
+    });
     this.methods = new MethodList((method) => void this.chooseMethod(method));
     this.methodInfo = h("div", { class: "method-info" });
     this.formSlot = h("div", {});
@@ -84,62 +94,55 @@ export class ConvlensApp extends HTMLElement {
     this.jobView = h("convlens-job-view", { "data-testid": "job-view" });
     this.jobView.addEventListener("convlens-end", () => void this.refreshRecent());
     this.loadError = h("p", { class: "error banner", role: "alert", hidden: true });
-
-    const form = h(
-      "form",
-      { class: "controls", novalidate: true },
-      h(
-        "section",
-        { class: "panel" },
-        h("h2", {}, h("label", { for: "model" }, "Model")),
-        h(
-          "div",
-          { class: "field", "data-field": "model" },
-          this.modelSelect,
-          this.modelInfo,
-          this.modelError,
-        ),
-      ),
-      h("section", { class: "panel" }, h("h2", {}, "Image"), this.images.element),
-      h("section", { class: "panel" }, h("h2", {}, "Method"), this.methods.element),
-      h(
-        "section",
-        { class: "panel" },
-        h("h2", {}, "Parameters"),
-        this.methodInfo,
-        this.formSlot,
-        h(
-          "div",
-          { class: "field", "data-field": "seed" },
-          h("label", { for: "seed" }, "Seed"),
-          this.seedInput,
-          h("small", { class: "help" }, "blank for a random seed; the same seed repeats a run"),
-          this.seedError,
-        ),
-        h("div", { class: "run-row" }, this.runButton),
-        this.runError,
-      ),
-      h("section", { class: "panel" }, h("h2", {}, "Recent runs"), this.recent),
+    this.compareLink = h(
+      "a",
+      { class: "nav", href: "/compare.html", "data-testid": "compare-link" },
+      "Compare methods →",
     );
-    form.addEventListener("submit", (event) => {
-      event.preventDefault();
-      void this.run();
-    });
 
     replaceChildren(
       this.root,
-      h(
-        "div",
-        { class: "page" },
-        h(
-          "header",
-          { class: "top" },
-          h("h1", {}, "convlens"),
-          h("span", { class: "tagline" }, "see inside image CNNs"),
-        ),
-        this.loadError,
-        h("main", { class: "layout" }, form, h("section", { class: "view" }, this.jobView)),
-      ),
+      pageFrame({
+        tagline: "see inside image CNNs",
+        nav: this.compareLink,
+        banner: this.loadError,
+        controls: [
+          h(
+            "section",
+            { class: "panel" },
+            h("h2", {}, h("label", { for: "model" }, "Model")),
+            h(
+              "div",
+              { class: "field", "data-field": "model" },
+              this.modelSelect,
+              this.modelInfo,
+              this.modelError,
+            ),
+          ),
+          h("section", { class: "panel" }, h("h2", {}, "Image"), this.images.element),
+          h("section", { class: "panel" }, h("h2", {}, "Method"), this.methods.element),
+          h(
+            "section",
+            { class: "panel" },
+            h("h2", {}, "Parameters"),
+            this.methodInfo,
+            this.formSlot,
+            h(
+              "div",
+              { class: "field", "data-field": "seed" },
+              h("label", { for: "seed" }, "Seed"),
+              this.seedInput,
+              h("small", { class: "help" }, "blank for a random seed; the same seed repeats a run"),
+              this.seedError,
+            ),
+            h("div", { class: "run-row" }, this.runButton),
+            this.runError,
+          ),
+          h("section", { class: "panel" }, h("h2", {}, "Recent runs"), this.recent),
+        ],
+        submit: () => void this.run(),
+        view: [this.jobView],
+      }),
     );
   }
 
@@ -152,6 +155,7 @@ export class ConvlensApp extends HTMLElement {
 
   attributeChangedCallback(): void {
     this.api = new ApiClient(this.getAttribute("server") ?? "");
+    this.images.api = this.api;
     const server = this.getAttribute("server");
     if (server) this.jobView.setAttribute("server", server);
     else this.jobView.removeAttribute("server");
@@ -182,6 +186,16 @@ export class ConvlensApp extends HTMLElement {
     void this.refreshRecent();
   }
 
+  /** The comparison page, for the chosen model and image. */
+  private updateCompareLink(): void {
+    const query = new URLSearchParams();
+    if (this.model) query.set("model", this.model.id);
+    if (this.images.selected) query.set("image", this.images.selected);
+    const server = this.getAttribute("server");
+    if (server) query.set("server", server);
+    this.compareLink.href = this.api.url(`/compare.html?${query}`);
+  }
+
   private showJobFromUrl(): void {
     const job = new URLSearchParams(location.hash.slice(1)).get("job");
     if (job && job !== this.jobView.getAttribute("job")) this.jobView.setAttribute("job", job);
@@ -196,6 +210,7 @@ export class ConvlensApp extends HTMLElement {
       const [model, methods] = await Promise.all([this.api.model(id), this.api.methods(id)]);
       if (generation !== this.generation) return;
       this.model = model;
+      this.updateCompareLink();
       const [h0, w0] = model.input_size ?? [0, 0];
       this.modelInfo.textContent = `${model.format} · ${h0}×${w0} input · ${model.num_classes} classes · ${model.layers.length} layers`;
       this.form = null;
@@ -238,6 +253,33 @@ export class ConvlensApp extends HTMLElement {
     });
     replaceChildren(this.formSlot, this.form.element);
     this.runButton.disabled = false;
+    void this.offerTopClasses();
+  }
+
+  /** The chosen image's top-5 classes on the chosen model, as quick picks for a class parameter. */
+  private async offerTopClasses(): Promise<void> {
+    const { form, model } = this;
+    const image = this.images.selected;
+    if (!form?.hasClassParam || !model) return;
+    if (!image) {
+      form.setTopClasses("choose an image");
+      return;
+    }
+    const key = `${model.id}\n${image}`;
+    let top = this.topClasses.get(key);
+    if (!top) {
+      top = this.api.predict(model.id, image, 5);
+      top.catch(() => this.topClasses.delete(key));
+      this.topClasses.set(key, top);
+    }
+    form.setTopClasses("…");
+    try {
+      const predictions = await top;
+      if (form === this.form && image === this.images.selected) form.setTopClasses(predictions);
+    } catch (error) {
+      if (form === this.form && image === this.images.selected)
+        form.setTopClasses(`unavailable: ${error instanceof ApiError ? error.message : String(error)}`);
+    }
   }
 
   private renderNoMethod(): void {

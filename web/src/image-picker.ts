@@ -13,7 +13,8 @@ export class ImagePicker {
   private readonly input: HTMLInputElement;
 
   constructor(
-    private readonly api: ApiClient,
+    /** Replaced when the element's `server` changes. */
+    public api: ApiClient,
     private readonly onSelect: (image: ImageInfo) => void,
   ) {
     this.grid = h("div", { class: "thumbs", role: "listbox", "aria-label": "images" });

@@ -40,6 +40,7 @@ export class JobPanel {
   private readonly predictionsEl: HTMLOListElement;
   private readonly chartEmptyEl: HTMLElement;
   private readonly resultsEl: HTMLElement;
+  private readonly attributionEl: HTMLElement;
   private readonly logEl: HTMLOListElement;
   private readonly buttons: Record<Control, HTMLButtonElement>;
 
@@ -86,6 +87,7 @@ export class JobPanel {
     this.chartCanvas = h("canvas", { class: "chart", "data-testid": "chart" });
     this.chartEmptyEl = h("div", { class: "empty muted" }, "no metrics yet");
     this.resultsEl = h("div", { class: "results", "data-testid": "results", hidden: true });
+    this.attributionEl = h("section", { class: "attribution", "data-testid": "attribution", hidden: true });
     this.logEl = h("ol", { class: "log", "data-testid": "log" });
 
     this.element = h(
@@ -116,6 +118,7 @@ export class JobPanel {
           ),
         ),
       ),
+      this.attributionEl,
       this.resultsEl,
       h("details", { open: true }, h("summary", {}, "Log"), this.logEl),
     );
@@ -216,6 +219,12 @@ export class JobPanel {
     if (state === "done") this.completeProgress();
     if (result || state === "done") this.setResults(result);
     this.chartEmptyEl.textContent = "no metrics reported";
+  }
+
+  /** The interactive view of a finished attribution map (or nothing), above the result links. */
+  showAttribution(view: HTMLElement | null): void {
+    replaceChildren(this.attributionEl, view && h("h3", {}, "Attribution map"), view);
+    this.attributionEl.hidden = !view;
   }
 
   private showStep(): void {

@@ -6,6 +6,7 @@
 
 import { io, type Socket } from "socket.io-client";
 import {
+  ApiClient,
   type FieldError,
   type Job,
   type JobResult,
@@ -13,11 +14,13 @@ import {
   normaliseServer,
   TERMINAL_STATES,
 } from "./api";
+import { AttributionOverlay, isAttributionResult } from "./attribution-view";
 import { replaceChildren, sheet } from "./dom";
 import { type FrameEvent, FramePainter } from "./frame-painter";
 import { type Control, idlePanel, JobPanel } from "./job-panel";
 import { MetricsChart, type MetricsPoint } from "./metrics-chart";
 import css from "./styles/job-view.css?inline";
+import legendCss from "./styles/legend.css?inline";
 import theme from "./styles/theme.css?inline";
 
 interface Ack {
@@ -59,11 +62,12 @@ export class ConvlensJobView extends HTMLElement {
   private job: Job | null = null;
   private ended = false;
   private subscribed = false;
+  private overlay: AttributionOverlay | null = null;
 
   constructor() {
     super();
     this.root = this.attachShadow({ mode: "open" });
-    styles ??= [sheet(theme), sheet(css)];
+    styles ??= [sheet(theme), sheet(css), sheet(legendCss)];
     this.root.adoptedStyleSheets = styles;
   }
 
@@ -95,6 +99,7 @@ export class ConvlensJobView extends HTMLElement {
     this.job = null;
     this.ended = false;
     this.subscribed = false;
+    this.overlay = null;
     if (!this.jobId) {
       replaceChildren(this.root, idlePanel());
       return;
@@ -220,6 +225,11 @@ export class ConvlensJobView extends HTMLElement {
     if (this.job) this.job = { ...this.job, state, result: result ?? this.job.result, error };
     panel.setState(state, describe(error));
     panel.ended(state, result);
+    if (state === "done" && !this.overlay && isAttributionResult(result)) {
+      this.overlay = new AttributionOverlay(new ApiClient(this.server), result);
+      panel.showAttribution(this.overlay.element);
+      void this.overlay.load();
+    }
     if (this.ended) return;
     this.ended = true;
     const detail: JobEnd = { job: this.jobId, state, result, error };

@@ -1,11 +1,15 @@
 // The bundle's entry: defines the elements. A page that loads it can use
-// <convlens-app> or, on its own, <convlens-job-view job="…" server="…">.
+// <convlens-app>, <convlens-compare> or, on its own, <convlens-job-view job="…" server="…">.
 
 import { ConvlensApp } from "./app";
+import { ConvlensCompare } from "./compare";
 import { ConvlensJobView } from "./job-view";
+import { NpyError, parseNpy } from "./npy";
 
-export { ConvlensApp, ConvlensJobView };
+// parseNpy also lets a host page read the .npy arrays of GET /api/jobs/<id>/arrays/<name>.npy.
+export { ConvlensApp, ConvlensCompare, ConvlensJobView, NpyError, parseNpy };
 
 // The job view first: the app creates one in its constructor.
 if (!customElements.get("convlens-job-view")) customElements.define("convlens-job-view", ConvlensJobView);
 if (!customElements.get("convlens-app")) customElements.define("convlens-app", ConvlensApp);
+if (!customElements.get("convlens-compare")) customElements.define("convlens-compare", ConvlensCompare);

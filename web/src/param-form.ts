@@ -2,7 +2,8 @@
 // The server validates again; its errors come back by field ("params.steps") and
 // are shown next to that field.
 
-import type { FieldError, LayerInfo, ParamSchema } from "./api";
+import type { FieldError, LayerInfo, ParamSchema, Prediction } from "./api";
+import { ClassChoiceError, ClassPicker } from "./class-picker";
 import { h } from "./dom";
 
 export interface ParamFormContext {
@@ -10,6 +11,8 @@ export interface ParamFormContext {
   defaultLayer: string | null;
   /** The model's class labels; only fetched when a method has a `class` parameter. */
   labels: string[];
+  /** Prefixes the controls' ids, for several forms in one document. */
+  idPrefix?: string;
 }
 
 interface Field {
@@ -17,9 +20,8 @@ interface Field {
   wrapper: HTMLElement;
   error: HTMLElement;
   read(): unknown;
+  picker?: ClassPicker;
 }
-
-const TOP_PREDICTION = "top prediction";
 
 class InvalidValue extends Error {}
 
@@ -65,6 +67,16 @@ export class ParamForm {
     return true;
   }
 
+  /** Whether a parameter is a class, so the image's top-5 classes are worth fetching. */
+  get hasClassParam(): boolean {
+    return [...this.fields.values()].some((field) => field.picker);
+  }
+
+  /** The image's top classes for every class parameter to offer; a string is a note instead. */
+  setTopClasses(predictions: Prediction[] | string): void {
+    for (const field of this.fields.values()) field.picker?.setTopClasses(predictions);
+  }
+
   clearErrors(): void {
     for (const field of this.fields.values()) {
       field.wrapper.classList.remove("invalid");
@@ -75,14 +87,14 @@ export class ParamForm {
 }
 
 function buildField(param: ParamSchema, context: ParamFormContext): Field {
-  const id = `param-${param.name}`;
+  const id = `${context.idPrefix ?? ""}param-${param.name}`;
   const error = h("span", {
     class: "error field-error",
     role: "alert",
     "data-testid": `error-${param.name}`,
     hidden: true,
   });
-  const { control, read } = buildControl(param, context, id);
+  const { control, read, picker } = buildControl(param, context, id);
   const title = h("span", { class: "field-title" }, param.title || param.name);
   const bounds = describeBounds(param);
   const help = [param.description, bounds].filter(Boolean).join(" · ");
@@ -103,7 +115,7 @@ function buildField(param: ParamSchema, context: ParamFormContext): Field {
           help && h("small", { class: "help" }, help),
           error,
         );
-  return { param, wrapper, error, read };
+  return { param, wrapper, error, read, picker };
 }
 
 function describeBounds(param: ParamSchema): string {
@@ -118,7 +130,7 @@ function buildControl(
   param: ParamSchema,
   context: ParamFormContext,
   id: string,
-): { control: HTMLElement; read: () => unknown } {
+): { control: HTMLElement; read: () => unknown; picker?: ClassPicker } {
   const testid = `param-${param.name}`;
   switch (param.type) {
     case "int":
@@ -210,45 +222,28 @@ function buildControl(
   }
 }
 
-/** A text input searching the model's labels; empty or "top prediction" means null. */
+/** The model's labels searched by name, and the image's top-5 as one-click choices; empty means null. */
 function classControl(
   param: ParamSchema,
   labels: string[],
   id: string,
   testid: string,
-): { control: HTMLElement; read: () => unknown } {
-  const listId = `${id}-labels`;
-  const datalist = h(
-    "datalist",
-    { id: listId },
-    param.nullable && h("option", { value: TOP_PREDICTION }),
-    ...labels.map((label, index) => h("option", { value: `${index}: ${label}` })),
-  );
-  const initial = typeof param.default === "number" ? `${param.default}: ${labels[param.default] ?? ""}` : "";
-  const input = h("input", {
+): { control: HTMLElement; read: () => unknown; picker: ClassPicker } {
+  const picker = new ClassPicker({
     id,
-    type: "search",
     name: param.name,
-    list: listId,
-    "data-testid": testid,
-    autocomplete: "off",
-    placeholder: param.nullable ? TOP_PREDICTION : "class name or index",
-    value: initial || null,
+    testid,
+    labels,
+    nullable: param.nullable,
+    initial: typeof param.default === "number" ? param.default : null,
   });
   const read = () => {
-    const text = input.value.trim();
-    if (text === "" || text.toLowerCase() === TOP_PREDICTION) {
-      if (param.nullable) return null;
-      throw new InvalidValue("choose a class");
+    try {
+      return picker.read();
+    } catch (error) {
+      if (error instanceof ClassChoiceError) throw new InvalidValue(error.message);
+      throw error;
     }
-    const numbered = /^(\d+)\b/.exec(text);
-    if (numbered) return Number(numbered[1]);
-    const wanted = text.toLowerCase();
-    const index = labels.findIndex((label) => label.toLowerCase() === wanted);
-    if (index >= 0) return index;
-    const partial = labels.findIndex((label) => label.toLowerCase().split(/,\s*/).includes(wanted));
-    if (partial >= 0) return partial;
-    throw new InvalidValue(`no class named ${JSON.stringify(text)}`);
   };
-  return { control: h("span", { class: "class-input" }, input, datalist), read };
+  return { control: picker.element, read, picker };
 }
