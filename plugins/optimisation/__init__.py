@@ -5,9 +5,10 @@ from __future__ import annotations
 from convlens import hookimpl
 from convlens.methods import Method
 
+from .class_model import CLASS_MODEL
 from .deepdream import DEEPDREAM
 
 
 @hookimpl
 def register_methods() -> list[Method]:
-    return [DEEPDREAM]
+    return [CLASS_MODEL, DEEPDREAM]
