@@ -1,17 +1,20 @@
 """Occlusion perturbations per second: convlens's ``occlusion`` method versus Captum's ``Occlusion``.
 
 Chelsea at 224x224, window 32, stride 8, grey fill, the top class of the default model
-(``efficientnet_lite0.onnx``): 25x25 = 625 occluded images, one forward pass each.
+(``efficientnet_lite0.onnx``): 25x25 = 625 occluded images.
 
-convlens side: the method run in-process through ``convlens.runner`` (``prepare_run`` + ``iterate``, what a job
-does minus streaming), every frame and the result built, its batches of occluded images made in numpy and run
-by ONNX Runtime. Rate: 625 / (start of ``iterate`` → ``Result``), which includes the unoccluded forward pass.
+convlens sides: the method run in-process through ``convlens.runner`` (``prepare_run`` + ``iterate``, what a
+job does minus streaming), every frame and the result built, with ``engine="incremental"`` (only the
+region each square changes is recomputed) and ``engine="full"`` (each occluded image whole, built in numpy,
+through ONNX Runtime). Rate: 625 / (start of ``iterate`` → ``Result``), which includes the unoccluded pass.
 
-Reference side: ``captum.attr.Occlusion`` on the same file's torch module (onnx2torch, as ``Model.forward``
+Reference sides: ``captum.attr.Occlusion`` on the same file's torch module (onnx2torch, as ``Model.forward``
 runs it) returning softmax probabilities, under ``torch.no_grad``, at Captum's default
-``perturbations_per_eval=1`` and at 8, 16, 32 and 64; *best* is the fastest of those by median. Each run of
-either side is a fresh thread, as convlens runs each job. Both maps must agree (max abs diff <= 1e-4) or the
-script fails.
+``perturbations_per_eval=1`` and at 8, 16, 32 and 64; *best* is the fastest of all five by median. And a plain
+ONNX Runtime loop as the issue describes it: Runtime's default session options (one intra-op thread per CPU),
+one occluded image per call, built in numpy, its softmax and running sums in numpy. Each run of any side is a
+fresh thread, as convlens runs each job. Every map must agree with the first convlens map (max abs diff
+<= 1e-4) or the script fails.
 
 The sides alternate within one run (the order reversed each repeat) and medians are reported.
 Run: ``.venv/bin/python bench/occlusion.py [--repeats 3] [--batch-sizes 8,16,32,64]``.
@@ -33,20 +36,25 @@ STRIDE = 8
 FILL = "grey"
 GREY = 0.5
 AGREEMENT = 1e-4
+ENGINES = ("incremental", "full")
 
 
-def run_convlens(model, image: np.ndarray, batch_size: int) -> tuple[float, np.ndarray, int, int]:
-    """Seconds, attribution map, target and positions of one convlens occlusion run."""
+def run_convlens(model, image: np.ndarray, engine: str, batch_size: int) -> tuple[float, np.ndarray, dict]:
+    """Seconds, attribution map and result data of one convlens occlusion run."""
     from convlens.events import Result
     from convlens.runner import iterate, prepare_run
     from convlens_plugins.attribution.occlusion import OCCLUSION
 
-    params = {"window": WINDOW, "stride": STRIDE, "fill": FILL, "batch_size": batch_size}
+    params = {"window": WINDOW, "stride": STRIDE, "fill": FILL, "batch_size": batch_size, "engine": engine}
     ctx = prepare_run(OCCLUSION, model, image, params)
     started = time.perf_counter()
     result = [event for event in iterate(OCCLUSION, ctx) if isinstance(event, Result)][-1]
     seconds = time.perf_counter() - started
-    return seconds, result.arrays["attribution"], result.data["target"], result.data["positions"]
+    if result.data["engine"] != engine:
+        raise RuntimeError(
+            f"asked for the {engine} engine, got {result.data['engine']}: {result.data['engine_reason']}"
+        )
+    return seconds, result.arrays["attribution"], result.data
 
 
 def run_captum(model, inputs: torch.Tensor, target: int, per_eval: int) -> tuple[float, np.ndarray]:
@@ -69,6 +77,34 @@ def run_captum(model, inputs: torch.Tensor, target: int, per_eval: int) -> tuple
     return time.perf_counter() - started, attribution[0, 0].numpy()
 
 
+def run_runtime_loop(session, model, pixels: np.ndarray, target: int) -> tuple[float, np.ndarray]:
+    """Seconds and map of a plain ONNX Runtime loop: one occluded image per call, everything else in numpy."""
+    mean = np.asarray(model.card.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(model.card.std, np.float32).reshape(1, 3, 1, 1)
+    starts = np.arange(int(np.ceil((pixels.shape[1] - WINDOW) / STRIDE)) + 1) * STRIDE
+    name = session.get_inputs()[0].name
+    started = time.perf_counter()
+    image = (pixels[None] - mean) / std
+    fill = (np.full((1, 3, 1, 1), GREY, np.float32) - mean) / std
+
+    def probability(batch: np.ndarray) -> float:
+        logits = session.run(None, {name: batch})[0][0].astype(np.float64)
+        exp = np.exp(logits - logits.max())
+        return float(exp[target] / exp.sum())
+
+    base = probability(image)
+    total = np.zeros(pixels.shape[1:], np.float64)
+    count = np.zeros(pixels.shape[1:], np.int32)
+    for y in starts:
+        for x in starts:
+            occluded = image.copy()
+            occluded[:, :, y : y + WINDOW, x : x + WINDOW] = fill
+            total[y : y + WINDOW, x : x + WINDOW] += base - probability(occluded)
+            count[y : y + WINDOW, x : x + WINDOW] += 1
+    attribution = (total / np.maximum(count, 1)).astype(np.float32)
+    return time.perf_counter() - started, attribution
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -80,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from skimage import data
 
     from convlens.images import to_tensor
+    from convlens.models.onnx import runtime_session
     from convlens.models.store import ModelStore
     from convlens_plugins.attribution.occlusion import OCCLUSION
 
@@ -87,48 +124,82 @@ def main(argv: list[str] | None = None) -> int:
     image = data.chelsea()
     model = in_fresh_thread(lambda: ModelStore([ensure_models()]).get(MODEL))
     inputs = to_tensor(image, model.input_size)
+    pixels = inputs[0].numpy()
+    session = runtime_session(model.path)
     per_evals = [1, *(int(size) for size in args.batch_sizes.split(","))]
 
-    in_fresh_thread(lambda: run_convlens(model, image, batch))  # warm-up: the Runtime session, caches
-    _, reference_map, target, positions = in_fresh_thread(lambda: run_convlens(model, image, batch))
+    for engine in ENGINES:  # warm-up: the Runtime sessions, the incremental plan
+        in_fresh_thread(lambda engine=engine: run_convlens(model, image, engine, batch))
+    _, reference_map, details = in_fresh_thread(lambda: run_convlens(model, image, ENGINES[0], batch))
+    target, positions = details["target"], details["positions"]
+    in_fresh_thread(lambda: run_runtime_loop(session, model, pixels, target))
     in_fresh_thread(lambda: run_captum(model, inputs, target, per_evals[-1]))
 
-    seconds: dict[str, list[float]] = {"convlens": [], **{f"captum_{p}": [] for p in per_evals}}
+    sides: list[str | int] = [*ENGINES, "runtime_loop", *per_evals]
+    seconds: dict[str, list[float]] = {str(side): [] for side in ENGINES + ("runtime_loop",)}
+    seconds.update({f"captum_{p}": [] for p in per_evals})
     worst = 0.0
     for repeat in range(args.repeats):
-        sides = ["convlens", *per_evals]
         for side in sides if repeat % 2 == 0 else sides[::-1]:
-            if side == "convlens":
-                elapsed, attribution, _, _ = in_fresh_thread(lambda: run_convlens(model, image, batch))
-                seconds["convlens"].append(elapsed)
+            if side in ENGINES:
+                elapsed, attribution, _ = in_fresh_thread(
+                    lambda side=side: run_convlens(model, image, side, batch)
+                )
+                key = side
+            elif side == "runtime_loop":
+                elapsed, attribution = in_fresh_thread(
+                    lambda: run_runtime_loop(session, model, pixels, target)
+                )
+                key = side
             else:
                 elapsed, attribution = in_fresh_thread(
                     lambda side=side: run_captum(model, inputs, target, side)
                 )
-                seconds[f"captum_{side}"].append(elapsed)
+                key = f"captum_{side}"
+            seconds[key].append(elapsed)
             worst = max(worst, float(np.abs(attribution - reference_map).max()))
-            print(f"repeat {repeat + 1}: {side}: {rate(positions, elapsed):.1f} perturbations/s", flush=True)
+            print(f"repeat {repeat + 1}: {key}: {rate(positions, elapsed):.1f} perturbations/s", flush=True)
 
     rates = {side: rate(positions, median(values)) for side, values in seconds.items()}
-    best = max(per_evals[1:], key=lambda p: rates[f"captum_{p}"])
-    convlens, default, fastest = rates["convlens"], rates["captum_1"], rates[f"captum_{best}"]
-    print(
-        f"\nocclusion on chelsea at 224, window {WINDOW}, stride {STRIDE}: {positions} perturbations; {machine_note()}"
-    )
-    print(f"convlens (batch {batch}, ONNX Runtime): {convlens:.1f}/s")
+    best = max(per_evals, key=lambda p: rates[f"captum_{p}"])
+    incremental, full, loop = rates["incremental"], rates["full"], rates["runtime_loop"]
+    default, fastest = rates["captum_1"], rates[f"captum_{best}"]
+    print(f"\nocclusion on chelsea at 224, window {WINDOW}, stride {STRIDE}: {positions} perturbations")
+    print(machine_note())
+    print(f"convlens incremental (batch {batch}): {incremental:.1f}/s; {details['engine_reason']}")
+    print(f"convlens full (batch {batch}): {full:.1f}/s")
+    print(f"plain ONNX Runtime loop, batch 1: {loop:.1f}/s")
     for p in per_evals:
         print(f"Captum perturbations_per_eval={p}: {rates[f'captum_{p}']:.1f}/s")
     print(
-        f"ratio vs Captum default: {convlens / default:.2f}x; vs Captum best ({best}): {convlens / fastest:.2f}x"
+        f"incremental vs Captum default: {incremental / default:.2f}x; vs Captum best ({best}): "
+        f"{incremental / fastest:.2f}x; vs full: {incremental / full:.2f}x"
     )
+    print(f"full vs Captum best: {full / fastest:.2f}x; vs the plain Runtime loop: {full / loop:.2f}x")
     print(f"max abs difference of the maps: {worst:.2e} (limit {AGREEMENT:g})")
     rows = [
-        {"figure": "occlusion/s vs Captum default", "convlens": convlens, "reference": default},
-        {"figure": f"occlusion/s vs Captum best ({best})", "convlens": convlens, "reference": fastest},
+        {"figure": "occlusion/s vs Captum default", "convlens": incremental, "reference": default},
+        {"figure": f"occlusion/s vs Captum best ({best})", "convlens": incremental, "reference": fastest},
+        {
+            "figure": f"occlusion/s, full engine vs Captum best ({best})",
+            "convlens": full,
+            "reference": fastest,
+        },
+        {"figure": "occlusion/s, incremental vs full engine", "convlens": incremental, "reference": full},
+        {"figure": "occlusion/s, full engine vs plain Runtime loop", "convlens": full, "reference": loop},
     ]
     for row in rows:
         row.update(ratio=row["convlens"] / row["reference"], unit="perturbations/s")
-    write_summary(args.json, rows, {"rates": rates, "max_abs_diff": worst, "batch_size": batch})
+    write_summary(
+        args.json,
+        rows,
+        {
+            "rates": rates,
+            "max_abs_diff": worst,
+            "batch_size": batch,
+            "engine_reason": details["engine_reason"],
+        },
+    )
     if worst > AGREEMENT:
         print(f"the maps differ by {worst:.2e} > {AGREEMENT:g}", file=sys.stderr)
         return 1

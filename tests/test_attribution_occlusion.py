@@ -1,6 +1,8 @@
 """Occlusion equals Captum's ``Occlusion`` on the softmax probability, on a random ResNet-18 exported to ONNX
-(run by ONNX Runtime, checked against the eager module) and on the default model (ONNX Runtime against its
-onnx2torch module); its frames fill in row by row; bad windows and strides are refused before any work.
+(run by ONNX Runtime with either engine, checked against the eager module) and on the default model (ONNX
+Runtime against its onnx2torch module); its frames fill in row by row; bad windows and strides are refused
+before any work: by the API when the request arrives, except a stride larger than the window (each value is
+fine alone), which fails the job when it starts.
 
 Tolerance: 1e-5 absolute on maps of probabilities, float32 noise between ONNX Runtime and torch only.
 """
@@ -8,6 +10,7 @@ Tolerance: 1e-5 absolute on maps of probabilities, float32 noise between ONNX Ru
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from convlens.errors import BadInput
 from convlens.events import Frame, Progress, Result
 from convlens.images import to_tensor
 from convlens.models.base import Model
+from convlens.models.default import DEFAULT_MODEL_ID as DEFAULT_MODEL
 from convlens.models.store import ModelStore
 from convlens_plugins.attribution.occlusion import OCCLUSION, fill_values
 
@@ -86,15 +90,17 @@ def onnx_resnet(resnet18_with_statistics, tmp_path_factory) -> Model:
     return model
 
 
+@pytest.mark.parametrize("engine", ["full", "incremental"])
 @pytest.mark.parametrize(
     ("window", "stride", "fill", "baseline"),
     [(16, 8, "grey", 0.5), (16, 10, "zero", 0.0), (24, 12, "mean", "mean"), (16, 16, "blur", "blur")],
 )
 def test_occlusion_matches_captum_on_an_onnx_resnet18(
-    convlens_run, onnx_resnet, resnet18_with_statistics, sample_image, window, stride, fill, baseline
+    convlens_run, onnx_resnet, resnet18_with_statistics, sample_image, window, stride, fill, baseline, engine
 ):
-    events = convlens_run(OCCLUSION, onnx_resnet, sample_image, window=window, stride=stride, fill=fill)
-    result = result_of(events)
+    params = {"window": window, "stride": stride, "fill": fill, "engine": engine}
+    result = result_of(convlens_run(OCCLUSION, onnx_resnet, sample_image, **params))
+    assert result.data["engine"] == engine
     inputs = to_tensor(sample_image, (SIZE, SIZE))
     logits = normalised(resnet18_with_statistics, MEAN, STD)
     with torch.no_grad():
@@ -195,11 +201,16 @@ def test_fills_hide_what_they_should(convlens_run, tiny_model):
 @pytest.mark.parametrize(
     ("params", "field", "words"),
     [
-        ({"window": 65}, "params.window", "does not fit"),
+        ({"window": 65}, "params.window", "a 65-pixel window does not fit in the 64x64 model input"),
+        ({"window": 0}, "params.window", "at least 1"),
+        ({"window": "big"}, "params.window", "expected an integer"),
         ({"stride": 0}, "params.stride", "at least 1"),
         ({"window": 16, "stride": 17}, "params.stride", "larger than the 16-pixel window"),
         ({"fill": "noise"}, "params.fill", "expected one of"),
         ({"target": 10}, "params.target", "class index"),
+        ({"batch_size": 0}, "params.batch_size", "at least 1"),
+        ({"batch_size": 513}, "params.batch_size", "at most 512"),
+        ({"engine": "turbo"}, "params.engine", "expected one of"),
     ],
 )
 def test_bad_windows_and_strides_are_refused_before_any_work(tiny_model, sample_image, params, field, words):
@@ -212,3 +223,38 @@ def test_bad_windows_and_strides_are_refused_before_any_work(tiny_model, sample_
         list(iterate(OCCLUSION, prepare_run(OCCLUSION, tiny_model, sample_image, params)))
     assert error.value.field == field and words in error.value.reason
     assert error.value.status == 400 and not calls
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "words"),
+    [
+        ({"window": 500}, "params.window", "a 500-pixel window does not fit in the 224x224 model input"),
+        ({"stride": 0}, "params.stride", "at least 1"),
+        ({"engine": "turbo"}, "params.engine", "expected one of"),
+    ],
+)
+def test_the_api_refuses_bad_windows_when_the_job_is_asked_for(client, params, field, words):
+    answer = client.post(
+        "/api/jobs",
+        json={"method": "occlusion", "model": DEFAULT_MODEL, "image": "chelsea", "params": params},
+    )
+    assert answer.status_code == 400
+    assert answer.get_json()["field"] == field and words in answer.get_json()["error"]
+
+
+def test_a_stride_larger_than_the_window_fails_the_job_naming_the_stride(client):
+    """Each value alone is fine, so the job is accepted; the method refuses the pair before any occlusion."""
+    params = {"window": 16, "stride": 17}
+    answer = client.post(
+        "/api/jobs",
+        json={"method": "occlusion", "model": DEFAULT_MODEL, "image": "chelsea", "params": params},
+    )
+    assert answer.status_code == 202
+    job_id = answer.get_json()["id"]
+    deadline = time.monotonic() + 60
+    while (job := client.get(f"/api/jobs/{job_id}").get_json())["state"] not in ("done", "failed", "stopped"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert job["state"] == "failed" and job["frames"] == 0
+    assert job["error"]["field"] == "params.stride"
+    assert "larger than the 16-pixel window" in job["error"]["error"]

@@ -7,25 +7,36 @@ of ``stride``; at each position one forward pass gives (a) the softmax probabili
 the probability: the drop ``p(image) - p(occluded image)``, averaged over the windows that cover the pixel.
 
 Positions are Captum's: ``ceil((size - window) / stride) + 1`` per axis starting at 0, the last one cut off
-at the image's edge when the stride does not divide ``size - window``. Forward passes only, in batches of
-``batch_size`` built in numpy (through ONNX Runtime for ``.onnx`` models); a frame after each batch shows
-the pixels whose windows are all done. The shown map is the drop divided by its maximum and clipped at 0
-(``data["scale"]``); rows still waiting for windows are shown as the image in grey.
+at the image's edge when the stride does not divide ``size - window``. Forward passes only, ``batch_size``
+positions at a time; a frame after each batch shows the pixels whose windows are all done. The shown map is
+the drop divided by its maximum and clipped at 0 (``data["scale"]``); rows still waiting for windows are shown
+as the image in grey.
+
+Three engines compute the occluded images' logits (:func:`occlusion_engine`; ``data["engine"]`` and
+``data["engine_reason"]`` say which ran and why): for ``.onnx`` files on the CPU, the incremental one
+(:mod:`.incremental_occlusion`, recomputing only what the square changes) or the full one
+(:class:`RuntimeOcclusion`, whole images built in numpy), both on single-threaded ONNX Runtime sessions with
+one worker thread per CPU; for other models, whole images through ``Model.logits``. All give the same map.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import threading
+import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from convlens.colormaps import colorize, overlay
 from convlens.errors import BadInput
 from convlens.events import Event, Frame, Progress, Result
-from convlens.methods import Method, RunContext
-from convlens.params import Choice, ClassIndex, Int
+from convlens.methods import ATTRIBUTION_MAP, Method, RunContext
+from convlens.params import Choice, ClassIndex, Int, Param
 
 from .saliency import OVERLAY
 
@@ -34,6 +45,7 @@ if TYPE_CHECKING:
 
 REFERENCE = "Zeiler, Fergus 2014, Visualizing and Understanding Convolutional Networks, ECCV, arXiv:1311.2901"
 FILLS = ("grey", "zero", "mean", "blur")
+ENGINES = ("auto", "incremental", "full")
 GREY = 0.5
 BLUR_SIGMA_PER_WINDOW = 0.25
 """The ``blur`` fill is the image under a Gaussian of sigma ``window / 4``: detail at the window's scale is gone."""
@@ -72,6 +84,17 @@ def check_geometry(size: tuple[int, int], window: int, stride: int) -> None:
             f"a stride of {stride} is larger than the {window}-pixel window: pixels between windows would "
             "never be occluded",
         )
+
+
+@dataclass(frozen=True)
+class WindowSide(Param):
+    """The window's side: an ``int`` that must fit in the model's input, checked when a request arrives."""
+
+    def check(self, value: Any, model: Model | None) -> Any:
+        value = super().check(value, model)
+        if model is not None:
+            check_geometry(model.input_size, value, 1)
+        return value
 
 
 def fill_values(pixels: np.ndarray, fill: str, window: int) -> np.ndarray:
@@ -115,6 +138,150 @@ def coverage(size: tuple[int, int], starts: np.ndarray, window: int) -> np.ndarr
     return counts
 
 
+class PixelOcclusion:
+    """Occluded images built whole in pixel space and run by ``Model.logits``: works for any model."""
+
+    name = "full"
+    workers = 1
+
+    def __init__(self, model: Model, pixels: np.ndarray, fill: np.ndarray, window: int, reason: str) -> None:
+        self.model, self.pixels, self.fill, self.window, self.reason = model, pixels, fill, window, reason
+        self.base = model.logits(pixels[None], batch_size=1)[0]
+
+    def logits(self, starts: np.ndarray, worker: int = 0) -> np.ndarray:
+        return self.model.logits(occluded_batch(self.pixels, self.fill, starts, self.window), len(starts))
+
+
+class RuntimeOcclusion:
+    """Occluded images run whole by single-threaded ONNX Runtime sessions, one worker thread per CPU.
+
+    The image is normalised once. Each worker keeps a buffer of copies of it and writes only each window
+    before a run and puts it back after, so a batch costs its windows to build, not its images. Each worker
+    runs its share of positions ``RUNTIME_BATCH`` at a time. Runtime's own pool of spinning threads is not
+    used: it collapsed whenever another process took a core (``bench/README.md``).
+    """
+
+    name = "full"
+
+    def __init__(
+        self,
+        session,
+        input_name: str,
+        image: np.ndarray,
+        fill: np.ndarray,
+        window: int,
+        workers: int,
+        reason: str,
+    ) -> None:
+        self.session, self.input_name, self.image, self.fill = session, input_name, image, fill
+        self.window, self.workers, self.reason = window, workers, reason
+        self._buffers: dict[int, np.ndarray] = {}
+        self.base = session.run(None, {input_name: image[None]})[0][0]
+
+    def logits(self, starts: np.ndarray, worker: int = 0) -> np.ndarray:
+        outputs = [
+            self._run(starts[first : first + RUNTIME_BATCH], worker)
+            for first in range(0, len(starts), RUNTIME_BATCH)
+        ]
+        return np.concatenate(outputs)
+
+    def _run(self, starts: np.ndarray, worker: int) -> np.ndarray:
+        buffer = self._buffers.get(worker)
+        if buffer is None or buffer.shape[0] < len(starts):
+            buffer = self._buffers[worker] = np.empty((len(starts), *self.image.shape), self.image.dtype)
+            buffer[:] = self.image
+        batch = buffer[: len(starts)]
+        windows = [(slice(None), slice(y, y + self.window), slice(x, x + self.window)) for y, x in starts]
+        for copy, window in zip(batch, windows, strict=True):
+            copy[window] = self.fill[window] if self.fill.shape[1] > 1 else self.fill
+        try:
+            return self.session.run(None, {self.input_name: batch})[0]
+        finally:
+            for copy, window in zip(batch, windows, strict=True):
+                copy[window] = self.image[window]
+
+
+RUNTIME_BATCH = 4
+"""Occluded images per Runtime call in the full engine."""
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_POOL: list[ThreadPoolExecutor] = []
+_LOCK = threading.Lock()
+
+
+def single_thread_session(model: Model):
+    """A single-threaded Runtime session of an ONNX model's file (made once per model), or ``None``."""
+    with _LOCK:
+        if model not in _SESSIONS:
+            from convlens.models.onnx import runtime_session
+
+            try:
+                _SESSIONS[model] = runtime_session(model.path, threads=1)
+            except Exception:  # noqa: BLE001 - the model's own session failed too; onnx2torch runs it
+                _SESSIONS[model] = None
+        return _SESSIONS[model]
+
+
+def in_parallel(engine, starts: np.ndarray) -> np.ndarray:
+    """``engine.logits`` of ``starts`` on ``engine.workers`` threads, each taking every ``workers``-th
+    position (neighbours cost alike, so the shares do too)."""
+    workers = min(engine.workers, len(starts))
+    if workers <= 1:
+        return engine.logits(starts, 0)
+    with _LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="occlusion"))
+    futures = [_POOL[0].submit(engine.logits, starts[worker::workers], worker) for worker in range(workers)]
+    shares = [future.result() for future in futures]
+    logits = np.empty((len(starts), *shares[0].shape[1:]), shares[0].dtype)
+    for worker, share in enumerate(shares):
+        logits[worker::workers] = share
+    return logits
+
+
+def occlusion_engine(
+    model: Model, pixels: np.ndarray, fill: np.ndarray, window: int, stride: int, engine: str = "auto"
+):
+    """What computes the occluded images' logits: an object with ``name`` ("full" or "incremental"),
+    ``reason`` (why that one), ``base`` (the image's logits), ``workers`` and ``logits(starts, worker)``.
+
+    ``auto`` takes the incremental engine where its predicted work is at most ``WORTHWHILE`` of the whole
+    graph's, ``incremental`` wherever the graph splits, ``full`` never. Only ONNX files that Runtime runs on
+    the CPU can be run incrementally.
+    """
+    session = single_thread_session(model) if model.format == "onnx" else None
+    if session is None or session.get_providers()[0] != "CPUExecutionProvider":
+        return PixelOcclusion(
+            model, pixels, fill, window, "the fast engines need an ONNX file run on the CPU"
+        )
+    if model.fixed_batch:
+        return PixelOcclusion(
+            model, pixels, fill, window, f"the graph's batch size is fixed to {model.fixed_batch}"
+        )
+    mean = np.asarray(model.card.mean, np.float32).reshape(3, 1, 1)
+    std = np.asarray(model.card.std, np.float32).reshape(3, 1, 1)
+    image = ((pixels - mean) / std).astype(model.input_dtype, copy=False)
+    normalised_fill = ((fill - mean) / std).astype(model.input_dtype, copy=False)
+    workers = os.cpu_count() or 1
+    reason = "engine=full asked for"
+    if engine != "full":
+        from .incremental_occlusion import WORTHWHILE, IncrementalOcclusion, incremental_graph
+
+        size = pixels.shape[1:]
+        rows, cols = window_starts(size[0], window, stride), window_starts(size[1], window, stride)
+        plan = incremental_graph(model).plan(size, window, rows, cols)
+        if isinstance(plan, str):
+            reason = plan
+        elif engine == "auto" and plan.predicted_work > WORTHWHILE:
+            reason = f"predicted work {plan.predicted_work:.2f} of the full pass's; not worth splitting"
+        else:
+            try:
+                plan = incremental_graph(model).prepare(plan)
+                return IncrementalOcclusion(plan, image, normalised_fill, window, stride, workers)
+            except Exception as error:  # noqa: BLE001 - a piece Runtime will not load or run: the full pass
+                reason = f"the graph could not be run in pieces ({type(error).__name__}: {error})"
+    return RuntimeOcclusion(session, model.input_name, image, normalised_fill, window, workers, reason)
+
+
 def occlusion(
     model: Model,
     pixels: np.ndarray,
@@ -123,21 +290,24 @@ def occlusion(
     stride: int,
     fill: str = "grey",
     batch_size: int = 32,
+    engine: str = "auto",
 ) -> Iterator[dict]:
     """Occlusion of 3xHxW ``pixels`` in [0, 1], one state dict per batch (the last one complete).
 
     Each state holds ``attribution_sum`` and ``done`` (HxW, the drop summed over finished windows and their
     count), ``coverage`` (the count when all are done), ``probability_grid`` and ``top_class_grid`` (NaN and
-    -1 where not yet computed), ``target``, ``base_probability``, ``positions_done`` and ``positions``.
+    -1 where not yet computed), ``target``, ``base_probability``, ``positions_done``, ``positions``, and
+    ``engine`` and ``engine_reason`` (:func:`occlusion_engine`).
     """
     size = pixels.shape[1:]
     check_geometry(size, window, stride)
     rows, cols = window_starts(size[0], window, stride), window_starts(size[1], window, stride)
     starts = np.stack(np.meshgrid(rows, cols, indexing="ij"), axis=-1).reshape(-1, 2)
-    base = softmax(model.logits(pixels[None], batch_size=1))[0]
+    baseline = fill_values(pixels, fill, window)
+    forward = occlusion_engine(model, pixels, baseline, window, stride, engine)
+    base = softmax(forward.base[None])[0]
     target = int(base.argmax()) if target is None else target
     base_probability = float(base[target])
-    baseline = fill_values(pixels, fill, window)
     state = {
         "attribution_sum": np.zeros(size, np.float64),
         "done": np.zeros(size, np.int32),
@@ -148,10 +318,12 @@ def occlusion(
         "base_probability": base_probability,
         "positions_done": 0,
         "positions": len(starts),
+        "engine": forward.name,
+        "engine_reason": forward.reason,
     }
     for first in range(0, len(starts), batch_size):
         chunk = starts[first : first + batch_size]
-        probabilities = softmax(model.logits(occluded_batch(pixels, baseline, chunk, window), batch_size))
+        probabilities = softmax(in_parallel(forward, chunk))
         state["probability_grid"].flat[first : first + len(chunk)] = probabilities[:, target]
         state["top_class_grid"].flat[first : first + len(chunk)] = probabilities.argmax(axis=1)
         for (y, x), probability in zip(chunk, probabilities[:, target], strict=True):
@@ -222,6 +394,7 @@ def run_occlusion(ctx: RunContext) -> Iterator[Event]:
         params["stride"],
         params["fill"],
         params["batch_size"],
+        params["engine"],
     )
     for step, state in enumerate(batches):
         yield Frame(progress_frame(picture, state, params["overlay"]), step=step, label="occlusion")
@@ -252,6 +425,8 @@ def run_occlusion(ctx: RunContext) -> Iterator[Event]:
             "scale": scale,
             "min_probability": float(probability_grid.min()),
             "classes_seen": classes_seen[:10],
+            "engine": state["engine"],
+            "engine_reason": state["engine_reason"],
         },
     )
 
@@ -265,7 +440,9 @@ OCCLUSION = Method(
         ClassIndex(
             "target", title="Class", help="The class whose probability is watched; empty: the top one."
         ),
-        Int("window", 32, minimum=1, title="Window (pixels)", help="Side of the hiding square."),
+        WindowSide(
+            "window", "int", 32, minimum=1, title="Window (pixels)", help="Side of the hiding square."
+        ),
         Int(
             "stride",
             8,
@@ -280,12 +457,29 @@ OCCLUSION = Method(
             title="Fill",
             help="What the square shows: mid grey, black, the image's mean colour or the image blurred.",
         ),
-        Int("batch_size", 32, minimum=1, maximum=512, title="Batch size", help="Positions per forward pass."),
+        Int(
+            "batch_size",
+            32,
+            minimum=1,
+            maximum=512,
+            title="Batch size",
+            help="Positions computed between two frames (shared among the CPUs).",
+        ),
+        Choice(
+            "engine",
+            "auto",
+            ENGINES,
+            title="Engine",
+            help="incremental: recompute only what the square changes (ONNX models; same map); full: every "
+            "occluded image whole; auto: incremental where it is predicted to be faster.",
+        ),
         OVERLAY,
     ),
     needs=frozenset(),
+    tags=frozenset({ATTRIBUTION_MAP}),
     description="Slide a square over the image and map how much the class probability drops when each pixel "
     "is hidden (Captum's Occlusion on the softmax probability), plus the probability and the most likely "
-    "class at each position of the square. Forward passes only.",
+    "class at each position of the square. Forward passes only; for ONNX models, only what the square changes "
+    "is recomputed where that is faster (Nakandala et al. 2019), which gives the same map.",
     reference=REFERENCE,
 )

@@ -84,12 +84,22 @@ class OnnxModel(GraphModel):
             outputs.append(session.run(None, {self._input_name: chunk})[0][:count])
         return np.concatenate(outputs, axis=0).astype(np.float32, copy=False)
 
+    @property
+    def input_name(self) -> str:
+        """The name of the graph's image input."""
+        return self._input_name
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        """The element type of the graph's image input."""
+        return self._input_dtype
+
     def _runtime(self):
         if self._session is None and self._session_failed is None:
             with self._session_lock:
                 if self._session is None and self._session_failed is None:
                     try:
-                        self._session = _session(self.path)
+                        self._session = runtime_session(self.path)
                     except Exception as error:  # noqa: BLE001 - any Runtime failure leaves onnx2torch to do it
                         self._session_failed = f"{type(error).__name__}: {error}"
         return self._session
@@ -260,12 +270,18 @@ def _onnx_tensor_names(graph_module: fx.GraphModule) -> dict[str, str]:
     return tensors
 
 
-def _session(path: Path):
+def runtime_session(source: Path | bytes, threads: int | None = None):
+    """An ONNX Runtime session for a file (or a serialised model), with the options convlens uses throughout.
+
+    ``threads`` is its intra-op thread count (default: one per CPU). With one, ``run`` computes in the calling
+    thread, and several threads can each run their own inputs at once.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
     providers = ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    model = source if isinstance(source, bytes) else str(source)
+    return ort.InferenceSession(model, sess_options=options, providers=providers)
