@@ -11,6 +11,8 @@ MODEL_FILES := models/efficientnet_lite0.onnx models/efficientnet_lite0.pt model
 # glibc malloc returns big torch buffers to the OS after every batch; keeping them is 5x faster here.
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 100000000000
+# ... and one heap for all threads: a job thread's own arena cannot hold a batch's large buffers.
+export MALLOC_ARENA_MAX := 1
 
 .PHONY: install python web models browser run test lint bench clean
 
