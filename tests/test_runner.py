@@ -9,7 +9,7 @@ import torch
 from convlens.errors import BadInput
 from convlens.events import Log, Progress, Result
 from convlens.methods import Method
-from convlens.params import Int, Layer
+from convlens.params import Int, Layer, Picture
 from convlens.runner import iterate, prepare_run
 from convlens.testing import make_tiny_model
 
@@ -85,3 +85,33 @@ def test_yielding_something_not_an_event_names_the_method(tiny_model):
     method = Method("chatty", "t", "test", lambda ctx: iter([Log("fine"), "not an event"]))
     with pytest.raises(TypeError, match="'chatty' yielded str"):
         list(iterate(method, prepare_run(method, tiny_model, np.zeros((4, 4, 3)), {})))
+
+
+def mean_colour_of_style(ctx):
+    yield Result(data={"mean": ctx.pictures["style"].mean(axis=(0, 1)).tolist(), "id": ctx.params["style"]})
+
+
+STYLED = Method("styled", "Styled", "test", mean_colour_of_style, params=(Picture("style", "coffee"),))
+
+
+def test_an_image_parameter_brings_its_pixels_in_ctx_pictures(tiny_model):
+    from skimage import data
+
+    ctx = prepare_run(STYLED, tiny_model, np.zeros((4, 4, 3), np.uint8), {"style": "astronaut"})
+    picture = ctx.pictures["style"]
+    assert picture.dtype == np.float32 and picture.shape == data.astronaut().shape
+    assert np.allclose(picture, data.astronaut() / 255.0)
+    result = list(iterate(STYLED, ctx))[-1]
+    assert result.data["id"] == "astronaut"
+    # The default is resolved too, and a source given by the caller (the server's library) is used.
+    default = prepare_run(
+        STYLED, tiny_model, np.zeros((4, 4, 3)), {}, images=lambda _id: np.full((2, 2, 3), 255)
+    )
+    assert default.params["style"] == "coffee" and (default.pictures["style"] == 1.0).all()
+
+
+@pytest.mark.parametrize("value", ["no-such-image", "", 3])
+def test_an_unknown_image_parameter_is_refused_by_name(tiny_model, value):
+    with pytest.raises(BadInput) as error:
+        prepare_run(STYLED, tiny_model, np.zeros((4, 4, 3)), {"style": value})
+    assert error.value.field == "params.style"

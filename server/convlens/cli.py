@@ -178,8 +178,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     raw_params = parse_assignments(method.params, args.param)
     store = _store(args)
     model = store.get(args.model or store.default_id)
-    image_id, pixels = build_library(get_plugin_manager(), _config(args)).resolve(args.image)
-    ctx = runner.prepare_run(method, model, pixels, raw_params, args.seed)
+    library = build_library(get_plugin_manager(), _config(args))
+    image_id, pixels = library.resolve(args.image)
+    ctx = runner.prepare_run(
+        method, model, pixels, raw_params, args.seed, images=lambda name: library.resolve(name)[1]
+    )
     predictions = model.predict(ctx.model_input(), k=5)
     frames, metrics, final = [], {}, ev.Result()
     for event in runner.iterate(method, ctx):

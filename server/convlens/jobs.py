@@ -167,6 +167,7 @@ class JobManager:
         if not isinstance(raw_params, dict):
             raise BadInput("params", "expected an object of parameter values")
         params = validate(method.params, raw_params, model)
+        runner.resolve_pictures(method, params, self.get_image)  # an unknown style image fails the request
         seed = request.get("seed")
         if seed is None:
             seed = secrets.randbelow(2**31)
@@ -224,7 +225,7 @@ class JobManager:
         method = self.get_method(job.method)
         model = self.get_model(job.model)
         image = self.get_image(job.image)
-        ctx = runner.prepare_run(method, model, image, job.params, job.seed)
+        ctx = runner.prepare_run(method, model, image, job.params, job.seed, images=self.get_image)
         job.predictions = model.predict(ctx.model_input(), k=5)
         self.sink.state(job)
         final: ev.Result | None = None

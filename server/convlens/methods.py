@@ -31,7 +31,8 @@ class RunContext:
     """Everything a method's ``run`` may use. It never sees Flask or Socket.IO.
 
     ``image`` is the chosen picture, HxWx3 float32 in [0, 1] at its own size;
-    ``params`` are validated, defaults filled in. Randomness comes from ``rng``
+    ``params`` are validated, defaults filled in; ``pictures`` holds the pixels of each
+    ``image`` parameter by its name (HxWx3 float32 in [0, 1]). Randomness comes from ``rng``
     (numpy) and ``generator`` (torch), both seeded from ``seed``: several jobs run
     at once in one process, so the global torch RNG is not reproducible per run.
     """
@@ -40,6 +41,7 @@ class RunContext:
     image: np.ndarray
     params: dict[str, Any]
     seed: int = 0
+    pictures: dict[str, np.ndarray] = field(default_factory=dict)
     rng: np.random.Generator = field(init=False)
     generator: torch.Generator = field(init=False)
 

@@ -17,7 +17,7 @@ from .errors import BadInput
 if TYPE_CHECKING:
     from .models.base import Model
 
-KINDS = ("int", "float", "bool", "choice", "string", "layer", "class")
+KINDS = ("int", "float", "bool", "choice", "string", "layer", "class", "image")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,9 @@ class Param:
     """One parameter of a method.
 
     ``kind`` is one of ``int``, ``float``, ``bool``, ``choice``, ``string``,
-    ``layer`` (a named layer of the model) or ``class`` (an output class index).
+    ``layer`` (a named layer of the model), ``class`` (an output class index) or
+    ``image`` (the id of a sample or upload: a second picture, such as a style image;
+    the method finds its pixels in ``ctx.pictures[name]``).
     A ``default`` of ``None`` with ``nullable`` means "let the method decide"
     (the top predicted class, the model's suggested layer).
     """
@@ -110,9 +112,11 @@ class Param:
         elif self.kind == "bool":
             if not isinstance(value, bool):
                 raise BadInput(field, f"expected true or false, got {value!r}")
-        elif self.kind in ("string", "layer"):
+        elif self.kind in ("string", "layer", "image"):
             if not isinstance(value, str):
                 raise BadInput(field, f"expected a string, got {value!r}")
+            if self.kind == "image" and not value:
+                raise BadInput(field, "expected an image id (a sample or an upload)")
         if self.kind == "choice" and value not in self.choices:
             raise BadInput(field, f"expected one of {list(self.choices)}, got {value!r}")
         if self.minimum is not None and value < self.minimum:
@@ -168,6 +172,11 @@ def Layer(name: str = "layer", **kw: Any) -> Param:  # noqa: N802
     """A layer of the model; ``None`` lets the method pick (see ``Model.suggest_layer``)."""
     kw.setdefault("nullable", True)
     return Param(name, "layer", None, **kw)
+
+
+def Picture(name: str, default: str | None = None, **kw: Any) -> Param:  # noqa: N802
+    """An image of the server's library (a sample id or an upload id); its pixels are ``ctx.pictures[name]``."""
+    return Param(name, "image", default, **kw)
 
 
 def ClassIndex(name: str = "target", **kw: Any) -> Param:  # noqa: N802

@@ -9,7 +9,7 @@ two events by closing the iterator, which closes the method's generator too.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,21 +46,59 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+ImageSource = Callable[[str], np.ndarray]
+"""Pixels (HxWx3 uint8) of an image id; raises :class:`BadInput` (``NotFound``) for an unknown one."""
+
+
 def prepare_run(
-    method: Method, model: Model, image: np.ndarray, raw_params: Mapping[str, Any] | None, seed: int = 0
+    method: Method,
+    model: Model,
+    image: np.ndarray,
+    raw_params: Mapping[str, Any] | None,
+    seed: int = 0,
+    images: ImageSource | None = None,
 ) -> RunContext:
     """The context ``method.run`` receives: parameters validated against ``model``, ``image`` as float32 in [0, 1].
 
-    Raises :class:`BadInput` naming the model (status 422) or ``params.<name>``. Also seeds the
-    global generators; :func:`iterate` seeds them again just before the method starts, since a
-    job may wait between the two.
+    ``images`` resolves ``image`` parameters (default: the installed plugins' sample images). Raises
+    :class:`BadInput` naming the model (status 422) or ``params.<name>``. Also seeds the global
+    generators; :func:`iterate` seeds them again just before the method starts, since a job may wait
+    between the two.
     """
     from .images import to_float
 
     check_available(method, model)
     params = validate(method.params, raw_params, model)
+    pictures = {name: to_float(picture) for name, picture in resolve_pictures(method, params, images).items()}
     seed_everything(seed)
-    return RunContext(model=model, image=to_float(image), params=params, seed=seed)
+    return RunContext(model=model, image=to_float(image), params=params, seed=seed, pictures=pictures)
+
+
+def resolve_pictures(
+    method: Method, params: Mapping[str, Any], images: ImageSource | None = None
+) -> dict[str, np.ndarray]:
+    """The pixels of every ``image`` parameter that has a value; an unknown id is ``BadInput`` naming it."""
+    wanted = {p.name: params[p.name] for p in method.params if p.kind == "image" and params.get(p.name)}
+    if not wanted:
+        return {}
+    source = images or samples_only()
+    pictures = {}
+    for name, image_id in wanted.items():
+        try:
+            pictures[name] = source(image_id)
+        except BadInput as error:
+            raise BadInput(f"params.{name}", error.reason) from None
+    return pictures
+
+
+def samples_only() -> ImageSource:
+    """The installed plugins' sample images, for runs outside a server (tests, notebooks)."""
+    from .image_library import ImageLibrary
+    from .plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    samples = [sample for batch in pm.hook.register_sample_images() for sample in batch or []]
+    return ImageLibrary(samples).get
 
 
 def iterate(method: Method, ctx: RunContext) -> Iterator[Event]:

@@ -26,7 +26,7 @@ export interface ModelDetail extends ModelInfo {
   sha256: string;
 }
 
-export type ParamType = "int" | "float" | "bool" | "choice" | "string" | "layer" | "class";
+export type ParamType = "int" | "float" | "bool" | "choice" | "string" | "layer" | "class" | "image";
 
 export interface ParamSchema {
   name: string;

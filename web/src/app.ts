@@ -250,6 +250,7 @@ export class ConvlensApp extends HTMLElement {
       layers: model.layers ?? [],
       defaultLayer: model.default_layer,
       labels,
+      images: this.images.list(),
     });
     replaceChildren(this.formSlot, this.form.element);
     this.runButton.disabled = false;

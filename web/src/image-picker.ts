@@ -37,6 +37,11 @@ export class ImagePicker {
     );
   }
 
+  /** The images offered, samples and uploads. */
+  list(): ImageInfo[] {
+    return [...this.images];
+  }
+
   setImages(images: ImageInfo[]): void {
     this.images = images;
     this.render();

@@ -2,7 +2,7 @@
 // The server validates again; its errors come back by field ("params.steps") and
 // are shown next to that field.
 
-import type { FieldError, LayerInfo, ParamSchema, Prediction } from "./api";
+import type { FieldError, ImageInfo, LayerInfo, ParamSchema, Prediction } from "./api";
 import { ClassChoiceError, ClassPicker } from "./class-picker";
 import { h } from "./dom";
 
@@ -13,6 +13,8 @@ export interface ParamFormContext {
   labels: string[];
   /** Prefixes the controls' ids, for several forms in one document. */
   idPrefix?: string;
+  /** The server's images, offered by an `image` parameter (a second picture, such as a style image). */
+  images?: ImageInfo[];
 }
 
 interface Field {
@@ -207,6 +209,25 @@ function buildControl(
     }
     case "class":
       return classControl(param, context.labels, id, testid);
+    case "image": {
+      const images = context.images ?? [];
+      const select = h(
+        "select",
+        { id, name: param.name, "data-testid": testid },
+        param.nullable && h("option", { value: "" }, "none"),
+        ...images.map((image) =>
+          h("option", { value: image.id, selected: image.id === param.default }, image.title || image.id),
+        ),
+      );
+      const read = () => {
+        if (select.value === "") {
+          if (param.nullable) return null;
+          throw new InvalidValue("choose an image");
+        }
+        return select.value;
+      };
+      return { control: select, read };
+    }
     default: {
       const input = h("input", {
         id,
