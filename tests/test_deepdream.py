@@ -133,3 +133,44 @@ def test_sizes_stay_sensible():
     assert fit_within((100, 50), 512) == (100, 50)
     assert octave_sizes((85, 128), 3, 1.4) == [(43, 65), (61, 91), (85, 128)]
     assert octave_sizes((40, 40), 4, 2.0)[0] == (32, 32)
+
+
+def guided_value(model, image: torch.Tensor, guide: np.ndarray, layer: str) -> float:
+    """The guided objective computed independently in numpy: per dream position, the best dot product with
+    any guide position's feature vector, averaged."""
+    with torch.no_grad():
+        dream = model.forward(image, [layer], logits=False).activations[layer][0].flatten(1).double().numpy()
+        guide_image = to_tensor(guide, model.input_size)
+        wanted = (
+            model.forward(guide_image, [layer], logits=False)
+            .activations[layer][0]
+            .flatten(1)
+            .double()
+            .numpy()
+        )
+    return float((dream.T @ wanted).max(axis=1).mean())
+
+
+def test_a_guide_image_steers_the_dream_toward_its_features(convlens_run, tiny_model, sample_image):
+    from skimage import data
+
+    guide = data.coffee()
+    events = convlens_run(
+        "deepdream", tiny_model, sample_image, layer="relu2", octaves=1, steps=6, jitter=0, guide="coffee"
+    )
+    start = start_image(tiny_model, sample_image)
+    values = objectives(events)
+    assert values[0] == pytest.approx(guided_value(tiny_model, start, guide / 255.0, "relu2"), rel=1e-4)
+    final = to_tensor(events[-1].images["dream"], tuple(start.shape[-2:]))
+    assert guided_value(tiny_model, final, guide / 255.0, "relu2") > 1.5 * values[0]
+    assert events[-1].data["guide"] == "coffee"
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [({"guide": "no-such-image"}, "params.guide"), ({"guide": "coffee", "channel": 1}, "params.guide")],
+)
+def test_a_bad_guide_is_refused_by_name(convlens_run, tiny_model, sample_image, params, field):
+    with pytest.raises(BadInput) as error:
+        convlens_run("deepdream", tiny_model, sample_image, layer="relu2", octaves=1, steps=1, **params)
+    assert error.value.field == field

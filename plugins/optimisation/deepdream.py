@@ -6,7 +6,9 @@ activations (or one channel's), each step's gradient divided by its mean absolut
 rolled by a random offset before each step (jitter) and processed in octaves, from the smallest scale
 up, carrying the detail added at one scale into the next. Whatever the layer faintly detects is
 amplified, so it is detected more strongly at the next step: the feedback loop that turns clouds into
-dogs, shown frame by frame.
+dogs, shown frame by frame. With a guide image, as in the notebook's guided dream, the objective is instead
+the mean over the dream's positions of the largest dot product of its feature vector at the layer with any
+of the guide's: each place grows toward the guide feature it already resembles most.
 
 Differences from the notebook: pixels live in [0, 1] (the model normalises inside) and are clipped there
 after each step, so ``lr`` is a fraction of the full range, not the notebook's 1.5 out of 255. The
@@ -28,7 +30,7 @@ from convlens.errors import BadInput
 from convlens.events import Event, Frame, Log, Metrics, Progress, Result
 from convlens.images import to_image, to_tensor
 from convlens.methods import Method, RunContext
-from convlens.params import Float, Int, Layer
+from convlens.params import Float, Int, Layer, Picture
 
 if TYPE_CHECKING:
     from convlens.models.base import Model
@@ -65,18 +67,40 @@ def resized(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
-def layer_objective(
-    model: Model, images: torch.Tensor, layer: str, channel: int | None, input_size: tuple[int, int] | None
+def layer_activation(
+    model: Model, images: torch.Tensor, layer: str, input_size: tuple[int, int] | None
 ) -> torch.Tensor:
-    """Mean square of ``layer``'s activations (of ``channel`` only, when given) for ``images``."""
     inputs = images if input_size is None else resized(images, input_size)
     activations = model.forward(inputs, [layer], logits=False).activations
     if layer not in activations:
         raise BadInput("params.layer", f"layer {layer!r} of model {model.id!r} gives no tensor to maximise")
-    activation = activations[layer]
+    return activations[layer].float()
+
+
+def guided_objective(activation: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+    """Mean over the dream's positions of the largest dot product of its feature vector with any of the
+    guide's (``guide``: CxM, one column per position): each part of the dream grows toward the guide's
+    feature it already resembles most."""
+    features = activation[0].flatten(1)  # CxN
+    return (features.t() @ guide).amax(dim=1).mean()
+
+
+def layer_objective(
+    model: Model,
+    images: torch.Tensor,
+    layer: str,
+    channel: int | None,
+    input_size: tuple[int, int] | None,
+    guide: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean square of ``layer``'s activations (of ``channel`` only, when given) for ``images``, or with a
+    ``guide`` (CxM features of the guide image) the guided objective."""
+    activation = layer_activation(model, images, layer, input_size)
+    if guide is not None:
+        return guided_objective(activation, guide)
     if channel is not None:
         activation = activation[:, channel]
-    return activation.float().pow(2).mean()
+    return activation.pow(2).mean()
 
 
 def ascent_step(
@@ -87,10 +111,11 @@ def ascent_step(
     lr: float,
     shift: tuple[int, int],
     input_size: tuple[int, int] | None,
+    guide: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """One normalised gradient-ascent step on ``dream`` rolled by ``shift``; the new image and the objective before it."""
     rolled = torch.roll(dream, shifts=shift, dims=(2, 3)).requires_grad_(True)
-    objective = layer_objective(model, rolled, layer, channel, input_size)
+    objective = layer_objective(model, rolled, layer, channel, input_size, guide)
     value = float(objective.detach())
     if not np.isfinite(value):
         raise RuntimeError(
@@ -115,6 +140,13 @@ def run_deepdream(ctx: RunContext) -> Iterator[Event]:
             raise BadInput("params.channel", f"layer {layer!r} has {channels} channels; got {channel}")
     steps, lr, jitter = params["steps"], params["lr"], params["jitter"]
     input_size = None if model.card.extra.get("dynamic_size") else tuple(model.input_size)
+    guide = None
+    if params["guide"]:
+        if channel is not None:
+            raise BadInput("params.guide", "a guide steers the whole layer; leave the channel empty")
+        with torch.no_grad():
+            guide_image = to_tensor(ctx.pictures["guide"], model.input_size)
+            guide = layer_activation(model, guide_image, layer, None)[0].flatten(1)
 
     start = ctx.image.shape[:2]
     base = to_tensor(ctx.image, fit_within(start, 2 * max(model.input_size)))
@@ -124,6 +156,7 @@ def run_deepdream(ctx: RunContext) -> Iterator[Event]:
     yield Log(
         f"deepdream on {layer!r}"
         + (f" channel {channel}" if channel is not None else "")
+        + (f", guided by {params['guide']!r}" if guide is not None else "")
         + f", octaves {sizes}"
     )
 
@@ -134,7 +167,7 @@ def run_deepdream(ctx: RunContext) -> Iterator[Event]:
         dream = (octave_base + resized(detail, size)).clamp(0.0, 1.0)
         for _ in range(steps):
             shift = tuple(int(s) for s in ctx.rng.integers(-jitter, jitter + 1, size=2)) if jitter else (0, 0)
-            dream, objective = ascent_step(model, dream, layer, channel, lr, shift, input_size)
+            dream, objective = ascent_step(model, dream, layer, channel, lr, shift, input_size, guide)
             step += 1
             yield Frame(to_image(resized(dream, display_size)), step=step, label="dream")
             yield Metrics({"objective": objective}, step=step)
@@ -142,12 +175,13 @@ def run_deepdream(ctx: RunContext) -> Iterator[Event]:
         detail = dream - octave_base
 
     with torch.no_grad():
-        final = layer_objective(model, dream, layer, channel, input_size)
+        final = layer_objective(model, dream, layer, channel, input_size, guide)
     yield Result(
         images={"dream": to_image(dream)},
         data={
             "layer": layer,
             "channel": channel,
+            "guide": params["guide"],
             "octave_sizes": [list(s) for s in sizes],
             "objective": float(final.detach()),
         },
@@ -187,6 +221,13 @@ DEEPDREAM = Method(
             minimum=0,
             maximum=64,
             help="Largest random shift of the image before each step, in px.",
+        ),
+        Picture(
+            "guide",
+            None,
+            nullable=True,
+            help="Grow, at each place of the dream, the guide image's feature it resembles most; empty: "
+            "grow whatever the layer sees.",
         ),
     ),
     needs=frozenset({"gradients", "layers"}),
