@@ -337,3 +337,19 @@ def test_image_resized_to_a_model_input_is_what_a_job_sees(client):
     original = np.asarray(Image.open(io.BytesIO(client.get("/api/images/chelsea").data)).convert("RGB"))
     expected = np.floor(resize(original, (224, 224)) * 255 + 0.5)
     np.testing.assert_array_equal(pixels, expected)
+
+
+def test_a_job_with_an_unknown_image_parameter_is_refused_when_requested(client):
+    answer = client.post(
+        "/api/jobs",
+        json={
+            "method": "style_transfer",
+            "model": DEFAULT_MODEL,
+            "image": "chelsea",
+            "params": {"style": "no-such-picture"},
+        },
+    )
+    assert answer.status_code == 400
+    assert answer.get_json()["field"] == "params.style"
+    styles = {m["name"]: m for m in client.get("/api/methods").get_json()}["style_transfer"]["params"]
+    assert next(p for p in styles if p["name"] == "style")["type"] == "image"

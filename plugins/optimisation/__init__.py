@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from convlens import hookimpl
+from convlens.images import SampleImage
 from convlens.methods import Method
 
+from .activation_max import ACTIVATION_MAX
 from .class_model import CLASS_MODEL
 from .deepdream import DEEPDREAM
+from .inversion import INVERSION, INVERSION_LADDER
+from .style_transfer import STYLE_TRANSFER, style_samples
 
 
 @hookimpl
 def register_methods() -> list[Method]:
-    return [CLASS_MODEL, DEEPDREAM]
+    return [CLASS_MODEL, ACTIVATION_MAX, INVERSION, INVERSION_LADDER, DEEPDREAM, STYLE_TRANSFER]
+
+
+@hookimpl
+def register_sample_images() -> list[SampleImage]:
+    return style_samples()

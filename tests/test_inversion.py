@@ -1,0 +1,194 @@
+"""Feature inversion matches the picture's code, resembles the picture from an early layer, keeps its class from
+the probabilities alone, is reproducible and refuses nonsense."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from convlens.errors import BadInput
+from convlens.events import Frame, Metrics, Progress, Result
+from convlens.models.default import DEFAULT_MODEL_ID
+from convlens.models.store import ModelStore
+from convlens.runner import iterate, prepare_run
+from convlens.testing import make_tiny_model
+from convlens_plugins.optimisation.inversion import INVERSION, INVERSION_LADDER, PROBABILITIES
+
+EARLY_LAYER = "_blocks.1"
+EARLY_STEPS = 60
+RISE_TOLERANCE = 0.05
+"""How far (relative) a code distance may rise above the lowest one before it: Adam's steps are not monotone."""
+EARLY_FINAL_FRACTION = 0.1
+"""The early layer's code distance ends below this fraction of its start (measured: 1.71 → 0.047, 0.028)."""
+EARLY_PSNR_DB = 21.0
+"""Lower bound on the PSNR of the early-layer reconstruction vs the picture (measured: 24.1 dB at seed 0)."""
+PROBABILITY_STEPS = 80
+"""Steps after which the probabilities-only inversion has left the plateau near 1 (measured: by step ~40, final
+code distance 0.002 at lr 0.05)."""
+
+
+def of_type(events, kind):
+    return [e for e in events if isinstance(e, kind)]
+
+
+def metric(events, name):
+    return [m.values[name] for m in of_type(events, Metrics)]
+
+
+@pytest.fixture(scope="module")
+def default_model(models_dir):
+    return ModelStore([models_dir]).get(DEFAULT_MODEL_ID)
+
+
+def picture(model, sample_image):
+    """The chosen picture at the model's input size, HxWx3 in [0, 1], as the method sees it."""
+    return prepare_run(INVERSION, model, sample_image, {}).model_input()[0].numpy().transpose(1, 2, 0)
+
+
+def top_class(model, image: np.ndarray) -> int:
+    return int(model.logits(image.transpose(2, 0, 1)[None].copy()).argmax())
+
+
+def test_early_layer_code_distance_falls_and_the_reconstruction_resembles_the_picture(
+    convlens_run, default_model, sample_image
+):
+    events = convlens_run(
+        INVERSION, default_model, sample_image, layer=EARLY_LAYER, steps=EARLY_STEPS, every=5
+    )
+    distances = metric(events, "code_distance")
+    assert len(distances) == EARLY_STEPS // 5 + 1
+    for step, value in enumerate(distances[1:], start=1):
+        assert value <= min(distances[:step]) * (1 + RISE_TOLERANCE), distances
+    assert distances[-1] < EARLY_FINAL_FRACTION * distances[0]
+
+    result = events[-1]
+    assert isinstance(result, Result)
+    image = result.arrays["image"]
+    original = picture(default_model, sample_image)
+    assert image.shape == original.shape
+    mse = float(np.mean((image.astype(np.float64) - original) ** 2))
+    psnr = 10 * np.log10(1 / mse)
+    assert psnr > EARLY_PSNR_DB
+    assert result.data["psnr"] == pytest.approx(psnr, abs=0.01)
+    start = of_type(events, Frame)[0].image
+    assert 10 * np.log10(1 / np.mean((start - original) ** 2)) < EARLY_PSNR_DB - 5
+    assert result.data["code_distance"] == pytest.approx(distances[-1])
+
+
+def test_inversion_of_the_class_probabilities_alone_keeps_the_top_class(
+    convlens_run, default_model, sample_image
+):
+    events = convlens_run(INVERSION, default_model, sample_image, steps=PROBABILITY_STEPS, every=10)
+    result = events[-1]
+    assert result.data["layer"] == PROBABILITIES
+    original_top = top_class(default_model, picture(default_model, sample_image))
+    assert top_class(default_model, result.arrays["image"]) == original_top
+    assert result.data["top_class"] == original_top == result.data["original_top_class"]
+    distances = metric(events, "code_distance")
+    assert distances[-1] < 0.5 < distances[0]
+
+
+def test_streams_frames_and_metrics_every_kth_step_and_the_last(convlens_run, tiny_model, sample_image):
+    events = convlens_run(INVERSION, tiny_model, sample_image, layer="conv2", steps=7, every=3)
+    assert [f.step for f in of_type(events, Frame)] == [0, 3, 6, 7]
+    assert [m.step for m in of_type(events, Metrics)] == [0, 3, 6, 7]
+    assert set(of_type(events, Metrics)[0].values) == {"code_distance", "alpha", "tv", "objective"}
+    assert [(p.step, p.total) for p in of_type(events, Progress)] == [(s, 7) for s in range(1, 8)]
+    assert np.array_equal(of_type(events, Frame)[-1].image, events[-1].images["inversion"])
+
+
+def test_priors_are_weighed_in_the_objective_and_hold_the_image_smooth(
+    convlens_run, tiny_model, sample_image
+):
+    free = convlens_run(
+        INVERSION, tiny_model, sample_image, layer="conv2", steps=10, tv_weight=0.0, alpha_weight=0.0
+    )
+    smooth = convlens_run(INVERSION, tiny_model, sample_image, layer="conv2", steps=10, tv_weight=10.0)
+    assert metric(smooth, "tv")[-1] < metric(free, "tv")[-1]
+    values = of_type(free, Metrics)[-1].values
+    assert values["objective"] == pytest.approx(values["code_distance"])
+    values = of_type(smooth, Metrics)[-1].values
+    expected = values["code_distance"] + 1e-3 * values["alpha"] + 10.0 * values["tv"]
+    assert values["objective"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_same_seed_same_frames_other_seed_other_noise(convlens_run, tiny_model, sample_image):
+    params = dict(layer="relu2", steps=4, every=1)
+    first = of_type(convlens_run(INVERSION, tiny_model, sample_image, seed=5, **params), Frame)
+    again = of_type(convlens_run(INVERSION, tiny_model, sample_image, seed=5, **params), Frame)
+    other = of_type(convlens_run(INVERSION, tiny_model, sample_image, seed=6, **params), Frame)
+    assert len(first) == 5
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[0].image, other[0].image)
+
+
+def test_ladder_shows_each_layer_and_the_probabilities_side_by_side(convlens_run, tiny_model, sample_image):
+    events = convlens_run(INVERSION_LADDER, tiny_model, sample_image, steps=3, every=3)
+    result = events[-1]
+    layers = result.data["layers"]
+    assert layers[-1] == PROBABILITIES and len(layers) >= 3
+    assert {f.label for f in of_type(events, Frame) if f.step == 0} == set(layers)
+    height, width = tiny_model.input_size
+    assert result.images["ladder"].shape == (height, (len(layers) + 1) * (width + 4) - 4, 3)
+    assert result.arrays["images"].shape == (len(layers), height, width, 3)
+    assert set(result.data["by_layer"]) == set(layers)
+    assert set(of_type(events, Metrics)[0].values) == {f"code_distance {layer}" for layer in layers}
+
+
+def test_ladder_matches_single_inversions_of_the_same_layers(convlens_run, tiny_model, sample_image):
+    ladder = convlens_run(INVERSION_LADDER, tiny_model, sample_image, layers="conv1, probabilities", steps=3)
+    single = convlens_run(INVERSION, tiny_model, sample_image, layer="conv1", steps=3)
+    both = convlens_run(INVERSION, tiny_model, sample_image, steps=3)
+    images = ladder[-1].arrays["images"]
+    assert np.allclose(images[0], single[-1].arrays["image"], atol=1e-5)
+    assert np.allclose(images[1], both[-1].arrays["image"], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "field"),
+    [
+        (INVERSION, {"layer": "no_such_layer"}, "params.layer"),
+        (INVERSION, {"steps": 0}, "params.steps"),
+        (INVERSION, {"steps": 2001}, "params.steps"),
+        (INVERSION, {"lr": 0.0}, "params.lr"),
+        (INVERSION, {"lr": -0.1}, "params.lr"),
+        (INVERSION, {"lr": 10.0}, "params.lr"),
+        (INVERSION, {"alpha_weight": -1.0}, "params.alpha_weight"),
+        (INVERSION, {"tv_weight": -0.01}, "params.tv_weight"),
+        (INVERSION, {"init": "image"}, "params.init"),
+        (INVERSION, {"every": 0}, "params.every"),
+        (INVERSION_LADDER, {"layers": "conv1,no_such_layer"}, "params.layers"),
+        (INVERSION_LADDER, {"layers": "conv1,conv1"}, "params.layers"),
+        (INVERSION_LADDER, {"tv_weight": -1.0}, "params.tv_weight"),
+    ],
+)
+def test_bad_parameters_are_refused_naming_them(
+    convlens_run, tiny_model, sample_image, method, params, field
+):
+    with pytest.raises(BadInput) as error:
+        convlens_run(method, tiny_model, sample_image, **params)
+    assert error.value.field == field
+
+
+def test_run_that_diverges_stops_naming_lr_and_yields_no_result(sample_image):
+    model = make_tiny_model()
+    honest_forward = model.forward
+    calls = []
+
+    def forward_going_to_infinity(images, layers=(), **kw):
+        calls.append(1)
+        result = honest_forward(images, layers, **kw)
+        if len(calls) > 3:
+            result.activations = {name: value * math.inf for name, value in result.activations.items()}
+        return result
+
+    model.forward = forward_going_to_infinity
+    ctx = prepare_run(INVERSION, model, sample_image, {"layer": "conv2", "steps": 10, "every": 1}, seed=0)
+    events = []
+    with pytest.raises(BadInput, match=r"inversion diverged at step 2: code_distance (inf|nan)") as error:
+        events.extend(iterate(INVERSION, ctx))
+    assert error.value.field == "params.lr"
+    assert [f.step for f in of_type(events, Frame)] == [0, 1]
+    assert not of_type(events, Result)
