@@ -9,13 +9,22 @@ from convlens.methods import Method
 from .activation_max import ACTIVATION_MAX
 from .class_model import CLASS_MODEL
 from .deepdream import DEEPDREAM
+from .feature_vis import FEATURE_VIS
 from .inversion import INVERSION, INVERSION_LADDER
 from .style_transfer import STYLE_TRANSFER, style_samples
 
 
 @hookimpl
 def register_methods() -> list[Method]:
-    return [CLASS_MODEL, ACTIVATION_MAX, INVERSION, INVERSION_LADDER, DEEPDREAM, STYLE_TRANSFER]
+    return [
+        CLASS_MODEL,
+        ACTIVATION_MAX,
+        FEATURE_VIS,
+        INVERSION,
+        INVERSION_LADDER,
+        DEEPDREAM,
+        STYLE_TRANSFER,
+    ]
 
 
 @hookimpl

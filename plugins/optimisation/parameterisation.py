@@ -1,0 +1,159 @@
+"""The image of a feature visualisation: Fourier coefficients, a decorrelated colour space, and random transforms.
+
+Olah, Mordvintsev & Schubert, "Feature Visualization", Distill 2017, sections "The Enemy of Feature
+Visualization" and "Preconditioning and Parameterization". The optimiser never touches pixels: it moves the
+coefficients of a spectrum whose frequency ``f`` is scaled by ``1 / max(f, 1/size)^decay``, so every frequency
+band starts on a similar footing as in natural images (whose amplitude falls about as 1/f) instead of high
+frequencies winning the gradient race. The inverse transform gives three decorrelated channels; a fixed 3x3
+matrix mixes them into correlated RGB, and a sigmoid maps the result into [0, 1]. Each step sees the images
+padded, scaled, rotated and shifted at random, so a pattern that only works at one exact pixel alignment earns
+nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+COLOUR_COVARIANCE = np.array(
+    [
+        [0.073952, 0.050001, 0.032845],
+        [0.050001, 0.051430, 0.045273],
+        [0.032845, 0.045273, 0.049714],
+    ]
+)
+"""Covariance of RGB pixel values in [0, 1] of natural photographs.
+
+Measured for this module from the photographs bundled with scikit-image 0.26 (``astronaut``, ``chelsea``,
+``coffee``, ``rocket`` and the left image of ``stereo_motorcycle``): each photo's pixel mean and second moment
+are averaged with equal weight per photo, and the covariance is the averaged second moment minus the outer
+product of the averaged mean (:func:`photo_colour_covariance` recomputes it; a test checks they agree). Its
+eigenvalues, 0.145, 0.0285 and 0.0016, show the usual picture: most colour variation is brightness, shared by
+the three channels.
+"""
+SPECTRUM_GAIN = 0.25
+"""Factor on the inverse transform: with it, Adam's ``lr`` 0.05 moves the lowest frequencies by about one
+percent of the sigmoid's input range per step, and a run of a few hundred steps stays inside the sigmoid's
+steep part."""
+INIT_STD = 0.01
+"""Standard deviation of the seeded random Fourier coefficients an image starts from: a nearly grey picture."""
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle")
+
+
+def photo_colour_covariance() -> np.ndarray:
+    """:data:`COLOUR_COVARIANCE` recomputed from scikit-image's sample photographs (see there)."""
+    from skimage import data
+
+    means, moments = [], []
+    for name in PHOTOS:
+        photo = getattr(data, name)()
+        if isinstance(photo, tuple):
+            photo = photo[0]
+        pixels = photo.reshape(-1, 3).astype(np.float64) / 255.0
+        means.append(pixels.mean(axis=0))
+        moments.append(pixels.T @ pixels / len(pixels))
+    mean = np.mean(means, axis=0)
+    return np.mean(moments, axis=0) - np.outer(mean, mean)
+
+
+def colour_square_root(covariance: np.ndarray = COLOUR_COVARIANCE) -> np.ndarray:
+    """The symmetric square root ``S`` of ``covariance`` (``S Sᵀ = covariance``), from its eigen-decomposition.
+
+    ``S`` maps three uncorrelated unit-variance channels to colours with that covariance.
+    """
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    return eigenvectors @ np.diag(np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+
+
+def colour_mixing() -> torch.Tensor:
+    """:func:`colour_square_root` divided by its largest column norm: the 3x3 matrix from decorrelated to RGB.
+
+    The division keeps the matrix's largest gain at 1, so ``lr`` does not depend on the covariance's units.
+    """
+    root = colour_square_root()
+    return torch.tensor(root / np.linalg.norm(root, axis=0).max(), dtype=torch.float32)
+
+
+def frequency_scale(height: int, width: int, decay: float) -> torch.Tensor:
+    """``1 / max(f, 1/max(height, width))^decay`` for each coefficient of an ``rfft2`` of a HxW image.
+
+    ``f`` is the frequency in cycles per pixel, ``sqrt(fy² + fx²)``; the floor keeps the constant term finite.
+    """
+    fy = torch.fft.fftfreq(height).view(-1, 1)
+    fx = torch.fft.rfftfreq(width).view(1, -1)
+    frequency = torch.sqrt(fy**2 + fx**2)
+    return 1.0 / frequency.clamp(min=1.0 / max(height, width)) ** decay
+
+
+class FourierImage:
+    """A batch of images parameterised as scaled spectra in a decorrelated colour space.
+
+    ``coefficients`` (Bx3xHx(W//2+1)x2, real and imaginary parts) is the tensor the optimiser moves;
+    :meth:`pixels` is the Bx3xHxW batch in [0, 1] it stands for.
+    """
+
+    def __init__(
+        self, batch: int, height: int, width: int, decay: float, generator: torch.Generator | None = None
+    ) -> None:
+        self.height, self.width = height, width
+        self.scale = frequency_scale(height, width, decay)
+        self.mixing = colour_mixing()
+        shape = (batch, 3, height, width // 2 + 1, 2)
+        self.coefficients = (torch.randn(shape, generator=generator) * INIT_STD).requires_grad_(True)
+
+    def decorrelated(self) -> torch.Tensor:
+        """The three decorrelated channels (Bx3xHxW, unbounded) before colour mixing."""
+        spectrum = torch.view_as_complex(self.coefficients) * self.scale
+        return SPECTRUM_GAIN * torch.fft.irfft2(spectrum, s=(self.height, self.width), norm="ortho")
+
+    def pixels(self) -> torch.Tensor:
+        """The images, Bx3xHxW in [0, 1]: decorrelated channels mixed into RGB, then a sigmoid."""
+        rgb = torch.einsum("ij,bjhw->bihw", self.mixing, self.decorrelated())
+        return torch.sigmoid(rgb)
+
+
+PAD = 12
+"""Pixels of reflected border added before the random transforms, so rotation and scaling bring no black in."""
+MAX_SCALE = 0.1
+"""Random scale drawn uniformly in ``[1 - MAX_SCALE, 1 + MAX_SCALE]``."""
+MAX_DEGREES = 10.0
+"""Random rotation drawn uniformly in ``[-MAX_DEGREES, MAX_DEGREES]``."""
+
+
+def robust_views(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``images`` (Bx3xHxW) each padded, randomly scaled and rotated about its centre, then cropped back to HxW
+    at a random offset of up to ``PAD`` px either way (the jitter). Differentiable; every draw is from
+    ``generator``, one set per image."""
+    batch, _, height, width = images.shape
+    padded = F.pad(images, (PAD, PAD, PAD, PAD), mode="reflect")
+    scale = 1.0 + MAX_SCALE * (2.0 * torch.rand(batch, generator=generator) - 1.0)
+    angle = math.radians(MAX_DEGREES) * (2.0 * torch.rand(batch, generator=generator) - 1.0)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    zero = torch.zeros(batch)
+    # affine_grid maps output coordinates to input ones: dividing by the scale enlarges the picture.
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta.to(images.dtype), list(padded.shape), align_corners=False)
+    warped = F.grid_sample(padded, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    offsets = torch.randint(0, 2 * PAD + 1, (batch, 2), generator=generator).tolist()
+    return torch.stack(
+        [warped[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets)]
+    )
+
+
+def mosaic(images: np.ndarray, gap: int = 4) -> np.ndarray:
+    """Bx HxWx3 images laid out in a near-square grid with white gaps, one HxWx3 picture."""
+    count, height, width, _ = images.shape
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    sheet = np.ones(
+        (rows * height + (rows - 1) * gap, columns * width + (columns - 1) * gap, 3), dtype=images.dtype
+    )
+    if images.dtype == np.uint8:
+        sheet *= 255
+    for index, image in enumerate(images):
+        top, left = (index // columns) * (height + gap), (index % columns) * (width + gap)
+        sheet[top : top + height, left : left + width] = image
+    return sheet
