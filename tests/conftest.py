@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -23,6 +24,76 @@ def models_dir() -> Path:
 
     ensure_default_models(MODELS_DIR, log=lambda message: print(message, file=sys.stderr))
     return MODELS_DIR
+
+
+@pytest.fixture(scope="module")
+def default_model(models_dir: Path):
+    """The default model (EfficientNet-Lite0, ONNX), loaded once per test module."""
+    from convlens.models.default import DEFAULT_MODEL_ID
+    from convlens.models.store import ModelStore
+
+    return ModelStore([models_dir]).get(DEFAULT_MODEL_ID)
+
+
+@pytest.fixture
+def frames_by_seed(convlens_run, tiny_model, sample_image):
+    """``frames_by_seed(method, params, seeds=(5, 6))``: the frames of ``method`` on the tiny model run with
+    the first seed and with the second, having asserted that a second run with the first seed repeats them."""
+    import numpy as np
+
+    from convlens.events import Frame
+    from convlens.testing import of_type
+
+    def run(method, params: dict, seeds: tuple[int, int] = (5, 6)) -> tuple[list, list]:
+        first, again, other = (
+            of_type(convlens_run(method, tiny_model, sample_image, seed=seed, **params), Frame)
+            for seed in (seeds[0], *seeds)
+        )
+        assert all(np.array_equal(a.image, b.image) for a, b in zip(first, again, strict=True))
+        return first, other
+
+    return run
+
+
+@pytest.fixture
+def run_diverging(sample_image):
+    """``run_diverging(method, params, after=n, match=regex, logits=False)``: the events ``method`` yields on
+    the tiny model whose forward passes, after the first ``n``, multiply its activations (``logits``: its
+    logits) by infinity, until it stops; asserts it stops with a ``BadInput`` naming ``params.lr`` and
+    matching ``match``, having shown only finite metrics and no ``Result``."""
+    from convlens.errors import BadInput
+    from convlens.events import Metrics, Result
+    from convlens.runner import iterate, prepare_run
+    from convlens.testing import make_tiny_model, of_type
+
+    def run(method, params: dict, *, after: int, match: str, logits: bool = False) -> list:
+        model = make_tiny_model()
+        honest_forward = model.forward
+        calls = []
+
+        def forward_going_to_infinity(images, layers=(), **kw):
+            calls.append(1)
+            result = honest_forward(images, layers, **kw)
+            if len(calls) > after:
+                if logits:
+                    result.logits = result.logits * math.inf
+                else:
+                    result.activations = {
+                        name: value * math.inf for name, value in result.activations.items()
+                    }
+            return result
+
+        model.forward = forward_going_to_infinity
+        ctx = prepare_run(method, model, sample_image, params, seed=0)
+        events = []
+        with pytest.raises(BadInput, match=match) as error:
+            events.extend(iterate(method, ctx))
+        assert error.value.field == "params.lr"
+        assert all(math.isfinite(value) for m in of_type(events, Metrics) for value in m.values.values())
+        assert not of_type(events, Result)
+        return events
+
+    return run
 
 
 @pytest.fixture(scope="session")

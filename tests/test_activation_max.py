@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
 from convlens.errors import BadInput
 from convlens.events import Frame, Metrics, Progress, Result
-from convlens.models.default import DEFAULT_MODEL_ID
-from convlens.models.store import ModelStore
-from convlens.runner import iterate, prepare_run
-from convlens.testing import make_tiny_model
+from convlens.testing import metric, of_type
 from convlens_plugins.optimisation.activation_max import ACTIVATION_MAX
 
 GROWTH_STEPS = 10
 """Steps after which the default model's ``_blocks.9`` channel 5 mean is many times its value on the mean image
 (measured without regularisers: 1.92 at the start, 22.5 after 10 steps, 33.8 after 30)."""
-
-
-def of_type(events, kind):
-    return [e for e in events if isinstance(e, kind)]
-
-
-def metric(events, name):
-    return [m.values[name] for m in of_type(events, Metrics)]
 
 
 def at_mean_colour(image: np.ndarray, model) -> np.ndarray:
@@ -37,11 +24,6 @@ def at_mean_colour(image: np.ndarray, model) -> np.ndarray:
 def high_frequency_energy(image: np.ndarray) -> float:
     """Mean square of the differences between neighbouring pixels."""
     return float(np.mean(np.diff(image, axis=0) ** 2) + np.mean(np.diff(image, axis=1) ** 2))
-
-
-@pytest.fixture(scope="module")
-def default_model(models_dir):
-    return ModelStore([models_dir]).get(DEFAULT_MODEL_ID)
 
 
 def test_channel_mean_grows_many_times_its_value_on_the_mean_image(convlens_run, default_model, sample_image):
@@ -148,13 +130,11 @@ def test_class_logit_without_a_layer_and_centre_neuron_of_a_channel(convlens_run
     assert centre.data["value_end"] > centre.data["value_start"]
 
 
-def test_same_seed_same_frames_other_seed_other_frames(convlens_run, tiny_model, sample_image):
-    params = dict(layer="relu2", channel=1, steps=4, init="noise", jitter=4)
-    first = of_type(convlens_run(ACTIVATION_MAX, tiny_model, sample_image, seed=5, **params), Frame)
-    again = of_type(convlens_run(ACTIVATION_MAX, tiny_model, sample_image, seed=5, **params), Frame)
-    other = of_type(convlens_run(ACTIVATION_MAX, tiny_model, sample_image, seed=6, **params), Frame)
+def test_same_seed_same_frames_other_seed_other_frames(frames_by_seed):
+    first, other = frames_by_seed(
+        ACTIVATION_MAX, dict(layer="relu2", channel=1, steps=4, init="noise", jitter=4)
+    )
     assert len(first) == 5
-    assert all(np.array_equal(a.image, b.image) for a, b in zip(first, again, strict=True))
     assert not np.array_equal(first[-1].image, other[-1].image)
 
 
@@ -181,25 +161,7 @@ def test_bad_parameters_are_refused_naming_them(convlens_run, tiny_model, sample
     assert error.value.field == field
 
 
-def test_run_that_diverges_stops_naming_the_lr(sample_image):
-    model = make_tiny_model()
-    honest_forward = model.forward
-    calls = []
-
-    def forward_going_to_infinity(images, layers=(), **kw):
-        calls.append(1)
-        result = honest_forward(images, layers, **kw)
-        if len(calls) > 3:
-            result.activations = {name: value * math.inf for name, value in result.activations.items()}
-        return result
-
-    model.forward = forward_going_to_infinity
-    ctx = prepare_run(
-        ACTIVATION_MAX, model, sample_image, {"layer": "relu2", "channel": 0, "steps": 10}, seed=0
-    )
-    events = []
-    with pytest.raises(BadInput, match=r"diverged at step 3") as error:
-        events.extend(iterate(ACTIVATION_MAX, ctx))
-    assert error.value.field == "params.lr"
+def test_run_that_diverges_stops_naming_the_lr(run_diverging):
+    params = {"layer": "relu2", "channel": 0, "steps": 10}
+    events = run_diverging(ACTIVATION_MAX, params, after=3, match=r"diverged at step 3")
     assert [f.step for f in of_type(events, Frame)] == [0, 1, 2]
-    assert not of_type(events, Result)

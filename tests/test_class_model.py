@@ -10,27 +10,14 @@ import torch
 
 from convlens.errors import BadInput
 from convlens.events import Frame, Metrics, Progress, Result
-from convlens.models.default import DEFAULT_MODEL_ID, DEFAULT_MODEL_STEM
+from convlens.models.default import DEFAULT_MODEL_STEM
 from convlens.models.store import ModelStore
-from convlens.runner import iterate, prepare_run
-from convlens.testing import make_tiny_model
+from convlens.runner import prepare_run
+from convlens.testing import make_tiny_model, metric, of_type
 from convlens_plugins.optimisation.class_model import CLASS_MODEL
 
 STEPS_TO_CONFIDENCE = 10
 """Steps of the default lr on the default model after which each tested class is above 0.9 (measured: 0.99, 1.0, 1.0 at 10; 0.94, 0.91, 0.96 at 7)."""
-
-
-def of_type(events, kind):
-    return [e for e in events if isinstance(e, kind)]
-
-
-def metric(events, name):
-    return [m.values[name] for m in of_type(events, Metrics)]
-
-
-@pytest.fixture(scope="module")
-def default_model(models_dir):
-    return ModelStore([models_dir]).get(DEFAULT_MODEL_ID)
 
 
 def softmax_probability(model, image: np.ndarray, target: int) -> float:
@@ -110,13 +97,9 @@ def test_missing_target_is_the_top_prediction_for_the_picture(convlens_run, tiny
     assert events[-1].data["target"] == tiny_model.predict(picture, k=1)[0]["index"]
 
 
-def test_same_seed_same_frames_other_seed_other_noise(convlens_run, tiny_model, sample_image):
-    params = dict(target=2, steps=4, init="noise")
-    first = of_type(convlens_run(CLASS_MODEL, tiny_model, sample_image, seed=5, **params), Frame)
-    again = of_type(convlens_run(CLASS_MODEL, tiny_model, sample_image, seed=5, **params), Frame)
-    other = of_type(convlens_run(CLASS_MODEL, tiny_model, sample_image, seed=6, **params), Frame)
+def test_same_seed_same_frames_other_seed_other_noise(frames_by_seed):
+    first, other = frames_by_seed(CLASS_MODEL, dict(target=2, steps=4, init="noise"))
     assert len(first) == 5
-    assert all(np.array_equal(a.image, b.image) for a, b in zip(first, again, strict=True))
     assert not np.array_equal(first[0].image, other[0].image)
 
 
@@ -156,24 +139,12 @@ def test_model_with_non_finite_output_is_refused_at_the_start(convlens_run, samp
     assert error.value.field == "model"
 
 
-def test_run_that_diverges_stops_with_a_clear_error_and_no_garbage(sample_image):
-    model = make_tiny_model()
-    honest_forward = model.forward
-    calls = []
-
-    def forward_going_to_infinity(images, layers=(), **kw):
-        calls.append(1)
-        result = honest_forward(images, layers, **kw)
-        if len(calls) > 3:
-            result.logits = result.logits * math.inf
-        return result
-
-    model.forward = forward_going_to_infinity
-    ctx = prepare_run(CLASS_MODEL, model, sample_image, {"target": 1, "steps": 10}, seed=0)
-    events = []
-    with pytest.raises(BadInput, match=r"diverged at step 3: score (-?inf|nan).* for class 1") as error:
-        events.extend(iterate(CLASS_MODEL, ctx))
-    assert error.value.field == "params.lr"
+def test_run_that_diverges_stops_with_a_clear_error_and_no_garbage(run_diverging):
+    events = run_diverging(
+        CLASS_MODEL,
+        {"target": 1, "steps": 10},
+        after=3,
+        match=r"diverged at step 3: score (-?inf|nan).* for class 1",
+        logits=True,
+    )
     assert [f.step for f in of_type(events, Frame)] == [0, 1, 2]
-    assert all(np.isfinite(value) for m in of_type(events, Metrics) for value in m.values.values())
-    assert not of_type(events, Result)

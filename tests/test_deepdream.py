@@ -11,16 +11,8 @@ import torch
 from convlens.errors import BadInput
 from convlens.events import Frame, Metrics, Progress, Result
 from convlens.images import to_tensor
-from convlens.testing import make_tiny_model
+from convlens.testing import make_tiny_model, metric, of_type
 from convlens_plugins.optimisation.deepdream import fit_within, octave_sizes
-
-
-def of_type(events, kind):
-    return [e for e in events if isinstance(e, kind)]
-
-
-def objectives(events):
-    return [m.values["objective"] for m in of_type(events, Metrics)]
 
 
 def start_image(model, image):
@@ -30,7 +22,7 @@ def start_image(model, image):
 
 def test_objective_rises_over_the_steps(convlens_run, tiny_model, sample_image):
     events = convlens_run("deepdream", tiny_model, sample_image, octaves=1, steps=8, jitter=0)
-    values = objectives(events)
+    values = metric(events, "objective")
     assert len(values) == 8
     assert values[-1] > 2 * values[0]
     assert events[-1].data["objective"] > values[-1]
@@ -40,7 +32,7 @@ def test_objective_is_the_mean_square_of_the_layer_at_the_first_step(convlens_ru
     events = convlens_run("deepdream", tiny_model, sample_image, layer="relu2", octaves=1, steps=1, jitter=0)
     with torch.no_grad():
         act = tiny_model.forward(start_image(tiny_model, sample_image), ["relu2"]).activations["relu2"]
-    assert objectives(events)[0] == pytest.approx(float(act.pow(2).mean()), rel=1e-5)
+    assert metric(events, "objective")[0] == pytest.approx(float(act.pow(2).mean()), rel=1e-5)
     assert events[-1].data["layer"] == "relu2"
 
 
@@ -58,12 +50,8 @@ def test_one_frame_metrics_and_progress_per_step_of_every_octave(convlens_run, t
     assert [tuple(s) for s in result.data["octave_sizes"]] == octave_sizes(tuple(start), 4, 1.3)
 
 
-def test_same_seed_same_frames_other_seed_other_jitter(convlens_run, tiny_model, sample_image):
-    params = dict(octaves=2, steps=3, jitter=8)
-    first = of_type(convlens_run("deepdream", tiny_model, sample_image, seed=7, **params), Frame)
-    again = of_type(convlens_run("deepdream", tiny_model, sample_image, seed=7, **params), Frame)
-    other = of_type(convlens_run("deepdream", tiny_model, sample_image, seed=8, **params), Frame)
-    assert all(np.array_equal(a.image, b.image) for a, b in zip(first, again, strict=True))
+def test_same_seed_same_frames_other_seed_other_jitter(frames_by_seed):
+    first, other = frames_by_seed("deepdream", dict(octaves=2, steps=3, jitter=8), seeds=(7, 8))
     assert not np.array_equal(first[-1].image, other[-1].image)
 
 
@@ -84,7 +72,7 @@ def test_dreams_without_logits_giving_the_frames_a_full_forward_gives(convlens_r
     frames, expected_frames = of_type(events, Frame), of_type(expected, Frame)
     assert len(frames) == len(expected_frames) == 6
     assert all(np.array_equal(a.image, b.image) for a, b in zip(frames, expected_frames, strict=True))
-    assert objectives(events) == objectives(expected)
+    assert metric(events, "objective") == metric(expected, "objective")
     assert events[-1].data["objective"] == expected[-1].data["objective"]
 
 
@@ -94,7 +82,7 @@ def test_channel_param_dreams_on_that_channel_only(convlens_run, tiny_model, sam
     )
     with torch.no_grad():
         act = tiny_model.forward(start_image(tiny_model, sample_image), ["conv3"]).activations["conv3"]
-    values = objectives(events)
+    values = metric(events, "objective")
     assert values[0] == pytest.approx(float(act[:, 5].pow(2).mean()), rel=1e-5)
     assert values[-1] > values[0]
     whole_layer = convlens_run(
@@ -125,7 +113,7 @@ def test_fixed_size_model_sees_every_octave_at_its_input_size(convlens_run, samp
     events = convlens_run("deepdream", model, sample_image, octaves=3, steps=2)
     assert set(seen) == {model.input_size}
     assert len(of_type(events, Frame)) == 6
-    assert objectives(events)[-1] > objectives(events)[0]
+    assert metric(events, "objective")[-1] > metric(events, "objective")[0]
 
 
 def test_sizes_stay_sensible():
@@ -159,7 +147,7 @@ def test_a_guide_image_steers_the_dream_toward_its_features(convlens_run, tiny_m
         "deepdream", tiny_model, sample_image, layer="relu2", octaves=1, steps=6, jitter=0, guide="coffee"
     )
     start = start_image(tiny_model, sample_image)
-    values = objectives(events)
+    values = metric(events, "objective")
     assert values[0] == pytest.approx(guided_value(tiny_model, start, guide / 255.0, "relu2"), rel=1e-4)
     final = to_tensor(events[-1].images["dream"], tuple(start.shape[-2:]))
     assert guided_value(tiny_model, final, guide / 255.0, "relu2") > 1.5 * values[0]

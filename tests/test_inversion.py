@@ -3,17 +3,13 @@ the probabilities alone, is reproducible and refuses nonsense."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
 from convlens.errors import BadInput
 from convlens.events import Frame, Metrics, Progress, Result
-from convlens.models.default import DEFAULT_MODEL_ID
-from convlens.models.store import ModelStore
-from convlens.runner import iterate, prepare_run
-from convlens.testing import make_tiny_model
+from convlens.runner import prepare_run
+from convlens.testing import metric, of_type
 from convlens_plugins.optimisation.inversion import INVERSION, INVERSION_LADDER, PROBABILITIES
 
 EARLY_LAYER = "_blocks.1"
@@ -27,19 +23,6 @@ EARLY_PSNR_DB = 21.0
 PROBABILITY_STEPS = 80
 """Steps after which the probabilities-only inversion has left the plateau near 1 (measured: by step ~40, final
 code distance 0.002 at lr 0.05)."""
-
-
-def of_type(events, kind):
-    return [e for e in events if isinstance(e, kind)]
-
-
-def metric(events, name):
-    return [m.values[name] for m in of_type(events, Metrics)]
-
-
-@pytest.fixture(scope="module")
-def default_model(models_dir):
-    return ModelStore([models_dir]).get(DEFAULT_MODEL_ID)
 
 
 def picture(model, sample_image):
@@ -114,13 +97,9 @@ def test_priors_are_weighed_in_the_objective_and_hold_the_image_smooth(
     assert values["objective"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_same_seed_same_frames_other_seed_other_noise(convlens_run, tiny_model, sample_image):
-    params = dict(layer="relu2", steps=4, every=1)
-    first = of_type(convlens_run(INVERSION, tiny_model, sample_image, seed=5, **params), Frame)
-    again = of_type(convlens_run(INVERSION, tiny_model, sample_image, seed=5, **params), Frame)
-    other = of_type(convlens_run(INVERSION, tiny_model, sample_image, seed=6, **params), Frame)
+def test_same_seed_same_frames_other_seed_other_noise(frames_by_seed):
+    first, other = frames_by_seed(INVERSION, dict(layer="relu2", steps=4, every=1))
     assert len(first) == 5
-    assert all(np.array_equal(a.image, b.image) for a, b in zip(first, again, strict=True))
     assert not np.array_equal(first[0].image, other[0].image)
 
 
@@ -172,23 +151,11 @@ def test_bad_parameters_are_refused_naming_them(
     assert error.value.field == field
 
 
-def test_run_that_diverges_stops_naming_lr_and_yields_no_result(sample_image):
-    model = make_tiny_model()
-    honest_forward = model.forward
-    calls = []
-
-    def forward_going_to_infinity(images, layers=(), **kw):
-        calls.append(1)
-        result = honest_forward(images, layers, **kw)
-        if len(calls) > 3:
-            result.activations = {name: value * math.inf for name, value in result.activations.items()}
-        return result
-
-    model.forward = forward_going_to_infinity
-    ctx = prepare_run(INVERSION, model, sample_image, {"layer": "conv2", "steps": 10, "every": 1}, seed=0)
-    events = []
-    with pytest.raises(BadInput, match=r"inversion diverged at step 2: code_distance (inf|nan)") as error:
-        events.extend(iterate(INVERSION, ctx))
-    assert error.value.field == "params.lr"
+def test_run_that_diverges_stops_naming_lr_and_yields_no_result(run_diverging):
+    events = run_diverging(
+        INVERSION,
+        {"layer": "conv2", "steps": 10, "every": 1},
+        after=3,
+        match=r"inversion diverged at step 2: code_distance (inf|nan)",
+    )
     assert [f.step for f in of_type(events, Frame)] == [0, 1]
-    assert not of_type(events, Result)

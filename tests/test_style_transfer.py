@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 import pytest
@@ -12,29 +11,14 @@ from PIL import Image
 from convlens.errors import BadInput
 from convlens.events import Frame, Metrics, Progress, Result
 from convlens.image_library import ImageLibrary
-from convlens.models.default import DEFAULT_MODEL_ID
-from convlens.models.store import ModelStore
 from convlens.runner import iterate, prepare_run
-from convlens.testing import make_tiny_model
+from convlens.testing import make_tiny_model, metric, of_type
 from convlens_plugins.optimisation import style_transfer
 from convlens_plugins.optimisation.style_transfer import STYLE_TRANSFER, gram, style_samples
 
 FAST = {"size": 64, "init": "noise", "style_weight": 1e4}
 """Small, from noise (where the Gram matrices start far from the style's) and weighted to the style, so a run
 takes seconds on a CPU."""
-
-
-def of_type(events, kind):
-    return [e for e in events if isinstance(e, kind)]
-
-
-def metric(events, name):
-    return [m.values[name] for m in of_type(events, Metrics)]
-
-
-@pytest.fixture(scope="module")
-def default_model(models_dir):
-    return ModelStore([models_dir]).get(DEFAULT_MODEL_ID)
 
 
 @pytest.fixture
@@ -114,13 +98,11 @@ def test_streams_a_frame_and_metrics_every_kth_step_and_the_last(convlens_run, t
     assert np.allclose(frames[0].image, start[0].numpy().transpose(1, 2, 0), atol=1e-6), "init=content"
 
 
-def test_same_seed_same_frames_other_seed_other_noise(convlens_run, tiny_model, sample_image):
-    params = dict(style="brick", steps=3, init="noise", optimiser="lbfgs")
-    first = of_type(convlens_run(STYLE_TRANSFER, tiny_model, sample_image, seed=5, **params), Frame)
-    again = of_type(convlens_run(STYLE_TRANSFER, tiny_model, sample_image, seed=5, **params), Frame)
-    other = of_type(convlens_run(STYLE_TRANSFER, tiny_model, sample_image, seed=6, **params), Frame)
+def test_same_seed_same_frames_other_seed_other_noise(frames_by_seed):
+    first, other = frames_by_seed(
+        STYLE_TRANSFER, dict(style="brick", steps=3, init="noise", optimiser="lbfgs")
+    )
     assert len(first) == 4
-    assert all(np.array_equal(a.image, b.image) for a, b in zip(first, again, strict=True))
     assert not np.array_equal(first[0].image, other[0].image)
 
 
@@ -183,24 +165,11 @@ def test_fixed_size_model_refuses_another_working_size(convlens_run, sample_imag
     assert error.value.field == "params.size"
 
 
-def test_run_that_diverges_stops_with_a_clear_error_and_no_garbage(sample_image):
-    model = make_tiny_model()
-    honest_forward = model.forward
-    calls = []
-
-    def forward_going_to_infinity(images, layers=(), **kw):
-        calls.append(1)
-        result = honest_forward(images, layers, **kw)
-        if len(calls) > 4:  # two target forwards, then steps 0 and 1 are fine
-            result.activations = {name: value * math.inf for name, value in result.activations.items()}
-        return result
-
-    model.forward = forward_going_to_infinity
-    ctx = prepare_run(STYLE_TRANSFER, model, sample_image, {"style": "brick", "steps": 10}, seed=0)
-    events = []
-    with pytest.raises(BadInput, match=r"diverged at step 2: content (inf|nan)") as error:
-        events.extend(iterate(STYLE_TRANSFER, ctx))
-    assert error.value.field == "params.lr"
+def test_run_that_diverges_stops_with_a_clear_error_and_no_garbage(run_diverging):
+    events = run_diverging(
+        STYLE_TRANSFER,
+        {"style": "brick", "steps": 10},
+        after=4,  # two target forwards, then steps 0 and 1 are fine
+        match=r"diverged at step 2: content (inf|nan)",
+    )
     assert [f.step for f in of_type(events, Frame)] == [0, 1]
-    assert all(np.isfinite(value) for m in of_type(events, Metrics) for value in m.values.values())
-    assert not of_type(events, Result)

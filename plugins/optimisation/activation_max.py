@@ -40,12 +40,13 @@ import torch
 import torch.nn.functional as F
 
 from convlens.errors import BadInput
-from convlens.events import Event, Frame, Log, Metrics, Progress, Result
+from convlens.events import Event, Log, Progress, Result
 from convlens.images import to_image
 from convlens.methods import Method, RunContext
 from convlens.params import Choice, ClassIndex, Float, Int, Layer
 
 from .class_model import INITS, start_image
+from .common import EVERY, is_shown, lr_param, refuse, snapshot, steps_param
 
 if TYPE_CHECKING:
     from convlens.models.base import Model
@@ -169,20 +170,15 @@ def regularise(
 
 def check_finite(model: Model, what: str, step: int, value: float) -> None:
     """Refuse to go on once the unit (or its gradient) is not a finite number, naming why and what to change."""
-    if math.isfinite(value):
-        return
-    if step == 0:
-        raise BadInput(
-            "model",
-            f"activation_max: model {model.id!r} gives a non-finite value ({value}) for {what} on the starting "
-            "image; its weights or its input are broken",
-            status=422,
+    if not math.isfinite(value):
+        refuse(
+            "activation_max",
+            model,
+            step,
+            start=f"a non-finite value ({value}) for {what} on the starting image",
+            what=f"{what} is {value}",
+            advice="another preset",
         )
-    raise BadInput(
-        "params.lr",
-        f"activation_max diverged at step {step}: {what} is {value}; stopped instead of showing a broken image "
-        "(try a smaller lr or another preset)",
-    )
 
 
 def choose_unit(ctx: RunContext) -> tuple[str | None, int, str]:
@@ -227,13 +223,12 @@ def run_activation_max(ctx: RunContext) -> Iterator[Event]:
         value = float(objective.detach())
         check_finite(model, description, step, value)
         values.append(value)
-        if step % every == 0 or step == steps:
-            yield Frame(to_image(image), step=step, label="activation max")
+        if is_shown(step, every, steps):
             shown = value
             if shift != (0, 0):
                 with torch.no_grad():
                     shown = float(unit_value(model, image, layer, index, unit))
-            yield Metrics({"objective": value, "value": shown}, step=step)
+            yield from snapshot(image, {"objective": value, "value": shown}, step, "activation max")
         if step == steps:
             break
         (gradient,) = torch.autograd.grad(objective, rolled)
@@ -289,16 +284,8 @@ ACTIVATION_MAX = Method(
             (*PRESETS, "custom"),
             help="One of the paper's four hyper-parameter sets (Table 1), or custom: the five settings below.",
         ),
-        Int("steps", 100, minimum=1, maximum=2000, help="Gradient-ascent steps."),
-        Float(
-            "lr",
-            None,
-            nullable=True,
-            minimum=1e-4,
-            maximum=1.0,
-            title="Step size",
-            help="Mean pixel change per step, in [0, 1] units; empty: the preset's.",
-        ),
+        steps_param(100),
+        lr_param(None, "Mean pixel change per step, in [0, 1] units; empty: the preset's.", maximum=1.0),
         Float("decay", 0.0, minimum=0.0, maximum=1.0, help="θ_decay (custom): L2 decay per step."),
         Int(
             "blur_every",
@@ -344,7 +331,7 @@ ACTIVATION_MAX = Method(
             maximum=32,
             help="Largest random shift of the image before each step, in px.",
         ),
-        Int("every", 1, minimum=1, maximum=100, help="Show a frame and the metrics every this many steps."),
+        EVERY,
     ),
     needs=frozenset({"gradients", "layers"}),
     description="Gradient ascent on the image to raise one unit (a class logit or a channel of a hidden layer), with "

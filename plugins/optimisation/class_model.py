@@ -30,11 +30,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from convlens.errors import BadInput
-from convlens.events import Event, Frame, Log, Metrics, Progress, Result
+from convlens.events import Event, Log, Progress, Result
 from convlens.images import to_image
 from convlens.methods import Method, RunContext
-from convlens.params import Choice, ClassIndex, Float, Int
+from convlens.params import Choice, ClassIndex, Float
+
+from .common import EVERY, adam_step, is_shown, lr_param, non_finite, refuse, snapshot, steps_param
 
 if TYPE_CHECKING:
     from convlens.models.base import Model
@@ -84,21 +85,15 @@ def class_objective(
 
 def check_finite(model: Model, target: int, step: int, parts: dict[str, float]) -> None:
     """Refuse to go on once the objective is not a finite number, naming why and what to change."""
-    if all(math.isfinite(value) for value in parts.values()):
-        return
-    bad = ", ".join(f"{name} {value}" for name, value in parts.items() if not math.isfinite(value))
-    if step == 0:
-        raise BadInput(
-            "model",
-            f"class_model: model {model.id!r} gives a non-finite output for class {target} on the starting "
-            f"image ({bad}); its weights or its input are broken",
-            status=422,
+    if bad := non_finite(parts):
+        refuse(
+            "class_model",
+            model,
+            step,
+            start=f"a non-finite output for class {target} on the starting image ({bad})",
+            what=f"{bad} for class {target}",
+            advice="another start",
         )
-    raise BadInput(
-        "params.lr",
-        f"class_model diverged at step {step}: {bad} for class {target}; stopped instead of showing a "
-        "broken image (try a smaller lr or another start)",
-    )
 
 
 def run_class_model(ctx: RunContext) -> Iterator[Event]:
@@ -115,18 +110,12 @@ def run_class_model(ctx: RunContext) -> Iterator[Event]:
     for step in range(steps + 1):
         objective, parts = class_objective(model, image, target, l2_weight)
         check_finite(model, target, step, parts)
-        if step % every == 0 or step == steps:
-            yield Frame(to_image(image), step=step, label="class model")
-            yield Metrics(parts, step=step)
+        if is_shown(step, every, steps):
+            yield from snapshot(image, parts, step, "class model")
         if step == steps:
             break
-        optimiser.zero_grad(set_to_none=True)
-        (-objective).backward()
-        if not bool(torch.isfinite(image.grad).all()):
+        if not adam_step(optimiser, -objective, image):
             check_finite(model, target, step, {"gradient": math.nan})
-        optimiser.step()
-        with torch.no_grad():
-            image.clamp_(0.0, 1.0)
         yield Progress(step + 1, steps)
 
     final = to_image(image)
@@ -152,15 +141,8 @@ CLASS_MODEL = Method(
         ClassIndex(
             "target", help="The class whose score is maximised; empty: the top prediction for the picture."
         ),
-        Int("steps", 100, minimum=1, maximum=2000, help="Gradient-ascent steps."),
-        Float(
-            "lr",
-            0.02,
-            minimum=1e-4,
-            maximum=0.5,
-            title="Step size",
-            help="Adam's step size, in [0, 1] pixel units.",
-        ),
+        steps_param(100),
+        lr_param(0.02),
         Float(
             "l2_weight",
             1.0,
@@ -177,7 +159,7 @@ CLASS_MODEL = Method(
             help="mean: the dataset's mean colour (the paper's zero image); noise: seeded noise around it; "
             "image: the chosen picture.",
         ),
-        Int("every", 1, minimum=1, maximum=100, help="Show a frame and the metrics every this many steps."),
+        EVERY,
     ),
     needs=frozenset({"gradients"}),
     description="Gradient ascent on the image, from the mean colour, to maximise one class's score minus an L2 "

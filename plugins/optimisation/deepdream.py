@@ -27,10 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from convlens.errors import BadInput
-from convlens.events import Event, Frame, Log, Metrics, Progress, Result
+from convlens.events import Event, Log, Progress, Result
 from convlens.images import to_image, to_tensor
 from convlens.methods import Method, RunContext
 from convlens.params import Float, Int, Layer, Picture
+
+from .common import lr_param, snapshot, steps_param
 
 if TYPE_CHECKING:
     from convlens.models.base import Model
@@ -169,8 +171,7 @@ def run_deepdream(ctx: RunContext) -> Iterator[Event]:
             shift = tuple(int(s) for s in ctx.rng.integers(-jitter, jitter + 1, size=2)) if jitter else (0, 0)
             dream, objective = ascent_step(model, dream, layer, channel, lr, shift, input_size, guide)
             step += 1
-            yield Frame(to_image(resized(dream, display_size)), step=step, label="dream")
-            yield Metrics({"objective": objective}, step=step)
+            yield from snapshot(resized(dream, display_size), {"objective": objective}, step, "dream")
             yield Progress(step, total)
         detail = dream - octave_base
 
@@ -206,15 +207,8 @@ DEEPDREAM = Method(
         Float(
             "octave_scale", 1.4, minimum=1.1, maximum=2.0, title="Octave scale", help="Size ratio of octaves."
         ),
-        Int("steps", 10, minimum=1, maximum=500, help="Gradient-ascent steps per octave."),
-        Float(
-            "lr",
-            0.05,
-            minimum=1e-4,
-            maximum=1.0,
-            title="Step size",
-            help="Pixel change per step, in [0, 1] units.",
-        ),
+        steps_param(10, "Gradient-ascent steps per octave.", maximum=500),
+        lr_param(0.05, "Pixel change per step, in [0, 1] units.", maximum=1.0),
         Int(
             "jitter",
             16,

@@ -40,9 +40,10 @@ from convlens.errors import BadInput
 from convlens.events import Event, Frame, Log, Metrics, Progress, Result
 from convlens.images import to_image
 from convlens.methods import Method, RunContext
-from convlens.params import Choice, Float, Int, Layer, Param
+from convlens.params import Choice, Float, Layer, Param
 
 from .class_model import start_image
+from .common import adam_step, every_param, is_shown, lr_param, non_finite, refuse, snapshot, steps_param
 
 if TYPE_CHECKING:
     from convlens.models.base import Model
@@ -101,21 +102,15 @@ def psnr(image: torch.Tensor, original: torch.Tensor) -> float:
 
 def check_finite(method: str, model: Model, step: int, parts: dict[str, float]) -> None:
     """Refuse to go on once a term is not a finite number, naming why and what to change."""
-    if all(math.isfinite(value) for value in parts.values()):
-        return
-    bad = ", ".join(f"{name} {value}" for name, value in parts.items() if not math.isfinite(value))
-    if step == 0:
-        raise BadInput(
-            "model",
-            f"{method}: model {model.id!r} gives a non-finite code on the starting image ({bad}); its weights "
-            "or its input are broken",
-            status=422,
+    if bad := non_finite(parts):
+        refuse(
+            method,
+            model,
+            step,
+            start=f"a non-finite code on the starting image ({bad})",
+            what=bad,
+            advice="another start",
         )
-    raise BadInput(
-        "params.lr",
-        f"{method} diverged at step {step}: {bad}; stopped instead of showing a broken image "
-        "(try a smaller lr or another start)",
-    )
 
 
 def invert(ctx: RunContext, layers: list[str], method: str) -> Iterator[Event | dict]:
@@ -154,10 +149,9 @@ def invert(ctx: RunContext, layers: list[str], method: str) -> Iterator[Event | 
         ]
         for values in parts:
             check_finite(method, model, step, values)
-        if step % every == 0 or step == steps:
+        if is_shown(step, every, steps):
             if len(layers) == 1:
-                yield Frame(to_image(images[0]), step=step, label="inversion")
-                yield Metrics(parts[0], step=step)
+                yield from snapshot(images[0], parts[0], step, "inversion")
             else:
                 for layer, image in zip(layers, images, strict=True):
                     yield Frame(to_image(image), step=step, label=layer)
@@ -170,13 +164,8 @@ def invert(ctx: RunContext, layers: list[str], method: str) -> Iterator[Event | 
                 )
         if step == steps:
             break
-        optimiser.zero_grad(set_to_none=True)
-        objective.sum().backward()
-        if not bool(torch.isfinite(images.grad).all()):
+        if not adam_step(optimiser, objective.sum(), images):
             check_finite(method, model, step, {"gradient": math.nan})
-        optimiser.step()
-        with torch.no_grad():
-            images.clamp_(0.0, 1.0)
         yield Progress(step + 1, steps)
 
     final = images.detach()
@@ -267,15 +256,8 @@ def run_inversion_ladder(ctx: RunContext) -> Iterator[Event]:
 
 def shared_params() -> tuple[Param, ...]:
     return (
-        Int("steps", 200, minimum=1, maximum=2000, help="Optimisation steps."),
-        Float(
-            "lr",
-            0.05,
-            minimum=1e-4,
-            maximum=0.5,
-            title="Step size",
-            help="Adam's step size, in [0, 1] pixel units.",
-        ),
+        steps_param(200, "Optimisation steps."),
+        lr_param(0.05),
         Float(
             "alpha_weight",
             1e-3,
@@ -302,7 +284,7 @@ def shared_params() -> tuple[Param, ...]:
             help="noise: seeded noise around the mean colour (the paper's start); mean: the dataset's mean "
             "colour, the zero of the network's input.",
         ),
-        Int("every", 5, minimum=1, maximum=100, help="Show frames and the metrics every this many steps."),
+        every_param(5, "Show frames and the metrics every this many steps."),
     )
 
 

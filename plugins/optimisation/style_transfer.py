@@ -27,10 +27,12 @@ import numpy as np
 import torch
 
 from convlens.errors import BadInput
-from convlens.events import Event, Frame, Log, Metrics, Progress, Result
+from convlens.events import Event, Log, Progress, Result
 from convlens.images import SampleImage, to_image, to_tensor
 from convlens.methods import Method, RunContext
 from convlens.params import Choice, Float, Int, Param, Picture
+
+from .common import EVERY, diverged, is_shown, lr_param, non_finite, snapshot, steps_param
 
 if TYPE_CHECKING:
     from convlens.models.base import Model
@@ -188,15 +190,9 @@ class StyleLoss:
 
 def check_finite(step: int, parts: dict[str, float]) -> None:
     """Stop with an error naming ``params.lr`` once a loss is not a finite number."""
-    if all(math.isfinite(value) for value in parts.values()):
-        return
-    bad = ", ".join(f"{name} {value}" for name, value in parts.items() if not math.isfinite(value))
-    field = "params.lr" if step > 0 else "model"
-    raise BadInput(
-        field,
-        f"style_transfer diverged at step {step}: {bad}; stopped instead of showing a broken image "
-        "(try a smaller lr or smaller weights)",
-    )
+    if bad := non_finite(parts):
+        field = "params.lr" if step > 0 else "model"
+        raise diverged("style_transfer", step, bad, "smaller weights", field)
 
 
 def start_image(ctx: RunContext, content: torch.Tensor, init: str) -> torch.Tensor:
@@ -248,9 +244,8 @@ def run_style_transfer(ctx: RunContext) -> Iterator[Event]:
     for step in range(steps + 1):
         total, parts = loss(image)
         check_finite(step, parts)
-        if step % every == 0 or step == steps:
-            yield Frame(to_image(image), step=step, label="style transfer")
-            yield Metrics(parts, step=step)
+        if is_shown(step, every, steps):
+            yield from snapshot(image, parts, step, "style transfer")
         if step == steps:
             break
         optimiser.zero_grad(set_to_none=True)
@@ -332,17 +327,11 @@ STYLE_TRANSFER = Method(
             ("adam", "lbfgs"),
             help="Adam, or L-BFGS (the paper's; one frame per outer step).",
         ),
-        Int("steps", 100, minimum=1, maximum=2000, help="Optimisation steps (L-BFGS: outer steps)."),
-        Float(
-            "lr",
-            None,
-            nullable=True,
-            minimum=1e-5,
-            maximum=10.0,
-            title="Step size",
-            help="Empty: 0.02 for Adam (in [0, 1] pixel units), 1 for L-BFGS.",
+        steps_param(100, "Optimisation steps (L-BFGS: outer steps)."),
+        lr_param(
+            None, "Empty: 0.02 for Adam (in [0, 1] pixel units), 1 for L-BFGS.", minimum=1e-5, maximum=10.0
         ),
-        Int("every", 1, minimum=1, maximum=100, help="Show a frame and the metrics every this many steps."),
+        EVERY,
         Int(
             "size",
             None,

@@ -8,13 +8,15 @@ A plugin's test in three lines::
 
 ``convlens_run`` validates the parameters and seeds the generators exactly as the server does
 (:mod:`convlens.runner`), then collects every event. ``tiny_model`` is a small random conv net
-(64x64 input, 10 classes) so tests take seconds on a CPU. Importing this module does not import
+(64x64 input, 10 classes) so tests take seconds on a CPU. :func:`of_type` picks the events of one
+kind and :func:`metric` one metric's values over the steps. Importing this module does not import
 torch; the fixtures do.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from .methods import Method
     from .models.base import Model
     from .models.module import ModuleModel
+
+E = TypeVar("E")
 
 TINY_INPUT_SIZE = (64, 64)
 TINY_CLASSES = 10
@@ -93,6 +97,18 @@ def run_method(
         method = find_method(method)
     ctx = prepare_run(method, model, image, params, seed=seed)
     return list(iterate(method, ctx))
+
+
+def of_type(events: Iterable[object], kind: type[E]) -> list[E]:
+    """The events of ``kind`` (``Frame``, ``Metrics``, ...), in order."""
+    return [event for event in events if isinstance(event, kind)]
+
+
+def metric(events: Iterable[Event], name: str) -> list[float]:
+    """The value of the metric ``name`` at each ``Metrics`` event, in order."""
+    from .events import Metrics
+
+    return [metrics.values[name] for metrics in of_type(events, Metrics)]
 
 
 @pytest.fixture
