@@ -51,6 +51,7 @@ lint: python web
 	cd web && npm run lint
 
 bench: install
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/run.py
 
 clean:
