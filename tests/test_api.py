@@ -353,3 +353,55 @@ def test_a_job_with_an_unknown_image_parameter_is_refused_when_requested(client)
     assert answer.get_json()["field"] == "params.style"
     styles = {m["name"]: m for m in client.get("/api/methods").get_json()}["style_transfer"]["params"]
     assert next(p for p in styles if p["name"] == "style")["type"] == "image"
+
+
+def test_a_run_with_frames_downloads_as_webm_with_every_frame(client, tmp_path):
+    import subprocess
+
+    import imageio_ffmpeg
+
+    answer = client.post(
+        "/api/jobs",
+        json={
+            "method": "deepdream",
+            "model": DEFAULT_MODEL,
+            "image": "chelsea",
+            "params": {"layer": "_blocks.2", "octaves": 1, "steps": 7, "jitter": 0},
+        },
+    )
+    job = wait_for(client, answer.get_json()["id"])
+    assert job["state"] == "done", job["error"]
+    video = client.get(f"/api/jobs/{job['id']}/frames.webm")
+    assert video.status_code == 200 and video.mimetype == "video/webm"
+    assert video.data[:4] == b"\x1a\x45\xdf\xa3"  # the EBML header every WebM starts with
+    path = tmp_path / "frames.webm"
+    path.write_bytes(video.data)
+    # Decoded by ffmpeg itself: as many frames as the GIF (the job's 7 steps), at the GIF's size rounded to even.
+    decoded = subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-hide_banner",
+            "-i",
+            str(path),
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    )
+    gif = Image.open(io.BytesIO(client.get(f"/api/jobs/{job['id']}/frames.gif").data))
+    width, height = gif.size[0] + gif.size[0] % 2, gif.size[1] + gif.size[1] % 2
+    assert len(decoded.stdout) == gif.n_frames * width * height * 3
+    assert gif.n_frames == 7
+    # The second request sends the same file, not a new encoding.
+    assert client.get(f"/api/jobs/{job['id']}/frames.webm").data == video.data
+
+
+def test_a_run_without_frames_has_no_webm(client):
+    answer = client.post("/api/jobs", json={"method": "predict", "model": DEFAULT_MODEL, "image": "chelsea"})
+    job = wait_for(client, answer.get_json()["id"])
+    missing = client.get(f"/api/jobs/{job['id']}/frames.webm")
+    assert missing.status_code == 404 and missing.get_json()["field"] == "animation"

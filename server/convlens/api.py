@@ -218,6 +218,15 @@ def job_animation(job_id: str):
     return send_file(path, mimetype="image/gif")
 
 
+@blueprint.get("/jobs/<job_id>/frames.webm")
+def job_video(job_id: str):
+    """The run's frames as WebM (VP9), encoded from its GIF the first time it is asked for."""
+    from .video import webm_of
+
+    job = services().jobs.get(job_id)
+    return send_file(webm_of(services().jobs.results_dir / job.id / "frames.gif"), mimetype="video/webm")
+
+
 @blueprint.get("/jobs/<job_id>/frames/latest")
 def latest_frame(job_id: str):
     job = services().jobs.get(job_id)

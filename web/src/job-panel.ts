@@ -272,7 +272,9 @@ export class JobPanel {
         { class: "links" },
         link(`/api/jobs/${id}/result`, "result.json", "result-json"),
         link(`/api/jobs/${id}/frames/latest`, "last frame"),
-        typeof result?.animation === "string" && link(result.animation, "animation", "animation"),
+        typeof result?.animation === "string" && link(result.animation, "GIF", "animation"),
+        typeof result?.animation === "string" &&
+          link(`/api/jobs/${id}/frames.webm`, "WebM", "animation-webm"),
         ...Object.entries(result?.array_urls ?? {}).map(([name, url]) =>
           link(url, `${name}.npy`, "result-array"),
         ),
