@@ -24,6 +24,10 @@ SCRIPTS = {
     "stream_fps": {"limit_s": 1200, "quick": ["--frames", "40", "--repeats", "1"]},
     "gradients": {"limit_s": 1800, "quick": ["--repeats", "1", "--formats", "pt2", "--batch-sizes", "25"]},
     "occlusion": {"limit_s": 1800, "quick": ["--repeats", "1", "--batch-sizes", "32"]},
+    "optimisation_overhead": {
+        "limit_s": 1800,
+        "quick": ["--steps", "10", "--repeats", "1", "--formats", "onnx"],
+    },
     "feature_vis": {"limit_s": 900, "quick": ["--repeats", "1", "--steps", "32"]},
 }
 """Script name → time limit and the arguments of a quick run."""

@@ -1,0 +1,399 @@
+"""Per-step cost of the image-optimisation methods through a real convlens server versus a bare torch loop.
+
+Issue 4's figure for ``class_model`` and ``style_transfer`` (``deepdream_overhead.py`` does DeepDream), as a
+table of method x model format. convlens side: ``python -m convlens serve`` on 127.0.0.1, ``POST /api/jobs``
+on chelsea (seed 0, a frame every step), one Socket.IO viewer over a websocket acknowledging every frame at
+once. *End to end* is steps / (the job's ``started`` → ``done`` received); *per step* runs from the first to
+the last ``progress`` event received.
+
+Reference side, in this process: the same model file loaded through ``ModelStore`` and reduced to the plain
+torch callable convlens runs (the fx GraphModule of ``fx_taps.tapped_module`` for ONNX and ``.pt2``; for
+``.pt`` the scripted module itself for logits, the compiled graph of ``torchscript.tapped_graph`` for layers),
+and the plugin's step written out in torch, no frames, no encoding:
+
+- ``class_model``: Adam on the [0, 1] pixels from the mean colour; objective = the target's logit minus
+  ``l2_weight`` x the mean square of the normalised input; ascend, clamp to [0, 1].
+- ``style_transfer``: Adam on the [0, 1] pixels from the content picture at ``--size``; loss = content MSE at
+  ``_blocks.5`` + 100 x the Gram-matrix loss at five layers against the ``brick`` texture + 0.1 x total
+  variation; descend, clamp to [0, 1].
+
+Both sides compute the same thing: the script prints the server's final score (class model) or total loss
+(style transfer) next to the bare loop's, and the largest pixel difference of the final images. Each bare run
+is a fresh thread and models are loaded in one, as in ``deepdream_overhead.py`` (why: see its docstring).
+The sides alternate (A/B, then B/A) and medians are reported.
+Run: ``.venv/bin/python bench/optimisation_overhead.py [--methods class_model,style_transfer --steps 30]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from deepdream_overhead import FORMATS, IMAGE, RATE_KEYS, SEED, describe
+from live import (
+    Viewer,
+    convlens_server,
+    ensure_models,
+    exit_on_sigterm,
+    http,
+    in_fresh_thread,
+    machine_note,
+    median,
+    rate,
+    submit,
+)
+from live import write_summary as write_json
+from PIL import Image
+
+CLASS_LR = 0.02
+L2_WEIGHT = 1.0
+STYLE = "brick"
+STYLE_LR = 0.02
+CONTENT_LAYER = "_blocks.5"
+STYLE_LAYERS = ("_stem_act", "_blocks.1", "_blocks.3", "_blocks.5", "_blocks.8")
+WEIGHTS = (1.0, 100.0, 0.1)
+"""Content, style and TV weights: the plugin's defaults."""
+RESULT_IMAGE = {"class_model": "class_model", "style_transfer": "style_transfer"}
+FINAL_VALUE = {"class_model": "score", "style_transfer": "total"}
+"""The number both sides report for the final image: the target's logit, the style-transfer loss."""
+
+Function = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+# -- plain torch callables on the loaded model ------------------------------------------------------------
+def logits_function(model) -> Function:
+    """Normalised NCHW input → ``(logits,)``: what ``Model.forward(images)`` runs with no layers."""
+    from convlens.models.fx_taps import GraphModel, tapped_module
+
+    if isinstance(model, GraphModel):
+        return tapped_module(model.graph_module, ())
+    return lambda inputs: (model.module(inputs),)
+
+
+def layers_function(model, layers: Sequence[str]) -> Function:
+    """Normalised NCHW input → the activations at ``layers`` (in order), nothing computed past them."""
+    from convlens.models.fx_taps import GraphModel, tapped_module
+
+    if isinstance(model, GraphModel):
+        nodes = {point.name: point.node for point in model.layer_points()}
+        return tapped_module(model.graph_module, tuple(nodes[name] for name in layers), logits=False)
+    from convlens.models.torchscript import tapped_graph
+
+    graph = tapped_graph(model.module, tuple(layers), logits=False)
+    function = torch._C._create_function_from_graph("bench_taps", graph)
+
+    def run(inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        values = function(model.module, inputs)
+        return values if isinstance(values, tuple) else (values,)
+
+    return run
+
+
+def normaliser(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    mean = torch.tensor(model.card.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(model.card.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return lambda images: (images - mean) / std
+
+
+def chelsea() -> np.ndarray:
+    from skimage import data
+
+    from convlens.images import to_float
+
+    return to_float(np.asarray(data.chelsea()))
+
+
+def texture(name: str) -> np.ndarray:
+    """A scikit-image texture as the style plugin offers it: HxWx3 float32, grey repeated to RGB."""
+    from skimage import data
+
+    from convlens.images import to_float
+
+    pixels = np.asarray(getattr(data, name)())
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+    return to_float(np.ascontiguousarray(pixels[:, :, :3]))
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    return (image.detach()[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+# -- the reference loops ----------------------------------------------------------------------------------
+def bare_class_model(model, forward: Function, target: int, steps: int) -> dict:
+    """``steps`` class-model steps in plain torch; its rates, the final score and image."""
+    normalise = normaliser(model)
+    height, width = model.input_size
+    mean = torch.tensor(model.card.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    image = mean.expand(1, 3, height, width).clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([image], lr=CLASS_LR)
+
+    def objective() -> torch.Tensor:
+        # Normalised twice, as the plugin does (once inside the model's forward, once for the L2 term):
+        # Adam's first steps are ~lr x sign(gradient), so even rounding differences in the summed gradient
+        # show in the image.
+        score = forward(normalise(image))[0][0].float()[target]
+        return score - L2_WEIGHT * normalise(image).float().pow(2).mean()
+
+    def step() -> None:
+        value = objective()
+        if not np.isfinite(float(value.detach())):
+            raise RuntimeError("the objective is not finite")
+        optimiser.zero_grad(set_to_none=True)
+        (-value).backward()
+        optimiser.step()
+        with torch.no_grad():
+            image.clamp_(0.0, 1.0)
+
+    def final() -> float:
+        with torch.no_grad():
+            return float(forward(normalise(image))[0][0].float()[target])
+
+    return timed_loop(step, steps, final, lambda: image)
+
+
+def gram(activation: torch.Tensor) -> torch.Tensor:
+    features = activation[0].flatten(1).float()
+    return features @ features.T / features.shape[1]
+
+
+def bare_style_transfer(model, forward: Function, size: int, steps: int) -> dict:
+    """``steps`` Adam style-transfer steps in plain torch; its rates, the final loss and image.
+
+    ``forward`` returns the activations at ``CONTENT_LAYER`` and then at each of ``STYLE_LAYERS`` that differs.
+    """
+    from convlens.images import to_tensor
+
+    normalise = normaliser(model)
+    layers = list(dict.fromkeys([CONTENT_LAYER, *STYLE_LAYERS]))
+    content = to_tensor(chelsea(), (size, size))
+    style = to_tensor(texture(STYLE), (size, size))
+    with torch.no_grad():
+        content_target = forward(normalise(content))[0].float()
+        styled = dict(zip(layers, forward(normalise(style)), strict=True))
+        grams = [gram(styled[name]) for name in STYLE_LAYERS]
+    style_at = [layers.index(name) for name in STYLE_LAYERS]
+    layer_weight = 1.0 / len(STYLE_LAYERS)
+    content_weight, style_weight, tv_weight = WEIGHTS
+    image = content.clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([image], lr=STYLE_LR)
+
+    def loss() -> torch.Tensor:
+        values = forward(normalise(image))
+        content_loss = (values[0].float() - content_target).pow(2).mean()
+        style_loss = sum(
+            layer_weight * (gram(values[index]) - target).pow(2).sum() / (4 * target.shape[0] ** 2)
+            for index, target in zip(style_at, grams, strict=True)
+        )
+        tv = (image[..., 1:, :] - image[..., :-1, :]).abs().mean() + (
+            image[..., :, 1:] - image[..., :, :-1]
+        ).abs().mean()
+        return content_weight * content_loss + style_weight * style_loss + tv_weight * tv
+
+    def step() -> None:
+        total = loss()
+        if not np.isfinite(float(total.detach())):
+            raise RuntimeError("the loss is not finite")
+        optimiser.zero_grad(set_to_none=True)
+        total.backward()
+        optimiser.step()
+        with torch.no_grad():
+            image.clamp_(0.0, 1.0)
+
+    def final() -> float:
+        with torch.no_grad():
+            return float(loss())
+
+    return timed_loop(step, steps, final, lambda: image)
+
+
+def timed_loop(step: Callable[[], None], steps: int, final: Callable[[], float], image) -> dict:
+    """Run ``step`` ``steps`` times in a fresh thread: it/s overall and from the end of the first step on."""
+
+    def run() -> dict:
+        started = first_done = time.perf_counter()
+        for index in range(steps):
+            step()
+            if index == 0:
+                first_done = time.perf_counter()
+        finished = time.perf_counter()
+        return {
+            "its": rate(steps, finished - started),
+            "per_step_its": rate(steps - 1, finished - first_done),
+            "final": final(),
+            "pixels": to_uint8(image()),
+        }
+
+    return in_fresh_thread(run)
+
+
+# -- the convlens side -----------------------------------------------------------------------------------
+def job_body(method: str, model_id: str, steps: int, target: int, size: int) -> dict:
+    if method == "class_model":
+        params = {"target": target, "steps": steps, "lr": CLASS_LR, "l2_weight": L2_WEIGHT, "init": "mean"}
+    else:
+        params = {"style": STYLE, "optimiser": "adam", "lr": STYLE_LR, "steps": steps, "size": size}
+    return {"method": method, "model": model_id, "image": IMAGE, "params": params, "seed": SEED}
+
+
+def convlens_run(server, viewer: Viewer, body: dict, steps: int, timeout: float) -> dict:
+    job_id = submit(server.url, body)
+    viewer.watch(job_id)
+    record = viewer.wait(timeout)
+    started = record.job["started"]
+    (first_time, first_step), (last_time, last_step) = record.progress[0], record.progress[-1]
+    if last_step != steps:
+        raise RuntimeError(f"job {job_id}: last progress {last_step}, expected {steps}")
+    return {
+        "job": job_id,
+        "end_to_end_its": rate(steps, record.end_time - started),
+        "per_step_its": rate(last_step - first_step, last_time - first_time),
+        "frames_received": len(record.frames),
+    }
+
+
+def server_outcome(server, job_id: str, method: str) -> tuple[float, np.ndarray]:
+    """The job's final score or loss and its result image (uint8)."""
+    client = http()
+    job = client.get(f"{server.url}/api/jobs/{job_id}", timeout=30)
+    job.raise_for_status()
+    value = float(job.json()["result"]["data"][FINAL_VALUE[method]])
+    answer = client.get(f"{server.url}/api/jobs/{job_id}/images/{RESULT_IMAGE[method]}.png", timeout=30)
+    answer.raise_for_status()
+    return value, np.asarray(Image.open(io.BytesIO(answer.content)).convert("RGB"))
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="class_model,style_transfer")
+    parser.add_argument("--formats", default="onnx,pt2,pt", help="comma-separated: onnx, pt2, pt")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", type=int, default=128, help="style transfer's working size")
+    parser.add_argument("--job-timeout", type=float, default=300)
+    parser.add_argument("--json", default=None, help="write the summary rows here (for bench/run.py)")
+    args = parser.parse_args(argv)
+    exit_on_sigterm()
+
+    from convlens.models.store import ModelStore
+    from convlens.runtime import configure_threads, tune_malloc
+
+    tune_malloc()  # as `convlens serve` does
+    configure_threads()
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    formats = [name.strip() for name in args.formats.split(",") if name.strip()]
+    models_dir = ensure_models()
+    store = ModelStore([models_dir])
+    print(
+        f"optimisation_overhead: {', '.join(methods)}; {args.steps} steps on {IMAGE}, style size {args.size};"
+        f" {machine_note()}",
+        flush=True,
+    )
+
+    cases = [(method, fmt) for method in methods for fmt in formats]
+    results: dict[tuple[str, str], dict[str, list]] = {case: {} for case in cases}
+    with convlens_server(models_dir) as server:
+        viewer = Viewer(server.url)
+        try:
+            bare, target = {}, 0
+            for method, fmt in cases:
+                model = in_fresh_thread(lambda fmt=fmt: store.get(FORMATS[fmt]))
+                if method == "class_model":
+                    # The top class of the picture, given explicitly so both sides ascend the same score.
+                    target = model.predict(chelsea_input(model), k=1)[0]["index"]
+                    function = logits_function(model)
+                    bare[method, fmt] = lambda n, m=model, f=function, t=target: bare_class_model(m, f, t, n)
+                else:
+                    function = layers_function(model, list(dict.fromkeys([CONTENT_LAYER, *STYLE_LAYERS])))
+                    bare[method, fmt] = lambda n, m=model, f=function: bare_style_transfer(m, f, args.size, n)
+                # Warm-up: model load and graph building on the server, first calls here.
+                convlens_run(server, viewer, job_body(method, FORMATS[fmt], 2, target, args.size), 2, 300)
+                bare[method, fmt](2)
+            for repeat in range(args.repeats):
+                for method, fmt in cases if repeat % 2 == 0 else cases[::-1]:
+                    for side in ("convlens", "bare") if repeat % 2 == 0 else ("bare", "convlens"):
+                        runs = results[method, fmt].setdefault(side, [])
+                        if side == "convlens":
+                            body = job_body(method, FORMATS[fmt], args.steps, target, args.size)
+                            runs.append(convlens_run(server, viewer, body, args.steps, args.job_timeout))
+                            if repeat == 0:
+                                results[method, fmt]["server"] = [
+                                    server_outcome(server, runs[-1]["job"], method)
+                                ]
+                        else:
+                            runs.append(bare[method, fmt](args.steps))
+                        print(
+                            f"  repeat {repeat + 1} {method:<14} {fmt:<5} {side:<8} {describe(runs[-1])}",
+                            flush=True,
+                        )
+        finally:
+            viewer.close()
+
+    rows, details = report(results, args.steps)
+    write_json(args.json, rows, details)
+    return 0
+
+
+def chelsea_input(model) -> torch.Tensor:
+    from convlens.images import to_tensor
+
+    return to_tensor(chelsea(), tuple(model.input_size))
+
+
+def report(results: dict, steps: int) -> tuple[list[dict], dict]:
+    """Print the medians and the parity check; ``bench/run.py``'s rows and the details."""
+    rows, details = [], {}
+    print(f"\nit/s, medians ({steps} steps, {IMAGE}, a frame every step)")
+    print(
+        f"{'method':<14} {'format':<6} {'convlens e2e':>12} {'per step':>9} {'bare e2e':>9} {'per step':>9}"
+        f" {'e2e/bare':>9} {'step/bare':>9}  final value convlens / bare, max pixel difference"
+    )
+    for (method, fmt), sides in results.items():
+        medians = {
+            side: {
+                name: median([run[key] for run in sides.get(side, [])])
+                for name, key in zip(("e2e", "step"), keys, strict=True)
+            }
+            for side, keys in RATE_KEYS.items()
+        }
+        convlens, bare = medians["convlens"], medians["bare"]
+        server_value, reference_value, diff = float("nan"), float("nan"), float("nan")
+        if sides.get("server") and sides.get("bare"):
+            server_value, server_pixels = sides["server"][0]
+            first = sides["bare"][0]
+            reference_value = first["final"]
+            diff = float(np.abs(server_pixels.astype(int) - first["pixels"].astype(int)).max())
+        print(
+            f"{method:<14} {fmt:<6} {convlens['e2e']:>12.2f} {convlens['step']:>9.2f} {bare['e2e']:>9.2f}"
+            f" {bare['step']:>9.2f} {convlens['e2e'] / bare['e2e']:>9.3f} {convlens['step'] / bare['step']:>9.3f}"
+            f"  {server_value:.6g} / {reference_value:.6g}, {diff:.0f}/255"
+        )
+        details[f"{method} {fmt}"] = {
+            "medians_its": medians,
+            "final_value": {"convlens": server_value, "bare": reference_value},
+            "max_pixel_difference": diff,
+            "runs": {
+                side: [{k: v for k, v in run.items() if k != "pixels"} for run in sides.get(side, [])]
+                for side in ("convlens", "bare")
+            },
+        }
+        for name, label in (("e2e", "end to end"), ("step", "per step")):
+            rows.append(
+                {
+                    "figure": f"{method} it/s, {fmt}, {label}: convlens vs bare torch",
+                    "convlens": convlens[name],
+                    "reference": bare[name],
+                    "ratio": convlens[name] / bare[name],
+                }
+            )
+    return rows, details
+
+
+if __name__ == "__main__":
+    sys.exit(main())
