@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import numpy as np
-
-from convlens.images import SampleImage
+from convlens.images import SampleImage, skimage_samples
 
 SKIMAGE_SAMPLES = {
     "chelsea": "Chelsea the cat",
@@ -24,24 +20,5 @@ SKIMAGE_SAMPLES = {
 """scikit-image ``data`` function names (also the ids) and titles; each loads from a file in the wheel."""
 
 
-def skimage_loader(name: str) -> Callable[[], np.ndarray]:
-    """A function returning the sample ``name`` as HxWx3 uint8: grey and binary ones repeated to RGB."""
-
-    def load() -> np.ndarray:
-        from skimage import data
-
-        pixels = np.asarray(getattr(data, name)())
-        if pixels.dtype == bool:
-            pixels = pixels.astype(np.uint8) * 255
-        if pixels.ndim == 2:
-            pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-        return np.ascontiguousarray(pixels[:, :, :3])
-
-    return load
-
-
 def sample_images() -> list[SampleImage]:
-    return [
-        SampleImage(id=name, title=title, load=skimage_loader(name), source="scikit-image")
-        for name, title in SKIMAGE_SAMPLES.items()
-    ]
+    return skimage_samples(SKIMAGE_SAMPLES)

@@ -23,12 +23,11 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from convlens.errors import BadInput
 from convlens.events import Event, Log, Progress, Result
-from convlens.images import SampleImage, to_image, to_tensor
+from convlens.images import SampleImage, skimage_samples, to_image, to_tensor
 from convlens.methods import Method, RunContext
 from convlens.params import Choice, Float, Int, Param, Picture
 
@@ -55,22 +54,7 @@ DEFAULT_LR = {"adam": 0.02, "lbfgs": 1.0}
 
 def style_samples() -> list[SampleImage]:
     """The textures scikit-image ships, as sample images (HxWx3 uint8, grey repeated to RGB)."""
-    return [
-        SampleImage(id=name, title=title, load=_texture_loader(name), source="scikit-image")
-        for name, title in STYLE_SAMPLES.items()
-    ]
-
-
-def _texture_loader(name: str):
-    def load() -> np.ndarray:
-        from skimage import data
-
-        pixels = np.asarray(getattr(data, name)())
-        if pixels.ndim == 2:
-            pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-        return np.ascontiguousarray(pixels[:, :, :3])
-
-    return load
+    return skimage_samples(STYLE_SAMPLES)
 
 
 def parse_style_layers(model: Model, text: str | None) -> dict[str, float]:

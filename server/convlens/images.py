@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,31 @@ class SampleImage:
     title: str
     load: Callable[[], np.ndarray]
     source: str = ""
+
+
+def skimage_samples(titles: Mapping[str, str]) -> list[SampleImage]:
+    """Pictures bundled in the scikit-image wheel, by ``skimage.data`` function name (the id) and title.
+
+    Each loads as HxWx3 uint8: grey and binary ones repeated to RGB. None needs a download.
+    """
+
+    def loader(name: str) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            from skimage import data
+
+            pixels = np.asarray(getattr(data, name)())
+            if pixels.dtype == bool:
+                pixels = pixels.astype(np.uint8) * 255
+            if pixels.ndim == 2:
+                pixels = np.repeat(pixels[:, :, None], 3, axis=2)
+            return np.ascontiguousarray(pixels[:, :, :3])
+
+        return load
+
+    return [
+        SampleImage(id=name, title=title, load=loader(name), source="scikit-image")
+        for name, title in titles.items()
+    ]
 
 
 def decode_image(
