@@ -13,7 +13,7 @@ from .config import Config
 from .image_library import ImageLibrary
 from .jobs import JobManager
 from .models.store import ModelStore
-from .plugins import MethodRegistry, get_plugin_manager
+from .plugins import MethodRegistry, get_plugin_manager, sample_images
 from .streaming import FrameRelay
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,7 @@ class Services:
 
 
 def build_library(pm, config: Config) -> ImageLibrary:
-    samples = [sample for batch in pm.hook.register_sample_images() for sample in batch or []]
-    return ImageLibrary(samples, config.uploads_dir, config.max_upload_bytes, config.max_pixels)
+    return ImageLibrary(sample_images(pm), config.uploads_dir, config.max_upload_bytes, config.max_pixels)
 
 
 def create_app(config: Config | None = None) -> Flask:

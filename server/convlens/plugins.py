@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import pluggy
 
 from . import PROJECT_NAME, hookspecs
 from .errors import NotFound
 from .methods import Method
+
+if TYPE_CHECKING:
+    from .images import SampleImage
 
 ONLY_PLUGINS_ENV = "CONVLENS_PLUGINS"
 """Comma-separated entry-point names: when set, only these plugins are loaded."""
@@ -38,6 +42,11 @@ def plugins_from_env() -> set[str] | None:
 @lru_cache(maxsize=1)
 def get_plugin_manager() -> pluggy.PluginManager:
     return make_plugin_manager(plugins_from_env())
+
+
+def sample_images(pm: pluggy.PluginManager) -> list[SampleImage]:
+    """Every sample image the plugins of ``pm`` register, in registration order."""
+    return [sample for batch in pm.hook.register_sample_images() for sample in batch or []]
 
 
 class MethodRegistry:

@@ -94,11 +94,9 @@ def resolve_pictures(
 def samples_only() -> ImageSource:
     """The installed plugins' sample images, for runs outside a server (tests, notebooks)."""
     from .image_library import ImageLibrary
-    from .plugins import get_plugin_manager
+    from .plugins import get_plugin_manager, sample_images
 
-    pm = get_plugin_manager()
-    samples = [sample for batch in pm.hook.register_sample_images() for sample in batch or []]
-    return ImageLibrary(samples).get
+    return ImageLibrary(sample_images(get_plugin_manager())).get
 
 
 def iterate(method: Method, ctx: RunContext) -> Iterator[Event]:
