@@ -405,3 +405,9 @@ def test_a_run_without_frames_has_no_webm(client):
     job = wait_for(client, answer.get_json()["id"])
     missing = client.get(f"/api/jobs/{job['id']}/frames.webm")
     assert missing.status_code == 404 and missing.get_json()["field"] == "animation"
+
+
+def test_the_photos_lead_the_image_list_and_the_style_textures_follow(client):
+    ids = [image["id"] for image in client.get("/api/images").get_json()]
+    assert ids[0] == "chelsea"  # the page selects the first image by default
+    assert {"brick", "grass"} <= set(ids) and ids.index("brick") > ids.index("immunohistochemistry")

@@ -27,6 +27,7 @@ def register_methods() -> list[Method]:
     ]
 
 
-@hookimpl
+# Last, so the photos of the basics plugin lead the picker and the page's default image stays a photo.
+@hookimpl(trylast=True)
 def register_sample_images() -> list[SampleImage]:
     return style_samples()
