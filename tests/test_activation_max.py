@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from convlens.errors import BadInput
-from convlens.events import Frame, Metrics, Progress, Result
+from convlens.events import Frame, Log, Metrics, Progress, Result
 from convlens.testing import metric, of_type
 from convlens_plugins.optimisation.activation_max import ACTIVATION_MAX
 
@@ -165,3 +165,17 @@ def test_run_that_diverges_stops_naming_the_lr(run_diverging):
     params = {"layer": "relu2", "channel": 0, "steps": 10}
     events = run_diverging(ACTIVATION_MAX, params, after=3, match=r"diverged at step 3")
     assert [f.step for f in of_type(events, Frame)] == [0, 1, 2]
+
+
+def test_preset_4_raises_a_centre_neuron_many_times_and_warns_on_a_channel_mean(
+    convlens_run, default_model, sample_image
+):
+    # Table 1's set 4 keeps the 10% of pixels that contribute most: the paper's use, one neuron.
+    params = dict(layer="_blocks.9", channel=4, preset="4", steps=100, every=100)
+    neuron = convlens_run(ACTIVATION_MAX, default_model, sample_image, unit="centre", **params)
+    start, end = neuron[-1].data["value_start"], neuron[-1].data["value_end"]
+    assert start > 0 and end > 4 * start, (start, end)
+    assert not [e for e in of_type(neuron, Log) if e.level == "warning"]
+    channel = convlens_run(ACTIVATION_MAX, default_model, sample_image, unit="mean", **dict(params, steps=1))
+    warnings = [e.message for e in of_type(channel, Log) if e.level == "warning"]
+    assert len(warnings) == 1 and "unit: centre" in warnings[0]

@@ -178,6 +178,19 @@ def test_stop_ends_a_running_job(client):
             400,
             "params.target",
         ),
+        *[
+            (
+                {
+                    "method": method,
+                    "model": DEFAULT_MODEL,
+                    "image": "chelsea",
+                    "params": {"layer": "_blocks.9", "channel": 112},  # it has 112
+                },
+                400,
+                "params.channel",
+            )
+            for method in ("activation_max", "deepdream", "guided_backprop")
+        ],
         ({"method": "predict", "model": DEFAULT_MODEL, "image": "chelsea", "seed": -1}, 400, "seed"),
         ({"method": "predict", "model": DEFAULT_MODEL, "image": "chelsea", "params": [1]}, 400, "params"),
         ([1, 2], 400, "body"),

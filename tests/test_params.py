@@ -142,3 +142,21 @@ def test_bad_declarations_fail_when_written():
         Param("x", "tensor")
     with pytest.raises(ValueError, match="needs choices"):
         Param("x", "choice", "a")
+
+
+def test_a_channel_is_checked_against_the_layer_it_indexes(tiny_model):
+    params = (Layer("layer"), Int("channel", 0, minimum=-1, channel_of="layer"))
+    channels = tiny_model.layer("conv1").shape[0]
+    assert (
+        validate(params, {"layer": "conv1", "channel": channels - 1}, tiny_model)["channel"] == channels - 1
+    )
+    with pytest.raises(BadInput) as error:
+        validate(params, {"layer": "conv1", "channel": channels}, tiny_model)
+    assert (error.value.field, error.value.reason) == (
+        "params.channel",
+        f"layer 'conv1' has {channels} channels (0–{channels - 1}), got {channels}",
+    )
+    # -1 (a sentinel such as "the strongest") and a layer left to the method are not range-checked here.
+    assert validate(params, {"layer": "conv1", "channel": -1}, tiny_model)["channel"] == -1
+    assert validate(params, {"layer": None, "channel": 10_000}, tiny_model)["channel"] == 10_000
+    assert params[1].to_json()["channel_of"] == "layer"

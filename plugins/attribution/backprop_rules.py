@@ -162,7 +162,14 @@ def run_rule(ctx: RunContext, relu_rule: str, name: str) -> Iterator[Event]:
 PARAMS = (
     TARGET,
     Layer("layer", title="Layer", help="Explain a unit of this layer; empty: the class score."),
-    Int("channel", -1, minimum=-1, title="Channel", help="-1: the channel with the strongest activation."),
+    Int(
+        "channel",
+        -1,
+        minimum=-1,
+        channel_of="layer",
+        title="Channel",
+        help="-1: the channel with the strongest activation.",
+    ),
     Choice(
         "unit",
         "channel",

@@ -201,6 +201,7 @@ DEEPDREAM = Method(
             None,
             nullable=True,
             minimum=0,
+            channel_of="layer",
             help="Only this channel of the layer; empty: all of them.",
         ),
         Int("octaves", 3, minimum=1, maximum=8, help="Scales processed, from the smallest up."),

@@ -30,6 +30,9 @@ class Param:
     the method finds its pixels in ``ctx.pictures[name]``).
     A ``default`` of ``None`` with ``nullable`` means "let the method decide"
     (the top predicted class, the model's suggested layer).
+    ``channel_of`` names the ``layer`` parameter an ``int`` indexes the channels of (the units of a flat
+    layer): with that layer chosen, a value past its last channel is refused when the run is requested.
+    Negative values are left to ``minimum`` (``-1`` often means "the strongest").
     """
 
     name: str
@@ -41,6 +44,7 @@ class Param:
     maximum: float | None = None
     choices: tuple[Any, ...] = ()
     nullable: bool = False
+    channel_of: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -63,6 +67,8 @@ class Param:
             schema["maximum"] = self.maximum
         if self.choices:
             schema["enum"] = list(self.choices)
+        if self.channel_of:
+            schema["channel_of"] = self.channel_of
         return schema
 
     def parse(self, text: str) -> Any:
@@ -194,7 +200,25 @@ def validate(
     for name in raw:
         if name not in known:
             raise BadInput(f"params.{name}", f"unknown parameter; expected one of {sorted(known)}")
-    return {p.name: p.check(raw.get(p.name, p.default), model) for p in params}
+    values = {p.name: p.check(raw.get(p.name, p.default), model) for p in params}
+    if model is not None:
+        for param in params:
+            if param.channel_of:
+                _check_channel(param, values[param.name], values.get(param.channel_of), model)
+    return values
+
+
+def _check_channel(param: Param, channel: int | None, layer: str | None, model: Model) -> None:
+    """``channel`` within the channels of ``layer`` (when both are given)."""
+    if channel is None or layer is None or channel < 0:
+        return
+    shape = model.layer(layer).shape
+    count = shape[0] if shape else 1
+    if channel >= count:
+        raise BadInput(
+            f"params.{param.name}",
+            f"layer {layer!r} has {count} channels (0–{count - 1}), got {channel}",
+        )
 
 
 def parse_assignments(params: Sequence[Param], assignments: Sequence[str]) -> dict[str, Any]:
