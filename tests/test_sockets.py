@@ -48,6 +48,11 @@ def test_a_viewer_receives_frames_progress_metrics_and_done(client, socket_clien
     assert Image.open(io.BytesIO(first["data"])).size == (first["width"], first["height"])
     progress = [p["args"][0] for p in events if p["name"] == "progress"]
     assert progress[-1]["step"] == progress[-1]["total"] == 8
+    # Each step carries the server's clock at that step: in order, within the job's run.
+    job = client.get(f"/api/jobs/{job_id}").get_json()
+    times = [p["time"] for p in progress]
+    assert times == sorted(times) and job["started"] <= times[0] and times[-1] <= job["finished"]
+    assert job["progress"]["time"] == times[-1]
     assert any(p["name"] == "metrics" and "objective" in p["args"][0]["values"] for p in events)
     done = next(p["args"][0] for p in events if p["name"] == "done")
     assert done["result"]["model"]["id"] == DEFAULT_MODEL
@@ -121,3 +126,26 @@ def test_two_jobs_stream_to_their_own_rooms(client, app):
     assert {p["args"][0]["job"] for p in events_b if p["name"] in ("frame", "progress", "metrics")} == {job_b}
     first.disconnect()
     second.disconnect()
+
+
+def test_a_paced_job_sends_few_messages_and_every_metrics_point(app, client, socket_client, monkeypatch):
+    # Sends at most once an hour: what a job makes between two sends is held back and collected, so a
+    # viewer gets the run in a few messages, and still every metrics point and the last frame and step.
+    monkeypatch.setattr(app.extensions["convlens"].jobs, "send_interval", 3600.0)
+    steps = 12
+    job_id = start(client, "class_model", {"steps": steps, "target": 1, "every": 1})
+    assert socket_client.emit("subscribe", {"job": job_id}, callback=True)["ok"] is True
+    events = collect(socket_client, job_id, {"done", "failed"})
+    names = [p["name"] for p in events]
+    assert "failed" not in names
+    history = next(p["args"][0]["history"] for p in events if p["name"] == "metrics_history")
+    sent = [point for p in events if p["name"] == "metrics" for point in p["args"][0]["points"]]
+    seen = {point["step"]: point["values"] for point in history + sent}
+    assert sorted(seen) == list(range(steps + 1)), "no metrics point is lost"
+    assert all(set(values) >= {"score", "probability"} for values in seen.values())
+    progress = [p["args"][0] for p in events if p["name"] == "progress"]
+    logs = names.count("log")
+    assert progress and len(progress) <= logs + 2 < steps, names
+    assert progress[-1]["step"] == steps
+    frames = [p["args"][0] for p in events if p["name"] == "frame"]
+    assert frames and frames[-1]["step"] == steps and len(frames) <= logs + 2

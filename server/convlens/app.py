@@ -67,6 +67,7 @@ def create_app(config: Config | None = None) -> Flask:
         results_dir=config.results_dir,
         max_running=config.max_running_jobs,
         jpeg_quality=config.jpeg_quality,
+        stream_hz=config.stream_hz,
     )
     app.extensions["convlens"] = Services(config, models, methods, images, jobs, relay, socketio)
     app.register_blueprint(api.blueprint)

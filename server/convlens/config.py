@@ -38,6 +38,8 @@ class Config:
     max_pixels: int = int(os.environ.get("CONVLENS_MAX_PIXELS", MAX_PIXELS))
     max_running_jobs: int = int(os.environ.get("CONVLENS_MAX_RUNNING_JOBS", 2))
     jpeg_quality: int = 85
+    stream_hz: float = float(os.environ.get("CONVLENS_STREAM_HZ", 30))
+    """Sends per second of a running job's newest frame, progress and metrics, at most; 0: one per event."""
     ensure_default_model: bool = True
     cors_origins: str | list[str] = field(
         default_factory=lambda: _origins(os.environ.get("CONVLENS_CORS_ORIGINS", "*"))

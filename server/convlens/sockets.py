@@ -39,11 +39,13 @@ class RoomEvents:
     def frame(self, job: Job, frame: EncodedFrame) -> None:
         self.relay.publish(job.id, frame)
 
-    def progress(self, job: Job, step: int, total: int) -> None:
-        self.socketio.emit("progress", {"job": job.id, "step": step, "total": total}, to=room(job.id))
+    def progress(self, job: Job) -> None:
+        self.socketio.emit("progress", {"job": job.id, **job.progress}, to=room(job.id))
 
-    def metrics(self, job: Job, step: int | None, values: dict[str, float]) -> None:
-        self.socketio.emit("metrics", {"job": job.id, "step": step, "values": values}, to=room(job.id))
+    def metrics(self, job: Job, points: list[dict[str, Any]]) -> None:
+        """The points since the last send, oldest first; ``step`` and ``values`` repeat the newest."""
+        newest = points[-1]
+        self.socketio.emit("metrics", {"job": job.id, **newest, "points": points}, to=room(job.id))
 
     def log(self, job: Job, level: str, message: str) -> None:
         self.socketio.emit("log", {"job": job.id, "level": level, "message": message}, to=room(job.id))

@@ -41,8 +41,19 @@ def test_style_transfer_streams_changing_frames_and_loss_and_obeys_pause_resume_
         timeout=60_000,
     )
 
+    # The step counter shows the run's own speed, from the server's clock at each step.
+    page.wait_for_function(
+        "(view) => /^\\d+ \\/ 2000 · \\d+(\\.\\d)? it\\/s$/"
+        ".test(view.shadowRoot.querySelector('[data-testid=step]').textContent)",
+        arg=view.element_handle(),
+        timeout=30_000,
+    )
+    speed = float(page.get_by_test_id("step").inner_text().split("·")[1].split()[0])
+    assert 0 < speed < 10_000, speed
+
     page.get_by_test_id("pause").click()
     wait_for_state(page, view, "paused")
+    assert "it/s" not in page.get_by_test_id("step").inner_text(), "no speed shown while paused"
     assert page.get_by_test_id("state").inner_text() == "paused"
     page.wait_for_timeout(1_000)  # an event already on its way may still land
     held = page.evaluate("window.__convlens")

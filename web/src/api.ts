@@ -109,7 +109,8 @@ export interface Job {
   params: Record<string, unknown>;
   seed: number;
   state: JobState;
-  progress: { step: number; total: number } | null;
+  /** `time`: the server's clock (Unix seconds) when the step was done. */
+  progress: { step: number; total: number; time?: number } | null;
   metrics: Record<string, number>;
   error: FieldError | null;
   created: string | number | null;

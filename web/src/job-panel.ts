@@ -24,11 +24,15 @@ export function idlePanel(): HTMLElement {
   );
 }
 
+const RATE_WINDOW = 20;
+
 export class JobPanel {
   readonly element: HTMLElement;
   readonly chartCanvas: HTMLCanvasElement;
   private state: ViewState = "connecting";
   private progress: { step: number; total: number } | null = null;
+  /** Recent (server time, step) pairs of the running stretch: the run's own steps per second. */
+  private stepTimes: { time: number; step: number }[] = [];
   private readonly canvases = new Map<string, HTMLCanvasElement>();
   private readonly stateEl: HTMLElement;
   private readonly titleEl: HTMLElement;
@@ -74,7 +78,7 @@ export class JobPanel {
       value: 0,
       "aria-label": "progress",
     });
-    this.stepEl = h("span", { class: "step" });
+    this.stepEl = h("span", { class: "step", "data-testid": "step" });
     this.messageEl = h("p", { class: "message", role: "alert", hidden: true });
     this.waitingEl = h("div", { class: "waiting" }, "waiting for the first frame…");
     this.framesEl = h(
@@ -138,6 +142,8 @@ export class JobPanel {
   }
 
   setState(state: ViewState, detail = ""): void {
+    // A pause (or any other stop) would count its wait as slow steps: measure afresh after it.
+    if (state !== "running") this.stepTimes = [];
     this.state = state;
     this.stateEl.dataset.state = state;
     this.stateEl.textContent = detail ? `${state}: ${detail}` : state;
@@ -153,7 +159,13 @@ export class JobPanel {
     this.buttons.resume.disabled = this.state !== "paused";
   }
 
-  setProgress(step: number, total: number): void {
+  setProgress(step: number, total: number, time?: number): void {
+    if (time !== undefined && this.state === "running") {
+      const last = this.stepTimes.at(-1);
+      if (last && step <= last.step) this.stepTimes = [];
+      this.stepTimes.push({ time, step });
+      if (this.stepTimes.length > RATE_WINDOW) this.stepTimes.shift();
+    }
     const max = Math.max(total, 1);
     this.progressEl.max = max;
     this.progressEl.value = Math.min(Math.max(step, 0), max);
@@ -236,7 +248,17 @@ export class JobPanel {
     const { step, total } = progress;
     // Between the last step and "done" the server writes the result files (a GIF can take a while).
     const saving = this.state === "running" && total > 0 && step >= total;
-    this.stepEl.textContent = `${step} / ${total}${saving ? " · saving results…" : ""}`;
+    const rate = this.stepsPerSecond();
+    const speed = rate === null || saving ? "" : ` · ${rate >= 10 ? rate.toFixed(0) : rate.toFixed(1)} it/s`;
+    this.stepEl.textContent = `${step} / ${total}${speed}${saving ? " · saving results…" : ""}`;
+  }
+
+  /** Steps per second over the recent steps, by the server's clock; null until there are two. */
+  private stepsPerSecond(): number | null {
+    const first = this.stepTimes[0];
+    const last = this.stepTimes.at(-1);
+    if (!first || !last || last.time <= first.time) return null;
+    return (last.step - first.step) / (last.time - first.time);
   }
 
   private setPredictions(predictions: Prediction[]): void {

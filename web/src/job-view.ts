@@ -158,11 +158,14 @@ export class ConvlensJobView extends HTMLElement {
     socket.on("frame", (payload: FrameEvent) => {
       if (mine(payload)) this.painter?.push(payload);
     });
-    socket.on("progress", (payload: { job: string; step: number; total: number }) => {
-      if (mine(payload)) panel.setProgress(payload.step, payload.total);
+    socket.on("progress", (payload: { job: string; step: number; total: number; time?: number }) => {
+      if (mine(payload)) panel.setProgress(payload.step, payload.total, payload.time);
     });
-    socket.on("metrics", (payload: { job: string } & MetricsPoint) => {
-      if (mine(payload)) this.chart?.add({ step: payload.step, values: payload.values ?? {} });
+    // A send carries every point since the last one: the server paces its messages (STREAM_HZ).
+    socket.on("metrics", (payload: { job: string; points?: MetricsPoint[] } & MetricsPoint) => {
+      if (!mine(payload)) return;
+      for (const point of payload.points ?? [payload])
+        this.chart?.add({ step: point.step, values: point.values ?? {} });
     });
     socket.on("metrics_history", (payload: { job: string; history: MetricsPoint[] }) => {
       if (mine(payload)) this.chart?.setHistory(payload.history ?? []);

@@ -72,6 +72,8 @@ export class MetricsChart {
         series = { steps: [], values: [] };
         this.series.set(name, series);
       }
+      // A viewer that subscribes between two sends gets the newest points twice (history, then the send).
+      if (series.steps.at(-1) === step && series.values.at(-1) === value) continue;
       series.steps.push(step);
       series.values.push(value);
       if (series.steps.length > MAX_POINTS) {
