@@ -272,3 +272,19 @@ def test_occlusion_heatmap_fills_in_on_the_canvas(page, live_server, artifacts):
     progress = record["progress"]
     assert progress == sorted(progress) and len(set(progress)) >= 3, progress
     page.screenshot(path=str(artifacts / "occlusion.png"), full_page=True)
+
+
+def test_a_channel_field_follows_its_layer_and_refuses_a_channel_past_it(page, live_server):
+    open_app(page, live_server)
+    page.locator('[data-testid="method"][data-method="activation_max"]').click()
+    channel_help = page.locator('div.field[data-field="params.channel"] .help')
+    page.get_by_test_id("param-layer").select_option("_blocks.9")
+    assert channel_help.inner_text().endswith("0 – 111 (112 channels)"), channel_help.inner_text()
+    page.get_by_test_id("param-layer").select_option("_blocks.1")
+    assert channel_help.inner_text().endswith("0 – 23 (24 channels)"), channel_help.inner_text()
+    page.get_by_test_id("param-channel").fill("24")
+    page.get_by_test_id("run").click()
+    field_error = page.get_by_test_id("error-channel")
+    field_error.wait_for(state="visible")
+    assert "24 channels" in field_error.inner_text()
+    assert page.get_by_test_id("state").get_attribute("data-state") == "idle", "no job was started"

@@ -38,6 +38,8 @@ export interface ParamSchema {
   minimum?: number;
   maximum?: number;
   enum?: unknown[];
+  /** An int indexing the channels of the layer chosen in this parameter. */
+  channel_of?: string;
 }
 
 export interface MethodInfo {

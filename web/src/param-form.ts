@@ -40,6 +40,33 @@ export class ParamForm {
       this.fields.set(param.name, field);
       this.element.append(field.wrapper);
     }
+    for (const param of params) if (param.channel_of) this.followLayer(param, context.layers);
+  }
+
+  /** A channel field takes its upper bound from the layer chosen in its `channel_of` field. */
+  private followLayer(param: ParamSchema, layers: LayerInfo[]): void {
+    const select = this.fields.get(param.channel_of ?? "")?.wrapper.querySelector("select");
+    const field = this.fields.get(param.name);
+    const input = field?.wrapper.querySelector("input");
+    const help = field?.wrapper.querySelector(".help");
+    if (!select || !input) return;
+    const update = (): void => {
+      const layer = layers.find((each) => each.name === select.value);
+      const count = layer?.shape[0];
+      if (count === undefined) {
+        input.removeAttribute("max");
+        delete input.dataset.channels;
+      } else {
+        input.max = String(count - 1);
+        input.dataset.channels = String(count);
+      }
+      if (help) {
+        const bounds = count === undefined ? describeBounds(param) : `0 – ${count - 1} (${count} channels)`;
+        help.textContent = [param.description, bounds].filter(Boolean).join(" · ");
+      }
+    };
+    select.addEventListener("change", update);
+    update();
   }
 
   /** The parameters to send, and the fields that could not be read. */
@@ -159,6 +186,10 @@ function buildControl(
         if (param.type === "int" && !Number.isInteger(value)) {
           throw new InvalidValue(`expected an integer, got ${text}`);
         }
+        // A channel field follows its layer (channel_of); the server checks the same when it is sent.
+        const channels = Number(input.dataset.channels ?? NaN);
+        if (value >= channels)
+          throw new InvalidValue(`the layer has ${channels} channels (0 – ${channels - 1})`);
         return value;
       };
       return { control: input, read };
