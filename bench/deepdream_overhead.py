@@ -39,9 +39,11 @@ from live import (
     exit_on_sigterm,
     http,
     in_fresh_thread,
+    job_rates,
     machine_note,
     median,
     rate,
+    stream_note,
     submit,
     write_summary,
 )
@@ -146,20 +148,7 @@ def convlens_deepdream(server, viewer: Viewer, model_id: str, steps: int, timeou
     )
     viewer.watch(job_id)
     record = viewer.wait(timeout)
-    started = record.job["started"]
-    (first_time, first_step), (last_time, last_step) = record.progress[0], record.progress[-1]
-    if last_step != steps:
-        raise RuntimeError(f"job {job_id}: last progress {last_step}, expected {steps}")
-    return {
-        "job": job_id,
-        "end_to_end_its": rate(steps, record.end_time - started),
-        "per_step_its": rate(last_step - first_step, last_time - first_time),
-        "before_first_step_s": first_time
-        - started
-        - (last_time - first_time) / max(1, last_step - first_step),
-        "after_last_step_s": record.end_time - last_time,
-        "frames_received": len(record.frames),
-    }
+    return {"job": job_id, **job_rates(record, steps), "frames_received": len(record.frames)}
 
 
 def server_image(server, job_id: str) -> np.ndarray:
@@ -187,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     formats = [name.strip() for name in args.formats.split(",") if name.strip()]
     models_dir = ensure_models()
     store = ModelStore([models_dir])
-    print(f"deepdream_overhead: {args.steps} steps on {IMAGE}, layer {LAYER}; {machine_note()}", flush=True)
+    print(
+        f"deepdream_overhead: {args.steps} steps on {IMAGE}, layer {LAYER}; {machine_note()}; {stream_note()}",
+        flush=True,
+    )
 
     results: dict[str, dict[str, list]] = {fmt: {} for fmt in formats}
     with convlens_server(models_dir) as server:

@@ -127,6 +127,9 @@ class JobRecord:
 
     job_id: str
     progress: list[tuple[float, int]] = field(default_factory=list)
+    """(receipt time, step) of each ``progress`` event."""
+    step_times: list[tuple[float, int]] = field(default_factory=list)
+    """(the server's clock at the step, step) of each ``progress`` event: the job's own pace."""
     frames: list[tuple[float, int, int]] = field(default_factory=list)
     """(receipt time, seq, payload bytes) of each frame."""
     job: dict[str, Any] = field(default_factory=dict)
@@ -191,6 +194,7 @@ class Viewer:
         record = self._current(data)
         if record is not None:
             record.progress.append((now, data["step"]))
+            record.step_times.append((data["time"], data["step"]))
 
     def _on_job(self, data: dict) -> None:
         record = self._current(data)
@@ -213,6 +217,32 @@ def submit(url: str, body: dict) -> str:
     return answer.json()["id"]
 
 
+def job_rates(record: JobRecord, steps: int) -> dict[str, float]:
+    """A finished job's rates as a viewer saw it.
+
+    - ``end_to_end_its``: steps / (the job's ``started`` → the viewer receives ``done``);
+    - ``per_step_its``: steps per second between the first and the last step by the server's clock (the
+      ``time`` of each ``progress`` event): what one step costs while the job streams to the viewer;
+    - ``per_step_received_its``: the same from when the viewer received those events, which adds any
+      delivery lag (on 2 cores the viewer process competes with the job for the CPU);
+    - ``before_first_step_s`` and ``after_last_step_s``: the fixed costs around the steps (top-5 of the
+      input before, writing PNG, GIF and JSON after).
+    """
+    started = record.job["started"]
+    (first_time, first_step), (last_time, last_step) = record.step_times[0], record.step_times[-1]
+    (first_received, _), (last_received, _) = record.progress[0], record.progress[-1]
+    if last_step != steps:
+        raise RuntimeError(f"job {record.job_id}: last progress {last_step}, expected {steps}")
+    per_step = rate(last_step - first_step, last_time - first_time)
+    return {
+        "end_to_end_its": rate(steps, record.end_time - started),
+        "per_step_its": per_step,
+        "per_step_received_its": rate(last_step - first_step, last_received - first_received),
+        "before_first_step_s": first_time - started - 1.0 / per_step,
+        "after_last_step_s": record.end_time - last_time,
+    }
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
@@ -225,6 +255,13 @@ def write_summary(path: str | None, rows: list[dict[str, Any]], details: dict[st
     """Rows for ``bench/run.py``'s table: ``{figure, convlens, reference, ratio, unit}``."""
     if path:
         Path(path).write_text(json.dumps({"rows": rows, "details": details}, indent=2))
+
+
+def stream_note() -> str:
+    """The rate at which the bench's server sends a job's frames, progress and metrics (``CONVLENS_STREAM_HZ``)."""
+    from convlens.config import Config
+
+    return f"server sends at most {Config().stream_hz:g} times a second"
 
 
 def machine_note() -> str:
