@@ -60,6 +60,20 @@ LayerFunction = Callable[[torch.Tensor], torch.Tensor]
 
 
 # -- the reference: the plugin's math in plain torch -----------------------------------------------------
+def interpreted(function: Callable) -> Callable:
+    """``function`` run in TorchScript's plain interpreter, as convlens runs ``.pt`` graphs.
+
+    A graph TorchScript's optimising executor first profiles with gradients on runs slower ever after (see
+    ``TorchScriptModel.forward``); both sides use the interpreter so neither gets that handicap.
+    """
+
+    def run(*args):
+        with torch.jit.optimized_execution(False):
+            return function(*args)
+
+    return run
+
+
 def layer_function(model, layer: str) -> LayerFunction:
     """A plain torch callable: normalised NCHW input → ``layer``'s activation, nothing computed past it.
 
@@ -76,7 +90,7 @@ def layer_function(model, layer: str) -> LayerFunction:
     from convlens.models.torchscript import tapped_graph
 
     graph = tapped_graph(model.module, (layer,), logits=False)
-    function = torch._C._create_function_from_graph("bench_taps", graph)
+    function = interpreted(torch._C._create_function_from_graph("bench_taps", graph))
     return lambda inputs: function(model.module, inputs)[0]
 
 

@@ -8,7 +8,8 @@ the last ``progress`` event received.
 
 Reference side, in this process: the same model file loaded through ``ModelStore`` and reduced to the plain
 torch callable convlens runs (the fx GraphModule of ``fx_taps.tapped_module`` for ONNX and ``.pt2``; for
-``.pt`` the scripted module itself for logits, the compiled graph of ``torchscript.tapped_graph`` for layers),
+``.pt`` the scripted module itself for logits, the compiled graph of ``torchscript.tapped_graph`` for layers,
+both run in TorchScript's plain interpreter as convlens runs them),
 and the plugin's step written out in torch, no frames, no encoding:
 
 - ``class_model``: Adam on the [0, 1] pixels from the mean colour; objective = the target's logit minus
@@ -34,7 +35,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from deepdream_overhead import FORMATS, IMAGE, RATE_KEYS, SEED, describe
+from deepdream_overhead import FORMATS, IMAGE, RATE_KEYS, SEED, describe, interpreted
 from live import (
     Viewer,
     convlens_server,
@@ -74,7 +75,8 @@ def logits_function(model) -> Function:
 
     if isinstance(model, GraphModel):
         return tapped_module(model.graph_module, ())
-    return lambda inputs: (model.module(inputs),)
+    module = interpreted(model.module)
+    return lambda inputs: (module(inputs),)
 
 
 def layers_function(model, layers: Sequence[str]) -> Function:
@@ -87,7 +89,7 @@ def layers_function(model, layers: Sequence[str]) -> Function:
     from convlens.models.torchscript import tapped_graph
 
     graph = tapped_graph(model.module, tuple(layers), logits=False)
-    function = torch._C._create_function_from_graph("bench_taps", graph)
+    function = interpreted(torch._C._create_function_from_graph("bench_taps", graph))
 
     def run(inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         values = function(model.module, inputs)
