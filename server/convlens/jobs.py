@@ -54,12 +54,16 @@ class JobEvents(Protocol):
 
 @dataclass
 class Outbox:
-    """What a running job has not yet sent to its viewers (see ``STREAM_HZ``)."""
+    """What a running job has not yet sent to its viewers (see ``STREAM_HZ``).
+
+    The job's thread fills it; that thread and a request's (pause, resume) send it, under ``lock``.
+    """
 
     frame: EncodedFrame | None = None
     progress: bool = False
     points: list[dict[str, Any]] = field(default_factory=list)
     sent_at: float = float("-inf")
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 @dataclass
@@ -284,18 +288,21 @@ class JobManager:
             job.latest_frame = frame
             if len(job.kept_frames) < MAX_KEPT_FRAMES:
                 job.kept_frames.append(frame.data("jpeg"))
-            job.outbox.frame = frame
+            with job.outbox.lock:
+                job.outbox.frame = frame
         elif isinstance(event, ev.Progress):
             # The server's clock at the step, so a viewer can show the run's own it/s, not its receipt times.
-            job.progress = {"step": event.step, "total": event.total, "time": time.time()}
-            job.outbox.progress = True
+            with job.outbox.lock:
+                job.progress = {"step": event.step, "total": event.total, "time": time.time()}
+                job.outbox.progress = True
         elif isinstance(event, ev.Metrics):
             values = {name: float(value) for name, value in event.values.items()}
             job.metrics = values
             point = {"step": event.step, "values": values}
             if len(job.metrics_history) < MAX_METRICS_HISTORY:
                 job.metrics_history.append(point)
-            job.outbox.points.append(point)
+            with job.outbox.lock:
+                job.outbox.points.append(point)
         elif isinstance(event, ev.Log):
             job.logs.append({"level": event.level, "message": event.message})
             self._send(job)  # what came before the line, first
@@ -309,16 +316,17 @@ class JobManager:
     def _send(self, job: Job) -> None:
         """Send what the job's viewers have not seen yet: metrics points, then the newest frame and progress."""
         outbox = job.outbox
-        outbox.sent_at = time.monotonic()
-        if outbox.points:
-            points, outbox.points = outbox.points, []
-            self.sink.metrics(job, points)
-        if outbox.frame is not None:
-            frame, outbox.frame = outbox.frame, None
-            self.sink.frame(job, frame)
-        if outbox.progress:
-            outbox.progress = False
-            self.sink.progress(job)
+        with outbox.lock:  # held while sending, so two threads' sends cannot interleave out of order
+            outbox.sent_at = time.monotonic()
+            if outbox.points:
+                points, outbox.points = outbox.points, []
+                self.sink.metrics(job, points)
+            if outbox.frame is not None:
+                frame, outbox.frame = outbox.frame, None
+                self.sink.frame(job, frame)
+            if outbox.progress:
+                outbox.progress = False
+                self.sink.progress(job)
 
     def _complete(self, job: Job, model: Model, result: ev.Result) -> None:
         record = RunRecord(
