@@ -25,6 +25,7 @@ export function idlePanel(): HTMLElement {
 }
 
 const RATE_WINDOW = 20;
+const PROGRESS_MS = 100;
 
 export class JobPanel {
   readonly element: HTMLElement;
@@ -33,6 +34,8 @@ export class JobPanel {
   private progress: { step: number; total: number } | null = null;
   /** Recent (server time, step) pairs of the running stretch: the run's own steps per second. */
   private stepTimes: { time: number; step: number }[] = [];
+  private shownAt = -Infinity;
+  private progressTimer = 0;
   private readonly canvases = new Map<string, HTMLCanvasElement>();
   private readonly stateEl: HTMLElement;
   private readonly titleEl: HTMLElement;
@@ -149,7 +152,7 @@ export class JobPanel {
     this.stateEl.textContent = detail ? `${state}: ${detail}` : state;
     this.stateEl.title = this.stateEl.textContent;
     this.enableControls();
-    this.showStep();
+    this.showProgress();
   }
 
   /** Controls match the state; also re-enables one pressed while its request was pending. */
@@ -166,11 +169,25 @@ export class JobPanel {
       this.stepTimes.push({ time, step });
       if (this.stepTimes.length > RATE_WINDOW) this.stepTimes.shift();
     }
-    const max = Math.max(total, 1);
-    this.progressEl.max = max;
-    this.progressEl.value = Math.min(Math.max(step, 0), max);
-    this.progressEl.setAttribute("aria-valuenow", String(this.progressEl.value));
     this.progress = { step, total };
+    // Shown at most every PROGRESS_MS: each change repaints, and a viewer on the job's machine takes CPU
+    // from its steps. The last step (and a state change) shows at once.
+    const due = this.shownAt + PROGRESS_MS - performance.now();
+    if (step >= total || due <= 0) this.showProgress();
+    else if (!this.progressTimer) this.progressTimer = window.setTimeout(() => this.showProgress(), due);
+  }
+
+  private showProgress(): void {
+    window.clearTimeout(this.progressTimer);
+    this.progressTimer = 0;
+    this.shownAt = performance.now();
+    const progress = this.progress;
+    if (progress) {
+      const max = Math.max(progress.total, 1);
+      this.progressEl.max = max;
+      this.progressEl.value = Math.min(Math.max(progress.step, 0), max);
+      this.progressEl.setAttribute("aria-valuenow", String(this.progressEl.value));
+    }
     this.showStep();
   }
 

@@ -16,18 +16,27 @@ interface Series {
 const ROW_HEIGHT = 72;
 const PALETTE = ["#5aa9ff", "#f2a541", "#6fd08c", "#e86a92", "#b892ff", "#4fd1c5", "#f6e05e", "#ff8a65"];
 const MAX_POINTS = 5000;
+/** Redraws at most this often: a job sends up to 30 times a second, and on a machine the viewer shares with
+ * the job every redraw (software rendering, no GPU) takes CPU from the job's steps. */
+const REDRAW_MS = 100;
 
 export class MetricsChart {
   private readonly series = new Map<string, Series>();
   private pointCount = 0;
   private scheduled = 0;
+  private frame = 0;
+  private lastDraw = -Infinity;
+  private colours: { text: string; grid: string } | null = null;
   private readonly resize: ResizeObserver;
 
   constructor(
     readonly canvas: HTMLCanvasElement,
     private readonly onChange: (names: string[]) => void = () => {},
   ) {
-    this.resize = new ResizeObserver(() => this.schedule());
+    this.resize = new ResizeObserver(() => {
+      this.colours = null; // the page's theme may have changed with it
+      this.schedule();
+    });
     this.resize.observe(canvas);
   }
 
@@ -59,7 +68,10 @@ export class MetricsChart {
 
   dispose(): void {
     this.resize.disconnect();
-    if (this.scheduled) cancelAnimationFrame(this.scheduled);
+    window.clearTimeout(this.scheduled);
+    cancelAnimationFrame(this.frame);
+    this.scheduled = 0;
+    this.frame = 0;
   }
 
   private record(point: MetricsPoint): void {
@@ -93,10 +105,16 @@ export class MetricsChart {
 
   private schedule(): void {
     if (this.scheduled) return;
-    this.scheduled = requestAnimationFrame(() => {
-      this.scheduled = 0;
-      this.draw();
-    });
+    // A timer until REDRAW_MS have passed since the last draw, then the next animation frame.
+    const wait = Math.max(0, REDRAW_MS - (performance.now() - this.lastDraw));
+    this.scheduled = window.setTimeout(() => {
+      this.frame = requestAnimationFrame(() => {
+        this.scheduled = 0;
+        this.frame = 0;
+        this.lastDraw = performance.now();
+        this.draw();
+      });
+    }, wait);
   }
 
   private draw(): void {
@@ -105,16 +123,24 @@ export class MetricsChart {
     const ratio = window.devicePixelRatio || 1;
     const cssWidth = Math.max(canvas.clientWidth, 160);
     const cssHeight = Math.max(names.length, 1) * ROW_HEIGHT;
-    canvas.style.height = `${cssHeight}px`;
-    canvas.width = Math.round(cssWidth * ratio);
-    canvas.height = Math.round(cssHeight * ratio);
+    // Only a new size reallocates the canvas and lays out the page again.
+    if (canvas.style.height !== `${cssHeight}px`) canvas.style.height = `${cssHeight}px`;
+    const width = Math.round(cssWidth * ratio);
+    const height = Math.round(cssHeight * ratio);
+    if (canvas.width !== width) canvas.width = width;
+    if (canvas.height !== height) canvas.height = height;
     const context = canvas.getContext("2d");
     if (!context) return;
     context.setTransform(ratio, 0, 0, ratio, 0, 0);
     context.clearRect(0, 0, cssWidth, cssHeight);
-    const style = getComputedStyle(canvas);
-    const text = style.getPropertyValue("--cl-muted").trim() || "#9aa3ad";
-    const grid = style.getPropertyValue("--cl-grid").trim() || "rgba(255,255,255,0.08)";
+    if (!this.colours) {
+      const style = getComputedStyle(canvas);
+      this.colours = {
+        text: style.getPropertyValue("--cl-muted").trim() || "#9aa3ad",
+        grid: style.getPropertyValue("--cl-grid").trim() || "rgba(255,255,255,0.08)",
+      };
+    }
+    const { text, grid } = this.colours;
     context.font = "11px system-ui, sans-serif";
     context.textBaseline = "top";
 
@@ -123,8 +149,12 @@ export class MetricsChart {
       const colour = PALETTE[row % PALETTE.length];
       const top = row * ROW_HEIGHT;
       const plot = { left: 4, right: cssWidth - 4, top: top + 18, bottom: top + ROW_HEIGHT - 8 };
-      let low = Math.min(...series.values);
-      let high = Math.max(...series.values);
+      let low = Infinity;
+      let high = -Infinity;
+      for (const value of series.values) {
+        if (value < low) low = value;
+        if (value > high) high = value;
+      }
       if (high - low < 1e-12) {
         const pad = Math.abs(high) * 0.05 || 1;
         low -= pad;
@@ -157,12 +187,15 @@ export class MetricsChart {
       context.lineWidth = 1.75;
       context.lineJoin = "round";
       context.beginPath();
-      series.steps.forEach((step, i) => {
-        const px = x(step);
+      // About two points per pixel column are all a line can show (the last point always drawn).
+      const stride = Math.max(1, Math.floor(series.steps.length / (2 * (plot.right - plot.left))));
+      for (let i = 0; i < series.steps.length; i += 1) {
+        if (i % stride !== 0 && i !== series.steps.length - 1) continue;
+        const px = x(series.steps[i]);
         const py = y(series.values[i]);
         if (i === 0) context.moveTo(px, py);
         else context.lineTo(px, py);
-      });
+      }
       if (series.steps.length === 1) context.arc(x(first), y(series.values[0]), 2, 0, Math.PI * 2);
       context.stroke();
     });
