@@ -75,3 +75,19 @@ def test_style_transfer_streams_changing_frames_and_loss_and_obeys_pause_resume_
     progress = page.evaluate("window.__convlens.progress")
     assert progress == sorted(progress) and progress[-1] < 2000, progress
     page.screenshot(path=str(artifacts / "style_transfer.png"), full_page=True)
+
+
+def test_the_viewer_chooses_its_frame_rate(page, live_server):
+    open_app(page, live_server)
+    view = page.locator("convlens-job-view")
+    view.evaluate("(view) => view.setAttribute('max-fps', '2')")
+    view.evaluate(RECORDER)
+    start_style_transfer(page, steps=2000)  # 64 px: tens of steps a second
+    page.wait_for_function("() => window.__convlens.frames.length >= 1", timeout=120_000)
+    before = page.evaluate("[window.__convlens.frames.length, Math.max(0, ...window.__convlens.progress)]")
+    page.wait_for_timeout(4_000)
+    after = page.evaluate("[window.__convlens.frames.length, Math.max(0, ...window.__convlens.progress)]")
+    page.get_by_test_id("stop").click()
+    drawn, steps = after[0] - before[0], after[1] - before[1]
+    assert 1 <= drawn <= 2 * 4 + 1, f"{drawn} frames drawn in 4 s at max-fps 2"
+    assert steps > 3 * drawn, f"the job ran on ({steps} steps) while the viewer drew {drawn} frames"

@@ -17,6 +17,12 @@ export interface FrameEvent {
   data: ArrayBuffer | ArrayBufferView | Blob;
 }
 
+export interface FramePainterOptions {
+  /** Frames drawn per second at most: the ack of a drawn frame (which lets the server send the next) waits
+   * until 1/maxFps has passed since the previous draw. 0: no limit. */
+  maxFps?: number;
+}
+
 export interface FramePainterHooks {
   /** The canvas that shows frames of `label`, created on first use. */
   canvasFor(label: string): HTMLCanvasElement;
@@ -41,8 +47,16 @@ export class FramePainter {
   private busy = false;
   private disposed = false;
   drawnCount = 0;
+  private lastDrawn = -Infinity;
+  private readonly minInterval: number;
 
-  constructor(private readonly hooks: FramePainterHooks) {}
+  constructor(
+    private readonly hooks: FramePainterHooks,
+    options: FramePainterOptions = {},
+  ) {
+    const maxFps = options.maxFps ?? 0;
+    this.minInterval = maxFps > 0 ? 1000 / maxFps : 0;
+  }
 
   push(frame: FrameEvent): void {
     if (this.disposed) return;
@@ -68,11 +82,20 @@ export class FramePainter {
         const [label, frame] = this.waiting.entries().next().value as [string, FrameEvent];
         this.waiting.delete(label);
         await this.draw(frame);
+        this.lastDrawn = performance.now();
+        await this.pace();
         this.hooks.ack(frame.seq);
       }
     } finally {
       this.busy = false;
     }
+  }
+
+  /** Wait out the rest of the minimum interval after a draw (the viewer's frame rate). */
+  private pace(): Promise<void> {
+    const wait = this.lastDrawn + this.minInterval - performance.now();
+    if (this.disposed || wait <= 0) return Promise.resolve();
+    return new Promise((resolve) => window.setTimeout(resolve, wait));
   }
 
   private async draw(frame: FrameEvent): Promise<void> {

@@ -50,8 +50,10 @@ function describe(error: FieldError | null | undefined, fallback = ""): string {
  * Dispatches, bubbling and composed: `convlens-job` (detail: the Job) on every update from the
  * server, and `convlens-end` (detail: JobEnd) once, when the job is done, failed or stopped.
  */
+const DEFAULT_MAX_FPS = 20;
+
 export class ConvlensJobView extends HTMLElement {
-  static observedAttributes = ["job", "server", "format"];
+  static observedAttributes = ["job", "server", "format", "max-fps"];
 
   private readonly root: ShadowRoot;
   private socket: Socket | null = null;
@@ -74,6 +76,12 @@ export class ConvlensJobView extends HTMLElement {
   /** The server's base URL; "" is the page's own origin. */
   get server(): string {
     return normaliseServer(this.getAttribute("server"));
+  }
+
+  /** Frames drawn per second at most (`max-fps`; default 20, 0 for no limit): the server sends no more. */
+  get maxFps(): number {
+    const value = Number(this.getAttribute("max-fps") ?? DEFAULT_MAX_FPS);
+    return Number.isFinite(value) && value >= 0 ? value : DEFAULT_MAX_FPS;
   }
 
   /** The Job as last reported by the server, or null. */
@@ -107,13 +115,16 @@ export class ConvlensJobView extends HTMLElement {
     const panel = new JobPanel(this.jobId, this.server, (action) => this.control(action));
     this.panel = panel;
     replaceChildren(this.root, panel.element);
-    this.painter = new FramePainter({
-      canvasFor: (label) => panel.canvasFor(label),
-      ack: (seq) => this.socket?.emit("frame_ack", { job: this.jobId, seq }),
-      drawn: () => panel.frameDrawn(),
-      failed: (frame, error) =>
-        panel.addLog("error", `frame ${frame.seq} could not be drawn: ${String(error)}`),
-    });
+    this.painter = new FramePainter(
+      {
+        canvasFor: (label) => panel.canvasFor(label),
+        ack: (seq) => this.socket?.emit("frame_ack", { job: this.jobId, seq }),
+        drawn: () => panel.frameDrawn(),
+        failed: (frame, error) =>
+          panel.addLog("error", `frame ${frame.seq} could not be drawn: ${String(error)}`),
+      },
+      { maxFps: this.maxFps },
+    );
     this.chart = new MetricsChart(panel.chartCanvas, (names) => panel.metricsShown(names));
     this.connect(panel);
   }
