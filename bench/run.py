@@ -29,6 +29,7 @@ SCRIPTS = {
         "quick": ["--steps", "10", "--repeats", "1", "--formats", "onnx"],
     },
     "feature_vis": {"limit_s": 900, "quick": ["--repeats", "1", "--steps", "32"]},
+    "browser_viewer": {"limit_s": 900, "quick": ["--repeats", "1"]},
 }
 """Script name → time limit and the arguments of a quick run."""
 
