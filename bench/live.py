@@ -257,17 +257,6 @@ def write_summary(path: str | None, rows: list[dict[str, Any]], details: dict[st
         Path(path).write_text(json.dumps({"rows": rows, "details": details}, indent=2))
 
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
-"""Debian's Chromium as the browser tests launch it (Playwright cannot download its own browser here)."""
-
-
 def stream_note() -> str:
     """The rate at which the bench's server sends a job's frames, progress and metrics (``CONVLENS_STREAM_HZ``)."""
     from convlens.config import Config

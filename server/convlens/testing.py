@@ -34,6 +34,18 @@ TINY_INPUT_SIZE = (64, 64)
 TINY_CLASSES = 10
 
 
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's Chromium: what the browser tests and the browser bench drive (Playwright cannot download its own)."""
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+)
+"""How it is launched: headless, without a sandbox, GPU or background network traffic."""
+
+
 def make_tiny_model(seed: int = 0, dynamic_size: bool = True) -> ModuleModel:
     """A random 3-conv + linear classifier as a :class:`ModuleModel` (``tiny``), the same for the same ``seed``.
 

@@ -10,17 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from convlens import testing
+
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(testing.CHROMIUM)
+CHROMIUM_ARGS = list(testing.CHROMIUM_ARGS)
 WEB_INDEX = REPO / "web" / "dist" / "index.html"
 ARTIFACTS = REPO / "tests" / "artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
 
 
 @pytest.fixture(scope="session")
