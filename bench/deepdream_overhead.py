@@ -175,6 +175,12 @@ def server_image(server, job_id: str) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument(
+        "--viewer-fps",
+        type=float,
+        default=0.0,
+        help="frames a second the viewer acknowledges at most (the page's max-fps is 20); default 0: at once",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--formats", default="onnx,pt2,pt", help="comma-separated: onnx, pt2, pt")
     parser.add_argument("--job-timeout", type=float, default=300)
@@ -191,13 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     models_dir = ensure_models()
     store = ModelStore([models_dir])
     print(
-        f"deepdream_overhead: {args.steps} steps on {IMAGE}, layer {LAYER}; {machine_note()}; {stream_note()}",
+        f"deepdream_overhead: {args.steps} steps on {IMAGE}, layer {LAYER}; {machine_note()}; {stream_note()};"
+        f" viewer acks at most {args.viewer_fps:g} frames/s",
         flush=True,
     )
 
     results: dict[str, dict[str, list]] = {fmt: {} for fmt in formats}
     with convlens_server(models_dir) as server:
-        viewer = Viewer(server.url)
+        viewer = Viewer(server.url, max_fps=args.viewer_fps)
         try:
             functions = {}
             for fmt in formats:

@@ -141,10 +141,14 @@ class JobRecord:
 class Viewer:
     """One Socket.IO client over a websocket that acknowledges each frame ``ack_delay`` seconds after it arrives."""
 
-    def __init__(self, url: str, ack_delay: float = 0.0) -> None:
+    def __init__(self, url: str, ack_delay: float = 0.0, max_fps: float = 0.0) -> None:
+        """``max_fps`` > 0: acknowledge a frame only once ``1/max_fps`` s have passed since the last
+        acknowledgement, as the page's ``<convlens-job-view max-fps>`` does (its default is 20)."""
         import socketio
 
         self.ack_delay = ack_delay
+        self.min_interval = 1.0 / max_fps if max_fps > 0 else 0.0
+        self.last_ack = float("-inf")
         self.record: JobRecord | None = None
         self.client = socketio.Client(reconnection=False)
         self.client.on("frame", self._on_frame)
@@ -187,6 +191,10 @@ class Viewer:
         record.frames.append((now, data["seq"], len(data["data"])))
         if self.ack_delay:
             time.sleep(self.ack_delay)
+        wait = self.last_ack + self.min_interval - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self.last_ack = time.monotonic()
         self.client.emit("frame_ack", {"job": record.job_id, "seq": data["seq"]})
 
     def _on_progress(self, data: dict) -> None:

@@ -277,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="class_model,style_transfer")
     parser.add_argument("--formats", default="onnx,pt2,pt", help="comma-separated: onnx, pt2, pt")
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument(
+        "--viewer-fps",
+        type=float,
+        default=0.0,
+        help="frames a second the viewer acknowledges at most (the page's max-fps is 20); default 0: at once",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=128, help="style transfer's working size")
     parser.add_argument("--job-timeout", type=float, default=300)
@@ -295,14 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     store = ModelStore([models_dir])
     print(
         f"optimisation_overhead: {', '.join(methods)}; {args.steps} steps on {IMAGE}, style size {args.size};"
-        f" {machine_note()}; {stream_note()}",
+        f" {machine_note()}; {stream_note()}; viewer acks at most {args.viewer_fps:g} frames/s",
         flush=True,
     )
 
     cases = [(method, fmt) for method in methods for fmt in formats]
     results: dict[tuple[str, str], dict[str, list]] = {case: {} for case in cases}
     with convlens_server(models_dir) as server:
-        viewer = Viewer(server.url)
+        viewer = Viewer(server.url, max_fps=args.viewer_fps)
         try:
             bare, target = {}, 0
             for method, fmt in cases:
