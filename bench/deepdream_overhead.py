@@ -28,12 +28,13 @@ import argparse
 import io
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from live import (
     Viewer,
+    add_viewer_fps,
     convlens_server,
     ensure_models,
     exit_on_sigterm,
@@ -74,24 +75,35 @@ def interpreted(function: Callable) -> Callable:
     return run
 
 
-def layer_function(model, layer: str) -> LayerFunction:
-    """A plain torch callable: normalised NCHW input → ``layer``'s activation, nothing computed past it.
+def layers_function(model, layers: Sequence[str]) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
+    """A plain torch callable: normalised NCHW input → the activations at ``layers`` (in order), nothing
+    computed past them.
 
     The graph convlens itself runs for ``forward(..., logits=False)``: the fx GraphModule of
     ``fx_taps.tapped_module`` for ONNX and ``torch.export`` files, the compiled TorchScript graph of
-    ``tapped_graph`` for ``.pt``, both cut after the layer.
+    ``tapped_graph`` for ``.pt``, cut after the layers.
     """
     from convlens.models.fx_taps import GraphModel, tapped_module
 
     if isinstance(model, GraphModel):
-        node = {point.name: point.node for point in model.layer_points()}[layer]
-        module = tapped_module(model.graph_module, (node,), logits=False)
-        return lambda inputs: module(inputs)[0]
+        nodes = {point.name: point.node for point in model.layer_points()}
+        return tapped_module(model.graph_module, tuple(nodes[name] for name in layers), logits=False)
     from convlens.models.torchscript import tapped_graph
 
-    graph = tapped_graph(model.module, (layer,), logits=False)
+    graph = tapped_graph(model.module, tuple(layers), logits=False)
     function = interpreted(torch._C._create_function_from_graph("bench_taps", graph))
-    return lambda inputs: function(model.module, inputs)[0]
+
+    def run(inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        values = function(model.module, inputs)
+        return values if isinstance(values, tuple) else (values,)
+
+    return run
+
+
+def layer_function(model, layer: str) -> LayerFunction:
+    """:func:`layers_function` for one layer, returning its activation."""
+    function = layers_function(model, [layer])
+    return lambda inputs: function(inputs)[0]
 
 
 def base_image(model) -> torch.Tensor:
@@ -106,12 +118,42 @@ def base_image(model) -> torch.Tensor:
     return to_tensor(pixels, (max(1, round(height * factor)), max(1, round(width * factor))))
 
 
-def bare_deepdream(model, forward_layer: LayerFunction, steps: int) -> dict:
-    """``steps`` DeepDream steps (one octave) in plain torch, in a fresh thread.
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    return (image.detach()[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
 
-    Returns it/s over all steps (``its``), it/s from the end of the first step on (``per_step_its``, as the
-    convlens side's per-step rate is measured between progress events) and the final image as uint8.
+
+def timed_loop(
+    step: Callable[[], None],
+    steps: int,
+    image: Callable[[], torch.Tensor],
+    final: Callable[[], float] | None = None,
+) -> dict:
+    """Run ``step`` ``steps`` times: it/s overall (``its``) and from the end of the first step on
+    (``per_step_its``, as the convlens side's per-step rate leaves out the first step), the final ``image``
+    as uint8 (``pixels``) and, if given, the ``final`` value.
+
+    In the thread that made the tensors, as a job does: a loop run in another thread than its set-up ran at
+    ~60% of the speed on the 2-core machine (torch's OpenMP team of the first thread stays alive).
     """
+    started = first_done = time.perf_counter()
+    for index in range(steps):
+        step()
+        if index == 0:
+            first_done = time.perf_counter()
+    finished = time.perf_counter()
+    outcome = {
+        "its": rate(steps, finished - started),
+        "per_step_its": rate(steps - 1, finished - first_done),
+        "pixels": to_uint8(image()),
+    }
+    if final is not None:
+        outcome["final"] = final()
+    return outcome
+
+
+def bare_deepdream(model, forward_layer: LayerFunction, steps: int) -> dict:
+    """``steps`` DeepDream steps (one octave) in plain torch, set up and run in one fresh thread; see
+    :func:`timed_loop` for what it returns."""
     return in_fresh_thread(lambda: _bare_deepdream(model, forward_layer, steps))
 
 
@@ -121,8 +163,9 @@ def _bare_deepdream(model, forward_layer: LayerFunction, steps: int) -> dict:
     input_size = None if model.card.extra.get("dynamic_size") else tuple(model.input_size)
     rng = np.random.default_rng(SEED)
     dream = base_image(model).clamp(0.0, 1.0)
-    started = first_done = time.perf_counter()
-    for step in range(steps):
+
+    def step() -> None:
+        nonlocal dream
         shift = tuple(int(s) for s in rng.integers(-JITTER, JITTER + 1, size=2))
         rolled = torch.roll(dream, shifts=shift, dims=(2, 3)).requires_grad_(True)
         inputs = rolled
@@ -137,15 +180,8 @@ def _bare_deepdream(model, forward_layer: LayerFunction, steps: int) -> dict:
         gradient = gradient / (gradient.abs().mean() + 1e-8)
         stepped = (rolled.detach() + LR * gradient).clamp_(0.0, 1.0)
         dream = torch.roll(stepped, shifts=(-shift[0], -shift[1]), dims=(2, 3))
-        if step == 0:
-            first_done = time.perf_counter()
-    finished = time.perf_counter()
-    pixels = (dream[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
-    return {
-        "its": rate(steps, finished - started),
-        "per_step_its": rate(steps - 1, finished - first_done),
-        "pixels": pixels,
-    }
+
+    return timed_loop(step, steps, lambda: dream)
 
 
 # -- the convlens side -----------------------------------------------------------------------------------
@@ -175,12 +211,7 @@ def server_image(server, job_id: str) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument(
-        "--viewer-fps",
-        type=float,
-        default=0.0,
-        help="frames a second the viewer acknowledges at most (the page's max-fps is 20); default 0: at once",
-    )
+    add_viewer_fps(parser)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--formats", default="onnx,pt2,pt", help="comma-separated: onnx, pt2, pt")
     parser.add_argument("--job-timeout", type=float, default=300)
@@ -257,6 +288,17 @@ RATE_KEYS = {
 """Each side's run keys for its end-to-end and per-step rates."""
 
 
+def side_medians(sides: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """``{side: {"e2e": median it/s, "step": median it/s}}`` of one case's runs (NaN for a side that did not run)."""
+    return {
+        side: {
+            name: median([run[key] for run in sides.get(side, [])])
+            for name, key in zip(("e2e", "step"), keys, strict=True)
+        }
+        for side, keys in RATE_KEYS.items()
+    }
+
+
 def report(results: dict, steps: int) -> tuple[list[dict], dict]:
     """Print the medians and return ``bench/run.py``'s rows and the per-format details."""
     rows, details = [], {}
@@ -265,13 +307,7 @@ def report(results: dict, steps: int) -> tuple[list[dict], dict]:
         f"{'format':<6} {'side':<9} {'end to end':>10} {'per step':>9} {'vs bare e2e':>11} {'vs bare step':>12}"
     )
     for fmt, sides in results.items():
-        medians = {
-            side: {
-                name: median([run[key] for run in sides.get(side, [])])
-                for name, key in zip(("e2e", "step"), keys, strict=True)
-            }
-            for side, keys in RATE_KEYS.items()
-        }
+        medians = side_medians(sides)
         bare = medians["bare"]
         for side, values in medians.items():
             if values["e2e"] == values["e2e"]:  # not NaN: the side ran

@@ -7,6 +7,7 @@ also when the bench is interrupted or sent SIGTERM by ``bench/run.py``'s time li
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -223,6 +224,16 @@ def submit(url: str, body: dict) -> str:
     if answer.status_code != 202:
         raise RuntimeError(f"POST /api/jobs answered {answer.status_code}: {answer.text}")
     return answer.json()["id"]
+
+
+def add_viewer_fps(parser: argparse.ArgumentParser) -> None:
+    """``--viewer-fps``: how often the bench's :class:`Viewer` acknowledges frames (its ``max_fps``)."""
+    parser.add_argument(
+        "--viewer-fps",
+        type=float,
+        default=0.0,
+        help="frames a second the viewer acknowledges at most (the page's max-fps is 20); default 0: at once",
+    )
 
 
 def job_rates(record: JobRecord, steps: int) -> dict[str, float]:

@@ -30,14 +30,23 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
-from deepdream_overhead import FORMATS, IMAGE, RATE_KEYS, SEED, describe, interpreted
+from deepdream_overhead import (
+    FORMATS,
+    IMAGE,
+    SEED,
+    describe,
+    interpreted,
+    layers_function,
+    side_medians,
+    timed_loop,
+)
 from live import (
     Viewer,
+    add_viewer_fps,
     convlens_server,
     ensure_models,
     exit_on_sigterm,
@@ -46,7 +55,6 @@ from live import (
     job_rates,
     machine_note,
     median,
-    rate,
     stream_note,
     submit,
 )
@@ -79,25 +87,6 @@ def logits_function(model) -> Function:
     return lambda inputs: (module(inputs),)
 
 
-def layers_function(model, layers: Sequence[str]) -> Function:
-    """Normalised NCHW input → the activations at ``layers`` (in order), nothing computed past them."""
-    from convlens.models.fx_taps import GraphModel, tapped_module
-
-    if isinstance(model, GraphModel):
-        nodes = {point.name: point.node for point in model.layer_points()}
-        return tapped_module(model.graph_module, tuple(nodes[name] for name in layers), logits=False)
-    from convlens.models.torchscript import tapped_graph
-
-    graph = tapped_graph(model.module, tuple(layers), logits=False)
-    function = interpreted(torch._C._create_function_from_graph("bench_taps", graph))
-
-    def run(inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        values = function(model.module, inputs)
-        return values if isinstance(values, tuple) else (values,)
-
-    return run
-
-
 def normaliser(model) -> Callable[[torch.Tensor], torch.Tensor]:
     mean = torch.tensor(model.card.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(model.card.std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -122,10 +111,6 @@ def texture(name: str) -> np.ndarray:
     if pixels.ndim == 2:
         pixels = np.repeat(pixels[:, :, None], 3, axis=2)
     return to_float(np.ascontiguousarray(pixels[:, :, :3]))
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    return (image.detach()[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
 # -- the reference loops ----------------------------------------------------------------------------------
@@ -162,7 +147,7 @@ def _bare_class_model(model, forward: Function, target: int, steps: int) -> dict
         with torch.no_grad():
             return float(forward(normalise(image))[0][0].float()[target])
 
-    return timed_loop(step, steps, final, lambda: image)
+    return timed_loop(step, steps, lambda: image, final)
 
 
 def gram(activation: torch.Tensor) -> torch.Tensor:
@@ -221,27 +206,7 @@ def _bare_style_transfer(model, forward: Function, size: int, steps: int) -> dic
         with torch.no_grad():
             return float(loss())
 
-    return timed_loop(step, steps, final, lambda: image)
-
-
-def timed_loop(step: Callable[[], None], steps: int, final: Callable[[], float], image) -> dict:
-    """Run ``step`` ``steps`` times: it/s overall and from the end of the first step on.
-
-    In the thread that made the tensors, as a job does: a loop run in another thread than its set-up ran at
-    ~60% of the speed on the 2-core machine (torch's OpenMP team of the first thread stays alive).
-    """
-    started = first_done = time.perf_counter()
-    for index in range(steps):
-        step()
-        if index == 0:
-            first_done = time.perf_counter()
-    finished = time.perf_counter()
-    return {
-        "its": rate(steps, finished - started),
-        "per_step_its": rate(steps - 1, finished - first_done),
-        "final": final(),
-        "pixels": to_uint8(image()),
-    }
+    return timed_loop(step, steps, lambda: image, final)
 
 
 # -- the convlens side -----------------------------------------------------------------------------------
@@ -277,12 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="class_model,style_transfer")
     parser.add_argument("--formats", default="onnx,pt2,pt", help="comma-separated: onnx, pt2, pt")
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument(
-        "--viewer-fps",
-        type=float,
-        default=0.0,
-        help="frames a second the viewer acknowledges at most (the page's max-fps is 20); default 0: at once",
-    )
+    add_viewer_fps(parser)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=128, help="style transfer's working size")
     parser.add_argument("--job-timeout", type=float, default=300)
@@ -368,13 +328,7 @@ def report(results: dict, steps: int) -> tuple[list[dict], dict]:
         f" {'per step':>9} {'e2e/bare':>9} {'step/bare':>9}  final value convlens / bare, max pixel difference"
     )
     for (method, fmt), sides in results.items():
-        medians = {
-            side: {
-                name: median([run[key] for run in sides.get(side, [])])
-                for name, key in zip(("e2e", "step"), keys, strict=True)
-            }
-            for side, keys in RATE_KEYS.items()
-        }
+        medians = side_medians(sides)
         convlens, bare = medians["convlens"], medians["bare"]
         received = median([run["per_step_received_its"] for run in sides.get("convlens", [])])
         server_value, reference_value, diff = float("nan"), float("nan"), float("nan")
