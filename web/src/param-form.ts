@@ -229,14 +229,7 @@ function buildControl(
           ),
         ),
       );
-      const read = () => {
-        if (select.value === "") {
-          if (param.nullable) return null;
-          throw new InvalidValue("choose a layer");
-        }
-        return select.value;
-      };
-      return { control: select, read };
+      return { control: select, read: readSelect(select, param, "choose a layer") };
     }
     case "class":
       return classControl(param, context.labels, id, testid);
@@ -250,14 +243,7 @@ function buildControl(
           h("option", { value: image.id, selected: image.id === param.default }, image.title || image.id),
         ),
       );
-      const read = () => {
-        if (select.value === "") {
-          if (param.nullable) return null;
-          throw new InvalidValue("choose an image");
-        }
-        return select.value;
-      };
-      return { control: select, read };
+      return { control: select, read: readSelect(select, param, "choose an image") };
     }
     default: {
       const input = h("input", {
@@ -272,6 +258,15 @@ function buildControl(
       return { control: input, read };
     }
   }
+}
+
+/** A select's value; its empty option is null for a nullable parameter, else `missing` is the error. */
+function readSelect(select: HTMLSelectElement, param: ParamSchema, missing: string): () => string | null {
+  return () => {
+    if (select.value !== "") return select.value;
+    if (param.nullable) return null;
+    throw new InvalidValue(missing);
+  };
 }
 
 /** The model's labels searched by name, and the image's top-5 as one-click choices; empty means null. */
