@@ -89,11 +89,7 @@ def choose_unit(model: Model, image: torch.Tensor, params: dict) -> Unit:
     shape = model.layer(layer).shape
     if len(shape) not in (1, 3):
         raise BadInput("params.layer", f"{layer!r} has output shape {list(shape)}; a unit needs C or CxHxW")
-    channel = params["channel"]
-    if channel >= shape[0]:
-        raise BadInput(
-            "params.channel", f"{layer!r} has {shape[0]} channels (0–{shape[0] - 1}), got {channel}"
-        )
+    channel = params["channel"]  # within the layer's channels: checked with the request (channel_of)
     spatial = len(shape) == 3
     if params["unit"] == "neuron" and spatial:
         for name, value, size in (("row", params["row"], shape[1]), ("col", params["col"], shape[2])):

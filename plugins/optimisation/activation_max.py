@@ -197,10 +197,8 @@ def choose_unit(ctx: RunContext) -> tuple[str | None, int, str]:
         if target is None:
             target = model.predict(ctx.model_input(), k=1)[0]["index"]
         return None, target, f"logit of class {target} ({model.label(target)})"
-    channel = params["channel"]
+    channel = params["channel"]  # within the layer's channels: checked with the request (channel_of)
     shape = model.layer(layer).shape
-    if not 0 <= channel < shape[0]:
-        raise BadInput("params.channel", f"layer {layer!r} has {shape[0]} channels; got {channel}")
     if len(shape) == 1:
         return layer, channel, f"{layer!r} unit {channel}"
     where = "mean" if params["unit"] == "mean" else f"centre neuron {tuple(s // 2 for s in shape[1:])}"

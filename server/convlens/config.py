@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .images import MAX_PIXELS, MAX_UPLOAD_BYTES
+from .streaming import STREAM_HZ
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The checkout convlens runs from (``server/convlens`` is two levels down)."""
@@ -38,7 +39,7 @@ class Config:
     max_pixels: int = int(os.environ.get("CONVLENS_MAX_PIXELS", MAX_PIXELS))
     max_running_jobs: int = int(os.environ.get("CONVLENS_MAX_RUNNING_JOBS", 2))
     jpeg_quality: int = 85
-    stream_hz: float = float(os.environ.get("CONVLENS_STREAM_HZ", 30))
+    stream_hz: float = float(os.environ.get("CONVLENS_STREAM_HZ", STREAM_HZ))
     """Sends per second of a running job's newest frame, progress and metrics, at most; 0: one per event."""
     ensure_default_model: bool = True
     cors_origins: str | list[str] = field(

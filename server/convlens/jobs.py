@@ -26,6 +26,7 @@ from .methods import Method
 from .models.base import Model
 from .params import validate
 from .results import RunRecord, write_result
+from .streaming import STREAM_HZ
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,6 @@ STATES = ("queued", "running", "paused", "done", "failed", "stopped")
 FINAL_STATES = ("done", "failed", "stopped")
 MAX_METRICS_HISTORY = 5000
 MAX_KEPT_FRAMES = 600
-STREAM_HZ = 30.0
-"""How often a running job sends its newest frame, progress and metrics to its viewers, at most.
-
-Steps can be much faster than that (70 it/s for a 128-px style transfer on 2 cores), and every message costs
-the job time: on a machine whose cores all run the job's torch threads, each one a viewer's socket handles
-takes a core from them. Between sends, metrics points are collected (a send carries all of them, nothing is
-lost) and only the newest frame and progress are kept; every frame still goes into the run's GIF."""
 
 
 class JobEvents(Protocol):
@@ -273,6 +267,7 @@ class JobManager:
         self._complete(job, model, final or ev.Result())
 
     def _wait_while_paused(self, job: Job) -> None:
+        # What the steps made since a pause request (which sent the outbox then, from its own thread).
         self._send(job)
         if job.state == "running":
             self._set_state(job, "paused")

@@ -66,6 +66,7 @@ class Model(ABC):
         self.id = model_id
         self.path = Path(path)
         self.card = card
+        self._normalisers: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- description -------------------------------------------------------------------------------
     @property
@@ -143,15 +144,14 @@ class Model(ABC):
         128-px style-transfer step in a server (a small allocation that waits for the GIL).
         """
         key = (dtype, device, tuple(self.card.mean), tuple(self.card.std))
-        cache = self.__dict__.setdefault("_normalisers", {})
-        found = cache.get(key)
+        found = self._normalisers.get(key)
         if found is None:
             with torch.inference_mode(False):  # normal tensors, usable later under autograd
                 found = tuple(
                     torch.tensor(values, dtype=dtype, device=device).view(1, 3, 1, 1)
                     for values in (self.card.mean, self.card.std)
                 )
-            cache[key] = found
+            self._normalisers[key] = found
         return found
 
     @abstractmethod
