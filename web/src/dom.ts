@@ -43,3 +43,33 @@ export function formatNumber(value: number): string {
   if (magnitude !== 0 && (magnitude >= 1e5 || magnitude < 1e-3)) return value.toExponential(2);
   return Number(value.toPrecision(4)).toString();
 }
+
+/** Calls `run` at most once every `ms` milliseconds: a request in between is served once the time is up. */
+export class Throttle {
+  private last = -Infinity;
+  private timer = 0;
+
+  constructor(
+    private readonly ms: number,
+    private readonly run: () => void,
+  ) {}
+
+  request(): void {
+    if (this.timer) return;
+    const wait = this.last + this.ms - performance.now();
+    if (wait <= 0) this.now();
+    else this.timer = window.setTimeout(() => this.now(), wait);
+  }
+
+  /** Run at once, serving any pending request. */
+  now(): void {
+    this.cancel();
+    this.last = performance.now();
+    this.run();
+  }
+
+  cancel(): void {
+    window.clearTimeout(this.timer);
+    this.timer = 0;
+  }
+}

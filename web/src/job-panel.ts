@@ -3,7 +3,7 @@
 
 import type { Job, JobResult, JobState, Prediction } from "./api";
 import { serverUrl } from "./api";
-import { h, replaceChildren } from "./dom";
+import { h, replaceChildren, Throttle } from "./dom";
 
 export type ViewState = JobState | "idle" | "connecting" | "error";
 export type Control = "stop" | "pause" | "resume";
@@ -34,8 +34,8 @@ export class JobPanel {
   private progress: { step: number; total: number } | null = null;
   /** Recent (server time, step) pairs of the running stretch: the run's own steps per second. */
   private stepTimes: { time: number; step: number }[] = [];
-  private shownAt = -Infinity;
-  private progressTimer = 0;
+  /** Each change repaints, and a viewer on the job's machine takes CPU from its steps. */
+  private readonly progressShown = new Throttle(PROGRESS_MS, () => this.showProgress());
   private readonly canvases = new Map<string, HTMLCanvasElement>();
   private readonly stateEl: HTMLElement;
   private readonly titleEl: HTMLElement;
@@ -152,7 +152,7 @@ export class JobPanel {
     this.stateEl.textContent = detail ? `${state}: ${detail}` : state;
     this.stateEl.title = this.stateEl.textContent;
     this.enableControls();
-    this.showProgress();
+    this.progressShown.now();
   }
 
   /** Controls match the state; also re-enables one pressed while its request was pending. */
@@ -170,17 +170,12 @@ export class JobPanel {
       if (this.stepTimes.length > RATE_WINDOW) this.stepTimes.shift();
     }
     this.progress = { step, total };
-    // Shown at most every PROGRESS_MS: each change repaints, and a viewer on the job's machine takes CPU
-    // from its steps. The last step (and a state change) shows at once.
-    const due = this.shownAt + PROGRESS_MS - performance.now();
-    if (step >= total || due <= 0) this.showProgress();
-    else if (!this.progressTimer) this.progressTimer = window.setTimeout(() => this.showProgress(), due);
+    // Shown at most every PROGRESS_MS; the last step (and a state change) at once.
+    if (step >= total) this.progressShown.now();
+    else this.progressShown.request();
   }
 
   private showProgress(): void {
-    window.clearTimeout(this.progressTimer);
-    this.progressTimer = 0;
-    this.shownAt = performance.now();
     const progress = this.progress;
     if (progress) {
       const max = Math.max(progress.total, 1);

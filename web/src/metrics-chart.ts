@@ -1,7 +1,7 @@
 // A live line chart of a job's metrics on one canvas: a row per metric name,
 // each with its own vertical scale (a loss and a probability rarely share one).
 
-import { formatNumber } from "./dom";
+import { formatNumber, Throttle } from "./dom";
 
 export interface MetricsPoint {
   step: number | null;
@@ -23,9 +23,13 @@ const REDRAW_MS = 100;
 export class MetricsChart {
   private readonly series = new Map<string, Series>();
   private pointCount = 0;
-  private scheduled = 0;
   private frame = 0;
-  private lastDraw = -Infinity;
+  private readonly redraw = new Throttle(REDRAW_MS, () => {
+    this.frame = requestAnimationFrame(() => {
+      this.frame = 0;
+      this.draw();
+    });
+  });
   private colours: { text: string; grid: string } | null = null;
   private readonly resize: ResizeObserver;
 
@@ -68,9 +72,8 @@ export class MetricsChart {
 
   dispose(): void {
     this.resize.disconnect();
-    window.clearTimeout(this.scheduled);
+    this.redraw.cancel();
     cancelAnimationFrame(this.frame);
-    this.scheduled = 0;
     this.frame = 0;
   }
 
@@ -103,18 +106,9 @@ export class MetricsChart {
     }
   }
 
+  /** Redraw at the next animation frame, at most every REDRAW_MS (a pending redraw takes new points too). */
   private schedule(): void {
-    if (this.scheduled) return;
-    // A timer until REDRAW_MS have passed since the last draw, then the next animation frame.
-    const wait = Math.max(0, REDRAW_MS - (performance.now() - this.lastDraw));
-    this.scheduled = window.setTimeout(() => {
-      this.frame = requestAnimationFrame(() => {
-        this.scheduled = 0;
-        this.frame = 0;
-        this.lastDraw = performance.now();
-        this.draw();
-      });
-    }, wait);
+    if (!this.frame) this.redraw.request();
   }
 
   private draw(): void {
