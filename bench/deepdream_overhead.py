@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from live import (
     Viewer,
-    add_viewer_fps,
+    add_viewer_options,
     convlens_server,
     ensure_models,
     exit_on_sigterm,
@@ -43,9 +43,14 @@ from live import (
     job_rates,
     machine_note,
     median,
+    neighbour_ratios,
+    quartiles,
     rate,
+    sandwiched,
     stream_note,
     submit,
+    viewer_from_args,
+    viewer_note,
     write_summary,
 )
 from PIL import Image
@@ -211,8 +216,10 @@ def server_image(server, job_id: str) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
-    add_viewer_fps(parser)
-    parser.add_argument("--repeats", type=int, default=3)
+    add_viewer_options(parser)
+    parser.add_argument(
+        "--repeats", type=int, default=6, help="convlens runs per format, each between two bare ones"
+    )
     parser.add_argument("--formats", default="onnx,pt2,pt", help="comma-separated: onnx, pt2, pt")
     parser.add_argument("--job-timeout", type=float, default=300)
     parser.add_argument("--json", default=None, help="write the summary rows here (for bench/run.py)")
@@ -229,44 +236,37 @@ def main(argv: list[str] | None = None) -> int:
     store = ModelStore([models_dir])
     print(
         f"deepdream_overhead: {args.steps} steps on {IMAGE}, layer {LAYER}; {machine_note()}; {stream_note()};"
-        f" viewer acks at most {args.viewer_fps:g} frames/s",
+        f" {viewer_note(args)}",
         flush=True,
     )
 
-    results: dict[str, dict[str, list]] = {fmt: {} for fmt in formats}
+    results: dict[str, dict[str, list]] = {}
     with convlens_server(models_dir) as server:
-        viewer = Viewer(server.url, max_fps=args.viewer_fps)
+        viewer = viewer_from_args(server.url, args)
         try:
-            functions = {}
             for fmt in formats:
                 # Loaded off the main thread, as the server loads models in request threads: torch work in
                 # the main thread leaves it an OpenMP team, and with more OpenMP threads than cores libgomp
                 # stops spinning, which made later steps in other threads ~30% slower here.
                 model = in_fresh_thread(lambda fmt=fmt: store.get(FORMATS[fmt]))
-                functions[fmt] = {"bare": layer_function(model, LAYER)}
+                function = layer_function(model, LAYER)
+
+                def convlens(n: int, fmt=fmt) -> dict:
+                    return convlens_deepdream(server, viewer, FORMATS[fmt], n, args.job_timeout)
+
+                def bare(n: int, model=model, function=function) -> dict:
+                    return bare_deepdream(model, function, n)
+
+                def report_run(repeat: int, side: str, run: dict, fmt=fmt) -> None:
+                    print(f"  repeat {repeat} {fmt:<5} {side:<8} {describe(run)}", flush=True)
+
                 # Warm-up: model load, ONNX Runtime session and graph building on the server, first calls here.
-                convlens_deepdream(server, viewer, FORMATS[fmt], 2, args.job_timeout)
-                bare_deepdream(model, functions[fmt]["bare"], 2)
-            for repeat in range(args.repeats):
-                order = formats if repeat % 2 == 0 else formats[::-1]
-                for fmt in order:
-                    model = store.get(FORMATS[fmt])
-                    sides = ["convlens", "bare"] if repeat % 2 == 0 else ["bare", "convlens"]
-                    for side in sides:
-                        runs = results[fmt].setdefault(side, [])
-                        if side == "convlens":
-                            run = convlens_deepdream(
-                                server, viewer, FORMATS[fmt], args.steps, args.job_timeout
-                            )
-                            runs.append(run)
-                            if repeat == 0:
-                                results[fmt]["server_pixels"] = [server_image(server, run["job"])]
-                        else:
-                            runs.append(bare_deepdream(model, functions[fmt][side], args.steps))
-                        if runs:
-                            print(
-                                f"  repeat {repeat + 1} {fmt:<5} {side:<8} {describe(runs[-1])}", flush=True
-                            )
+                convlens(2)
+                bare(2)
+                runs = sandwiched(
+                    lambda c=convlens: c(args.steps), lambda b=bare: b(args.steps), args.repeats, report_run
+                )
+                results[fmt] = {**runs, "server_pixels": [server_image(server, runs["convlens"][0]["job"])]}
         finally:
             viewer.close()
 
@@ -299,34 +299,49 @@ def side_medians(sides: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
     }
 
 
+def case_ratios(sides: dict[str, list[dict]]) -> dict[str, list[float]]:
+    """``{"e2e": [...], "step": [...]}``: each convlens run's rate over the bare runs beside it (``live.sandwiched``)."""
+    (convlens_e2e, convlens_step), (bare_e2e, bare_step) = RATE_KEYS["convlens"], RATE_KEYS["bare"]
+    return {
+        "e2e": neighbour_ratios(sides, convlens_e2e, bare_e2e),
+        "step": neighbour_ratios(sides, convlens_step, bare_step),
+    }
+
+
 def report(results: dict, steps: int) -> tuple[list[dict], dict]:
     """Print the medians and return ``bench/run.py``'s rows and the per-format details."""
     rows, details = [], {}
-    print(f"\nDeepDream it/s, medians ({steps} steps, 1 octave, {IMAGE}, layer {LAYER})")
+    print(
+        f"\nDeepDream it/s, medians ({steps} steps, 1 octave, {IMAGE}, layer {LAYER}); vs bare: the median of each"
+        " convlens run over the bare runs beside it"
+    )
     print(
         f"{'format':<6} {'side':<9} {'end to end':>10} {'per step':>9} {'vs bare e2e':>11} {'vs bare step':>12}"
+        f" {'quartiles':>13}"
     )
     for fmt, sides in results.items():
         medians = side_medians(sides)
         bare = medians["bare"]
+        ratios = case_ratios(sides)
+        low, high = quartiles(ratios["step"])
         for side, values in medians.items():
-            if values["e2e"] == values["e2e"]:  # not NaN: the side ran
-                print(
-                    f"{fmt:<6} {side:<9} {values['e2e']:>10.2f} {values['step']:>9.2f}"
-                    f" {values['e2e'] / bare['e2e']:>11.3f} {values['step'] / bare['step']:>12.3f}"
-                )
-        diff = float("nan")
-        if sides.get("server_pixels") and sides.get("bare"):
-            server, reference = sides["server_pixels"][0].astype(int), sides["bare"][0]["pixels"].astype(int)
-            diff = float(np.abs(server - reference).max())
-        convlens = sides.get("convlens", [])
+            relative = (
+                f" {median(ratios['e2e']):>11.3f} {median(ratios['step']):>12.3f} {low:>6.3f}-{high:<6.3f}"
+                if side == "convlens"
+                else ""
+            )
+            print(f"{fmt:<6} {side:<9} {values['e2e']:>10.2f} {values['step']:>9.2f}{relative}")
+        server, reference = sides["server_pixels"][0].astype(int), sides["bare"][0]["pixels"].astype(int)
+        diff = float(np.abs(server - reference).max())
+        convlens = sides["convlens"]
         details[fmt] = {
             "medians_its": medians,
+            "ratios": ratios,
             "before_first_step_s": median([run["before_first_step_s"] for run in convlens]),
             "after_last_step_s": median([run["after_last_step_s"] for run in convlens]),
             "max_pixel_difference": diff,
             "runs": {
-                side: [{k: v for k, v in run.items() if k != "pixels"} for run in sides.get(side, [])]
+                side: [{k: v for k, v in run.items() if k != "pixels"} for run in sides[side]]
                 for side in ("convlens", "bare")
             },
         }
@@ -336,14 +351,14 @@ def report(results: dict, steps: int) -> tuple[list[dict], dict]:
                     "figure": f"deepdream it/s, {fmt}, {label}: convlens vs bare torch",
                     "convlens": medians["convlens"][name],
                     "reference": bare[name],
-                    "ratio": medians["convlens"][name] / bare[name],
+                    "ratio": median(ratios[name]),
                 }
             )
     for fmt, detail in details.items():
-        convlens, bare = detail["medians_its"]["convlens"], detail["medians_its"]["bare"]
+        e2e, step = (median(detail["ratios"][name]) for name in ("e2e", "step"))
         print(
-            f"{fmt}: convlens overhead {100 * (bare['e2e'] / convlens['e2e'] - 1):+.1f}% time end to end,"
-            f" {100 * (bare['step'] / convlens['step'] - 1):+.1f}% per step; before the first step"
+            f"{fmt}: convlens overhead {100 * (1 / e2e - 1):+.1f}% time end to end,"
+            f" {100 * (1 / step - 1):+.1f}% per step; before the first step"
             f" {detail['before_first_step_s']:.2f} s, after the last {detail['after_last_step_s']:.2f} s;"
             f" final image vs bare: max difference {detail['max_pixel_difference']:.0f}/255"
         )

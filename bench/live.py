@@ -142,9 +142,12 @@ class JobRecord:
 class Viewer:
     """One Socket.IO client over a websocket that acknowledges each frame ``ack_delay`` seconds after it arrives."""
 
-    def __init__(self, url: str, ack_delay: float = 0.0, max_fps: float = 0.0) -> None:
+    def __init__(self, url: str, ack_delay: float = 0.0, max_fps: float = 0.0, nice: int = 0) -> None:
         """``max_fps`` > 0: acknowledge a frame only once ``1/max_fps`` s have passed since the last
-        acknowledgement, as the page's ``<convlens-job-view max-fps>`` does (its default is 20)."""
+        acknowledgement, as the page's ``<convlens-job-view max-fps>`` does (its default is 20).
+
+        ``nice`` > 0: the client's threads run at that niceness, so on a machine whose cores the job keeps
+        busy the viewer gets the time left over, as a viewer on another machine costs the job nothing."""
         import socketio
 
         self.ack_delay = ack_delay
@@ -157,6 +160,12 @@ class Viewer:
         self.client.on("job", self._on_job)
         for name in ("done", "failed", "stopped"):
             self.client.on(name, lambda data, name=name: self._on_end(name, data))
+        in_fresh_thread(lambda: self._connect(url, nice))
+
+    def _connect(self, url: str, nice: int) -> None:
+        # Threads inherit their creator's niceness: the client's reader and writer threads start here.
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
         self.client.connect(url, transports=["websocket"], wait_timeout=30)
 
     def watch(self, job_id: str) -> JobRecord:
@@ -226,14 +235,68 @@ def submit(url: str, body: dict) -> str:
     return answer.json()["id"]
 
 
-def add_viewer_fps(parser: argparse.ArgumentParser) -> None:
-    """``--viewer-fps``: how often the bench's :class:`Viewer` acknowledges frames (its ``max_fps``)."""
+def add_viewer_options(parser: argparse.ArgumentParser) -> None:
+    """``--viewer-fps`` and ``--viewer-nice``: how the bench's :class:`Viewer` acknowledges frames and shares
+    the CPU (see :func:`viewer_from_args`)."""
     parser.add_argument(
         "--viewer-fps",
         type=float,
         default=0.0,
         help="frames a second the viewer acknowledges at most (the page's max-fps is 20); default 0: at once",
     )
+    parser.add_argument(
+        "--viewer-nice",
+        type=int,
+        default=0,
+        help="run the viewer's threads at this niceness (19: it gets only the CPU time the job leaves, as a"
+        " viewer on another machine); default 0",
+    )
+
+
+def viewer_from_args(url: str, args: argparse.Namespace) -> Viewer:
+    return Viewer(url, max_fps=args.viewer_fps, nice=args.viewer_nice)
+
+
+def viewer_note(args: argparse.Namespace) -> str:
+    fps = f"at most {args.viewer_fps:g} frames/s" if args.viewer_fps > 0 else "every frame at once"
+    return f"viewer acks {fps}, niceness {args.viewer_nice}"
+
+
+def sandwiched(
+    convlens: Callable[[], dict],
+    bare: Callable[[], dict],
+    repeats: int,
+    report: Callable[[int, str, dict], None],
+) -> dict[str, list[dict]]:
+    """``repeats`` convlens runs, each between two bare ones (bare, convlens, bare, ..., convlens, bare).
+
+    This machine's speed drifts by ±10% over seconds (other tenants of the host), so two runs compare well
+    only when they are close in time: :func:`neighbour_ratios` sets each convlens run against the bare runs
+    just before and after it. ``report(repeat, side, run)`` is called after each run.
+    """
+    runs: dict[str, list[dict]] = {"bare": [], "convlens": []}
+    for index in range(2 * repeats + 1):
+        side = "convlens" if index % 2 else "bare"
+        runs[side].append(convlens() if index % 2 else bare())
+        report(index // 2 + 1, side, runs[side][-1])
+    return runs
+
+
+def neighbour_ratios(runs: dict[str, list[dict]], convlens_key: str, bare_key: str) -> list[float]:
+    """Each convlens run's ``convlens_key`` over the mean ``bare_key`` of the bare runs on either side of it."""
+    bare = [run[bare_key] for run in runs["bare"]]
+    return [
+        run[convlens_key] / ((bare[index] + bare[index + 1]) / 2)
+        for index, run in enumerate(runs["convlens"])
+    ]
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float]:
+    """The lower and upper quartile (both the value itself for one value)."""
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (float("nan"), float("nan"))
+    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
+    return low, high
 
 
 def job_rates(record: JobRecord, steps: int) -> dict[str, float]:

@@ -38,6 +38,7 @@ from deepdream_overhead import (
     FORMATS,
     IMAGE,
     SEED,
+    case_ratios,
     describe,
     interpreted,
     layers_function,
@@ -46,7 +47,7 @@ from deepdream_overhead import (
 )
 from live import (
     Viewer,
-    add_viewer_fps,
+    add_viewer_options,
     convlens_server,
     ensure_models,
     exit_on_sigterm,
@@ -55,8 +56,12 @@ from live import (
     job_rates,
     machine_note,
     median,
+    quartiles,
+    sandwiched,
     stream_note,
     submit,
+    viewer_from_args,
+    viewer_note,
 )
 from live import write_summary as write_json
 from PIL import Image
@@ -219,6 +224,7 @@ def job_body(method: str, model_id: str, steps: int, target: int, size: int) -> 
 
 
 def convlens_run(server, viewer: Viewer, body: dict, steps: int, timeout: float) -> dict:
+    """One job through the server, watched by ``viewer``: its rates (``live.job_rates``) and frames received."""
     job_id = submit(server.url, body)
     viewer.watch(job_id)
     record = viewer.wait(timeout)
@@ -241,9 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="class_model,style_transfer")
     parser.add_argument("--formats", default="onnx,pt2,pt", help="comma-separated: onnx, pt2, pt")
-    parser.add_argument("--steps", type=int, default=60)
-    add_viewer_fps(parser)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=40)
+    add_viewer_options(parser)
+    parser.add_argument(
+        "--repeats", type=int, default=8, help="convlens runs per case, each between two bare ones"
+    )
     parser.add_argument("--size", type=int, default=128, help="style transfer's working size")
     parser.add_argument("--job-timeout", type=float, default=300)
     parser.add_argument("--json", default=None, help="write the summary rows here (for bench/run.py)")
@@ -261,56 +269,55 @@ def main(argv: list[str] | None = None) -> int:
     store = ModelStore([models_dir])
     print(
         f"optimisation_overhead: {', '.join(methods)}; {args.steps} steps on {IMAGE}, style size {args.size};"
-        f" {machine_note()}; {stream_note()}; viewer acks at most {args.viewer_fps:g} frames/s",
+        f" {machine_note()}; {stream_note()}; {viewer_note(args)}",
         flush=True,
     )
 
     cases = [(method, fmt) for method in methods for fmt in formats]
-    results: dict[tuple[str, str], dict[str, list]] = {case: {} for case in cases}
+    results: dict[tuple[str, str], dict[str, list]] = {}
     with convlens_server(models_dir) as server:
-        viewer = Viewer(server.url, max_fps=args.viewer_fps)
+        viewer = viewer_from_args(server.url, args)
         try:
-            bare, target = {}, 0
             for method, fmt in cases:
                 model = in_fresh_thread(lambda fmt=fmt: store.get(FORMATS[fmt]))
-                if method == "class_model":
-                    # The top class of the picture, given explicitly so both sides ascend the same score.
-                    target = in_fresh_thread(lambda m=model: m.predict(chelsea_input(m), k=1)[0]["index"])
-                    function = logits_function(model)
-                    bare[method, fmt] = lambda n, m=model, f=function, t=target: bare_class_model(m, f, t, n)
-                else:
-                    function = in_fresh_thread(
-                        lambda m=model: layers_function(
-                            m, list(dict.fromkeys([CONTENT_LAYER, *STYLE_LAYERS]))
-                        )
-                    )
-                    bare[method, fmt] = lambda n, m=model, f=function: bare_style_transfer(m, f, args.size, n)
+                # The top class of the picture, given explicitly so both sides ascend the same score.
+                target = in_fresh_thread(lambda m=model: m.predict(chelsea_input(m), k=1)[0]["index"])
+                bare = bare_runner(method, model, target, args.size)
+
+                def convlens(n: int, method=method, fmt=fmt, target=target) -> dict:
+                    body = job_body(method, FORMATS[fmt], n, target, args.size)
+                    return convlens_run(server, viewer, body, n, args.job_timeout)
+
+                def report_run(repeat: int, side: str, run: dict, method=method, fmt=fmt) -> None:
+                    print(f"  repeat {repeat} {method:<14} {fmt:<5} {side:<8} {describe(run)}", flush=True)
+
                 # Warm-up: model load and graph building on the server, first calls here.
-                convlens_run(server, viewer, job_body(method, FORMATS[fmt], 2, target, args.size), 2, 300)
-                bare[method, fmt](2)
-            for repeat in range(args.repeats):
-                for method, fmt in cases if repeat % 2 == 0 else cases[::-1]:
-                    for side in ("convlens", "bare") if repeat % 2 == 0 else ("bare", "convlens"):
-                        runs = results[method, fmt].setdefault(side, [])
-                        if side == "convlens":
-                            body = job_body(method, FORMATS[fmt], args.steps, target, args.size)
-                            runs.append(convlens_run(server, viewer, body, args.steps, args.job_timeout))
-                            if repeat == 0:
-                                results[method, fmt]["server"] = [
-                                    server_outcome(server, runs[-1]["job"], method)
-                                ]
-                        else:
-                            runs.append(bare[method, fmt](args.steps))
-                        print(
-                            f"  repeat {repeat + 1} {method:<14} {fmt:<5} {side:<8} {describe(runs[-1])}",
-                            flush=True,
-                        )
+                convlens(2)
+                bare(2)
+                runs = sandwiched(
+                    lambda c=convlens: c(args.steps), lambda b=bare: b(args.steps), args.repeats, report_run
+                )
+                results[method, fmt] = {
+                    **runs,
+                    "server": [server_outcome(server, runs["convlens"][0]["job"], method)],
+                }
         finally:
             viewer.close()
 
     rows, details = report(results, args.steps)
     write_json(args.json, rows, details)
     return 0
+
+
+def bare_runner(method: str, model, target: int, size: int) -> Callable[[int], dict]:
+    """``run(steps)``: the bare loop of ``method`` on ``model`` (``target`` for the class model, ``size`` for
+    style transfer), its torch callable built once here."""
+    if method == "class_model":
+        logits = logits_function(model)
+        return lambda steps: bare_class_model(model, logits, target, steps)
+    layers = list(dict.fromkeys([CONTENT_LAYER, *STYLE_LAYERS]))
+    activations = in_fresh_thread(lambda: layers_function(model, layers))
+    return lambda steps: bare_style_transfer(model, activations, size, steps)
 
 
 def chelsea_input(model) -> torch.Tensor:
@@ -320,34 +327,37 @@ def chelsea_input(model) -> torch.Tensor:
 
 
 def report(results: dict, steps: int) -> tuple[list[dict], dict]:
-    """Print the medians and the parity check; ``bench/run.py``'s rows and the details."""
+    """Print the medians, the ratios to the neighbouring bare runs and the parity check; ``bench/run.py``'s
+    rows and the details."""
     rows, details = [], {}
-    print(f"\nit/s, medians ({steps} steps, {IMAGE}, a frame every step)")
+    print(
+        f"\nit/s, medians ({steps} steps, {IMAGE}, a frame every step); ratios: each convlens run over the bare runs beside it"
+    )
     print(
         f"{'method':<14} {'format':<6} {'convlens e2e':>12} {'per step':>9} {'received':>9} {'bare e2e':>9}"
-        f" {'per step':>9} {'e2e/bare':>9} {'step/bare':>9}  final value convlens / bare, max pixel difference"
+        f" {'per step':>9} {'e2e/bare':>9} {'step/bare':>9} {'quartiles':>13}  final value convlens / bare, max pixel difference"
     )
     for (method, fmt), sides in results.items():
         medians = side_medians(sides)
         convlens, bare = medians["convlens"], medians["bare"]
-        received = median([run["per_step_received_its"] for run in sides.get("convlens", [])])
-        server_value, reference_value, diff = float("nan"), float("nan"), float("nan")
-        if sides.get("server") and sides.get("bare"):
-            server_value, server_pixels = sides["server"][0]
-            first = sides["bare"][0]
-            reference_value = first["final"]
-            diff = float(np.abs(server_pixels.astype(int) - first["pixels"].astype(int)).max())
+        ratios = case_ratios(sides)
+        low, high = quartiles(ratios["step"])
+        received = median([run["per_step_received_its"] for run in sides["convlens"]])
+        server_value, server_pixels = sides["server"][0]
+        first = sides["bare"][0]
+        diff = float(np.abs(server_pixels.astype(int) - first["pixels"].astype(int)).max())
         print(
             f"{method:<14} {fmt:<6} {convlens['e2e']:>12.2f} {convlens['step']:>9.2f} {received:>9.2f}"
-            f" {bare['e2e']:>9.2f} {bare['step']:>9.2f} {convlens['e2e'] / bare['e2e']:>9.3f} {convlens['step'] / bare['step']:>9.3f}"
-            f"  {server_value:.6g} / {reference_value:.6g}, {diff:.0f}/255"
+            f" {bare['e2e']:>9.2f} {bare['step']:>9.2f} {median(ratios['e2e']):>9.3f} {median(ratios['step']):>9.3f}"
+            f" {low:>6.3f}-{high:<6.3f}  {server_value:.6g} / {first['final']:.6g}, {diff:.0f}/255"
         )
         details[f"{method} {fmt}"] = {
             "medians_its": medians,
-            "final_value": {"convlens": server_value, "bare": reference_value},
+            "ratios": ratios,
+            "final_value": {"convlens": server_value, "bare": first["final"]},
             "max_pixel_difference": diff,
             "runs": {
-                side: [{k: v for k, v in run.items() if k != "pixels"} for run in sides.get(side, [])]
+                side: [{k: v for k, v in run.items() if k != "pixels"} for run in sides[side]]
                 for side in ("convlens", "bare")
             },
         }
@@ -357,7 +367,7 @@ def report(results: dict, steps: int) -> tuple[list[dict], dict]:
                     "figure": f"{method} it/s, {fmt}, {label}: convlens vs bare torch",
                     "convlens": convlens[name],
                     "reference": bare[name],
-                    "ratio": convlens[name] / bare[name],
+                    "ratio": median(ratios[name]),
                 }
             )
     return rows, details
