@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from convlens.errors import BadInput
-from convlens.events import Frame, Log, Metrics, Progress, Result
+from convlens.events import Frame, Log, Metrics, Progress, Result, to_uint8
 from convlens.testing import metric, of_type
 from convlens_plugins.optimisation.activation_max import ACTIVATION_MAX
 
@@ -17,8 +17,14 @@ GROWTH_STEPS = 10
 
 
 def at_mean_colour(image: np.ndarray, model) -> np.ndarray:
-    """HxW mask of the pixels a regulariser set to zero in the mean-subtracted space."""
-    return np.abs(image - np.asarray(model.card.mean, dtype=np.float32)).max(axis=2) < 1e-6
+    """HxW mask of the pixels a regulariser set to zero in the mean-subtracted space.
+
+    A float image is compared with the mean colour itself, a frame (uint8, as streamed) with its pixel.
+    """
+    mean = np.asarray(model.card.mean, dtype=np.float32)
+    if image.dtype == np.uint8:
+        return (image == to_uint8(mean[None, None, :])).all(axis=2)
+    return np.abs(image - mean).max(axis=2) < 1e-6
 
 
 def high_frequency_energy(image: np.ndarray) -> float:
@@ -107,7 +113,7 @@ def test_streams_frames_and_metrics_every_kth_step_and_the_last(convlens_run, ti
     assert set(of_type(events, Metrics)[0].values) == {"objective", "value"}
     assert [(p.step, p.total) for p in of_type(events, Progress)] == [(s, 7) for s in range(1, 8)]
     result = events[-1]
-    assert np.array_equal(of_type(events, Frame)[-1].image, result.images["activation_max"])
+    assert np.array_equal(of_type(events, Frame)[-1].image, to_uint8(result.images["activation_max"]))
     assert result.data["value_start"] == metric(events, "value")[0]
     assert result.data["value_end"] == metric(events, "value")[-1]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from convlens.errors import BadInput
-from convlens.events import Frame, Metrics, Progress, Result
+from convlens.events import Frame, Metrics, Progress, Result, to_uint8
 from convlens.models.default import DEFAULT_MODEL_STEM
 from convlens.models.store import ModelStore
 from convlens.runner import prepare_run
@@ -54,7 +54,7 @@ def test_mean_start_is_the_zero_image_of_the_network(convlens_run, tiny_model, s
     first = of_type(events, Frame)[0]
     assert first.step == 0
     expected = np.broadcast_to(np.array(tiny_model.card.mean, dtype=np.float32), first.image.shape)
-    assert np.allclose(first.image, expected, atol=1e-6)
+    assert np.array_equal(first.image, to_uint8(expected))
     assert metric(events, "l2")[0] == pytest.approx(0.0, abs=1e-10)
 
 
@@ -79,7 +79,7 @@ def test_streams_a_frame_and_metrics_every_kth_step_and_the_last(convlens_run, t
     assert set(of_type(events, Metrics)[0].values) == {"score", "probability", "l2", "objective"}
     assert [(p.step, p.total) for p in of_type(events, Progress)] == [(s, 7) for s in range(1, 8)]
     assert {f.image.shape for f in frames} == {(*tiny_model.input_size, 3)}
-    assert np.array_equal(frames[-1].image, events[-1].images["class_model"])
+    assert np.array_equal(frames[-1].image, to_uint8(events[-1].images["class_model"]))
 
 
 def test_score_rises_and_the_l2_weight_holds_the_image_back(convlens_run, tiny_model, sample_image):
@@ -106,7 +106,7 @@ def test_same_seed_same_frames_other_seed_other_noise(frames_by_seed):
 def test_image_start_is_the_chosen_picture(convlens_run, tiny_model, sample_image):
     events = convlens_run(CLASS_MODEL, tiny_model, sample_image, target=2, steps=1, init="image")
     start = prepare_run(CLASS_MODEL, tiny_model, sample_image, {}).model_input()
-    assert np.allclose(of_type(events, Frame)[0].image, start[0].numpy().transpose(1, 2, 0), atol=1e-6)
+    assert np.array_equal(of_type(events, Frame)[0].image, to_uint8(start[0].numpy().transpose(1, 2, 0)))
 
 
 @pytest.mark.parametrize(

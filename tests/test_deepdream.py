@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from convlens.errors import BadInput
-from convlens.events import Frame, Metrics, Progress, Result
+from convlens.events import Frame, Metrics, Progress, Result, to_uint8
 from convlens.images import to_tensor
 from convlens.testing import make_tiny_model, metric, of_type
 from convlens_plugins.optimisation.deepdream import fit_within, octave_sizes
@@ -46,7 +46,7 @@ def test_one_frame_metrics_and_progress_per_step_of_every_octave(convlens_run, t
     result = events[-1]
     assert isinstance(result, Result)
     assert result.images["dream"].shape == (*start, 3)
-    assert np.array_equal(result.images["dream"], frames[-1].image)
+    assert np.array_equal(to_uint8(result.images["dream"]), frames[-1].image)
     assert [tuple(s) for s in result.data["octave_sizes"]] == octave_sizes(tuple(start), 4, 1.3)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from convlens.errors import BadInput
-from convlens.events import Frame, Metrics, Progress, Result
+from convlens.events import Frame, Metrics, Progress, Result, to_uint8
 from convlens.runner import prepare_run
 from convlens.testing import metric, of_type
 from convlens_plugins.optimisation.inversion import INVERSION, INVERSION_LADDER, PROBABILITIES
@@ -55,7 +55,7 @@ def test_early_layer_code_distance_falls_and_the_reconstruction_resembles_the_pi
     psnr = 10 * np.log10(1 / mse)
     assert psnr > EARLY_PSNR_DB
     assert result.data["psnr"] == pytest.approx(psnr, abs=0.01)
-    start = of_type(events, Frame)[0].image
+    start = of_type(events, Frame)[0].image / 255.0  # the frame as streamed, uint8
     assert 10 * np.log10(1 / np.mean((start - original) ** 2)) < EARLY_PSNR_DB - 5
     assert result.data["code_distance"] == pytest.approx(distances[-1])
 
@@ -79,7 +79,7 @@ def test_streams_frames_and_metrics_every_kth_step_and_the_last(convlens_run, ti
     assert [m.step for m in of_type(events, Metrics)] == [0, 3, 6, 7]
     assert set(of_type(events, Metrics)[0].values) == {"code_distance", "alpha", "tv", "objective"}
     assert [(p.step, p.total) for p in of_type(events, Progress)] == [(s, 7) for s in range(1, 8)]
-    assert np.array_equal(of_type(events, Frame)[-1].image, events[-1].images["inversion"])
+    assert np.array_equal(of_type(events, Frame)[-1].image, to_uint8(events[-1].images["inversion"]))
 
 
 def test_priors_are_weighed_in_the_objective_and_hold_the_image_smooth(

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from convlens.errors import BadInput
-from convlens.events import Frame, Metrics, Progress, Result
+from convlens.events import Frame, Metrics, Progress, Result, to_uint8
 from convlens.image_library import ImageLibrary
 from convlens.runner import iterate, prepare_run
 from convlens.testing import make_tiny_model, metric, of_type
@@ -93,9 +93,9 @@ def test_streams_a_frame_and_metrics_every_kth_step_and_the_last(convlens_run, t
     assert set(of_type(events, Metrics)[0].values) == {"content", "style", "tv", "total"}
     assert [(p.step, p.total) for p in of_type(events, Progress)] == [(s, 7) for s in range(1, 8)]
     assert {f.image.shape for f in frames} == {(48, 48, 3)}
-    assert np.array_equal(frames[-1].image, events[-1].images["style_transfer"])
+    assert np.array_equal(frames[-1].image, to_uint8(events[-1].images["style_transfer"]))
     start = prepare_run(STYLE_TRANSFER, tiny_model, sample_image, {}).model_input((48, 48))
-    assert np.allclose(frames[0].image, start[0].numpy().transpose(1, 2, 0), atol=1e-6), "init=content"
+    assert np.array_equal(frames[0].image, to_uint8(start[0].numpy().transpose(1, 2, 0))), "init=content"
 
 
 def test_same_seed_same_frames_other_seed_other_noise(frames_by_seed):
