@@ -23,6 +23,18 @@ def wait_for(client, job_id: str, timeout: float = 120.0) -> dict:
     raise AssertionError(f"job {job_id} did not finish in {timeout} s")
 
 
+def start_job(client, method: str, *, image: str = "chelsea", model: str = DEFAULT_MODEL, **body) -> str:
+    """POST a job of ``method`` (``body``: ``params``, ``seed``); its id, once accepted."""
+    answer = client.post("/api/jobs", json={"method": method, "model": model, "image": image, **body})
+    assert answer.status_code == 202, answer.get_json()
+    return answer.get_json()["id"]
+
+
+def run_job(client, method: str, **options) -> dict:
+    """:func:`start_job`, then the job once it has ended."""
+    return wait_for(client, start_job(client, method, **options))
+
+
 def test_models_lists_the_default_model_in_three_formats(client):
     models = {m["id"]: m for m in client.get("/api/models").get_json()}
     for model_id, fmt in [
@@ -65,9 +77,7 @@ def test_sample_images_are_served_as_png(client):
 
 
 def test_predict_job_finds_the_cat(client, models_dir):
-    answer = client.post("/api/jobs", json={"method": "predict", "model": DEFAULT_MODEL, "image": "chelsea"})
-    assert answer.status_code == 202, answer.get_json()
-    job = wait_for(client, answer.get_json()["id"])
+    job = run_job(client, "predict")
     assert job["state"] == "done", job["error"]
     assert job["predictions"][0]["label"] == "Egyptian cat"
     result = client.get(f"/api/jobs/{job['id']}/result").get_json()
@@ -76,11 +86,7 @@ def test_predict_job_finds_the_cat(client, models_dir):
 
 
 def test_saliency_job_writes_a_heatmap(client):
-    answer = client.post(
-        "/api/jobs",
-        json={"method": "saliency", "model": "efficientnet_lite0.pt2", "image": "chelsea", "seed": 3},
-    )
-    job = wait_for(client, answer.get_json()["id"])
+    job = run_job(client, "saliency", model="efficientnet_lite0.pt2", seed=3)
     assert job["state"] == "done", job["error"]
     assert job["result"]["seed"] == 3
     array = client.get(job["result"]["array_urls"]["gradient_map"])
@@ -104,21 +110,11 @@ def test_uploaded_image_can_be_used_by_a_job(client):
     upload = answer.get_json()
     assert (upload["width"], upload["height"]) == (80, 64)
     assert upload["id"] in {image["id"] for image in client.get("/api/images").get_json()}
-    job = client.post("/api/jobs", json={"method": "predict", "model": DEFAULT_MODEL, "image": upload["id"]})
-    assert wait_for(client, job.get_json()["id"])["state"] == "done"
+    assert run_job(client, "predict", image=upload["id"])["state"] == "done"
 
 
 def test_stop_ends_a_running_job(client):
-    answer = client.post(
-        "/api/jobs",
-        json={
-            "method": "deepdream",
-            "model": DEFAULT_MODEL,
-            "image": "chelsea",
-            "params": {"steps": 200, "octaves": 1},
-        },
-    )
-    job_id = answer.get_json()["id"]
+    job_id = start_job(client, "deepdream", params={"steps": 200, "octaves": 1})
     deadline = time.monotonic() + 60
     while client.get(f"/api/jobs/{job_id}").get_json()["frames"] < 1:
         assert time.monotonic() < deadline
@@ -291,8 +287,7 @@ def test_predict_endpoint_gives_the_top_classes_of_an_image(client):
 
 
 def test_predict_endpoint_agrees_with_a_predict_job(client):
-    job = client.post("/api/jobs", json={"method": "predict", "model": DEFAULT_MODEL, "image": "coffee"})
-    finished = wait_for(client, job.get_json()["id"])
+    finished = run_job(client, "predict", image="coffee")
     quick = client.get(f"/api/models/{DEFAULT_MODEL}/predict?image=coffee").get_json()
     assert [p["index"] for p in quick] == [p["index"] for p in finished["predictions"]]
     for mine, theirs in zip(quick, finished["predictions"], strict=True):
@@ -373,16 +368,7 @@ def test_a_run_with_frames_downloads_as_webm_with_every_frame(client, tmp_path):
 
     import imageio_ffmpeg
 
-    answer = client.post(
-        "/api/jobs",
-        json={
-            "method": "deepdream",
-            "model": DEFAULT_MODEL,
-            "image": "chelsea",
-            "params": {"layer": "_blocks.2", "octaves": 1, "steps": 7, "jitter": 0},
-        },
-    )
-    job = wait_for(client, answer.get_json()["id"])
+    job = run_job(client, "deepdream", params={"layer": "_blocks.2", "octaves": 1, "steps": 7, "jitter": 0})
     assert job["state"] == "done", job["error"]
     video = client.get(f"/api/jobs/{job['id']}/frames.webm")
     assert video.status_code == 200 and video.mimetype == "video/webm"
@@ -414,8 +400,7 @@ def test_a_run_with_frames_downloads_as_webm_with_every_frame(client, tmp_path):
 
 
 def test_a_run_without_frames_has_no_webm(client):
-    answer = client.post("/api/jobs", json={"method": "predict", "model": DEFAULT_MODEL, "image": "chelsea"})
-    job = wait_for(client, answer.get_json()["id"])
+    job = run_job(client, "predict")
     missing = client.get(f"/api/jobs/{job['id']}/frames.webm")
     assert missing.status_code == 404 and missing.get_json()["field"] == "animation"
 
@@ -434,17 +419,7 @@ def test_a_long_run_keeps_every_frame_for_its_gif_past_the_pixel_budget(client, 
     params = {"layer": "_blocks.2", "octaves": 1, "steps": 7, "jitter": 0, "lr": 0.2}
 
     def gif_frames() -> tuple[list[np.ndarray], tuple[int, ...]]:
-        answer = client.post(
-            "/api/jobs",
-            json={
-                "method": "deepdream",
-                "model": DEFAULT_MODEL,
-                "image": "chelsea",
-                "params": params,
-                "seed": 0,
-            },
-        )
-        job = wait_for(client, answer.get_json()["id"])
+        job = run_job(client, "deepdream", params=params, seed=0)
         assert job["state"] == "done", job["error"]
         result = Image.open(io.BytesIO(client.get(job["result"]["images"]["dream"]).data))
         gif = Image.open(io.BytesIO(client.get(f"/api/jobs/{job['id']}/frames.gif").data))
