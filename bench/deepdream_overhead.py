@@ -18,8 +18,9 @@ differently in the main thread (its spinning workers can make each parallel regi
 running the loop in the main thread would compare threading set-ups, not convlens. For the same reason
 the models are loaded in a fresh thread too, as the server loads them in request threads.
 
-The sides alternate (A/B, then B/A) within one run and the medians are reported, so the machine's other
-load falls on both. Run: ``.venv/bin/python bench/deepdream_overhead.py [--steps 30 --repeats 3]``.
+Within one run each convlens run sits between two bare runs and is set against their mean (``live.sandwiched``),
+so the machine's drift and other load fall on both; medians are reported.
+Run: ``.venv/bin/python bench/deepdream_overhead.py [--steps 30 --repeats 6]``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from live import (
     exit_on_sigterm,
     http,
     in_fresh_thread,
-    job_rates,
     machine_note,
     median,
     neighbour_ratios,
@@ -48,9 +48,9 @@ from live import (
     rate,
     sandwiched,
     stream_note,
-    submit,
     viewer_from_args,
     viewer_note,
+    watched_job,
     write_summary,
 )
 from PIL import Image
@@ -191,19 +191,14 @@ def _bare_deepdream(model, forward_layer: LayerFunction, steps: int) -> dict:
 
 # -- the convlens side -----------------------------------------------------------------------------------
 def convlens_deepdream(server, viewer: Viewer, model_id: str, steps: int, timeout: float) -> dict:
-    job_id = submit(
-        server.url,
-        {
-            "method": "deepdream",
-            "model": model_id,
-            "image": IMAGE,
-            "params": {"layer": LAYER, "octaves": 1, "steps": steps, "lr": LR, "jitter": JITTER},
-            "seed": SEED,
-        },
-    )
-    viewer.watch(job_id)
-    record = viewer.wait(timeout)
-    return {"job": job_id, **job_rates(record, steps), "frames_received": len(record.frames)}
+    body = {
+        "method": "deepdream",
+        "model": model_id,
+        "image": IMAGE,
+        "params": {"layer": LAYER, "octaves": 1, "steps": steps, "lr": LR, "jitter": JITTER},
+        "seed": SEED,
+    }
+    return watched_job(server.url, viewer, body, steps, timeout)
 
 
 def server_image(server, job_id: str) -> np.ndarray:

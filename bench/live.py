@@ -235,6 +235,15 @@ def submit(url: str, body: dict) -> str:
     return answer.json()["id"]
 
 
+def watched_job(url: str, viewer: Viewer, body: dict, steps: int, timeout: float) -> dict:
+    """One ``steps``-step job POSTed to the server at ``url`` and watched by ``viewer`` to its end: its id,
+    its rates (:func:`job_rates`) and the frames the viewer received."""
+    job_id = submit(url, body)
+    viewer.watch(job_id)
+    record = viewer.wait(timeout)
+    return {"job": job_id, **job_rates(record, steps), "frames_received": len(record.frames)}
+
+
 def add_viewer_options(parser: argparse.ArgumentParser) -> None:
     """``--viewer-fps`` and ``--viewer-nice``: how the bench's :class:`Viewer` acknowledges frames and shares
     the CPU (see :func:`viewer_from_args`)."""

@@ -21,7 +21,8 @@ and the plugin's step written out in torch, no frames, no encoding:
 Both sides compute the same thing: the script prints the server's final score (class model) or total loss
 (style transfer) next to the bare loop's, and the largest pixel difference of the final images. Each bare run
 is set up and run in one fresh thread and models are loaded in one, as in ``deepdream_overhead.py`` (why: see its docstring).
-The sides alternate (A/B, then B/A) and medians are reported.
+Each convlens run sits between two bare runs and is set against their mean (``live.sandwiched``); the medians of
+those ratios and of each side's rates are reported.
 Run: ``.venv/bin/python bench/optimisation_overhead.py [--methods class_model,style_transfer --steps 30]``.
 """
 
@@ -46,22 +47,20 @@ from deepdream_overhead import (
     timed_loop,
 )
 from live import (
-    Viewer,
     add_viewer_options,
     convlens_server,
     ensure_models,
     exit_on_sigterm,
     http,
     in_fresh_thread,
-    job_rates,
     machine_note,
     median,
     quartiles,
     sandwiched,
     stream_note,
-    submit,
     viewer_from_args,
     viewer_note,
+    watched_job,
 )
 from live import write_summary as write_json
 from PIL import Image
@@ -223,14 +222,6 @@ def job_body(method: str, model_id: str, steps: int, target: int, size: int) -> 
     return {"method": method, "model": model_id, "image": IMAGE, "params": params, "seed": SEED}
 
 
-def convlens_run(server, viewer: Viewer, body: dict, steps: int, timeout: float) -> dict:
-    """One job through the server, watched by ``viewer``: its rates (``live.job_rates``) and frames received."""
-    job_id = submit(server.url, body)
-    viewer.watch(job_id)
-    record = viewer.wait(timeout)
-    return {"job": job_id, **job_rates(record, steps), "frames_received": len(record.frames)}
-
-
 def server_outcome(server, job_id: str, method: str) -> tuple[float, np.ndarray]:
     """The job's final score or loss and its result image (uint8)."""
     client = http()
@@ -286,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 def convlens(n: int, method=method, fmt=fmt, target=target) -> dict:
                     body = job_body(method, FORMATS[fmt], n, target, args.size)
-                    return convlens_run(server, viewer, body, n, args.job_timeout)
+                    return watched_job(server.url, viewer, body, n, args.job_timeout)
 
                 def report_run(repeat: int, side: str, run: dict, method=method, fmt=fmt) -> None:
                     print(f"  repeat {repeat} {method:<14} {fmt:<5} {side:<8} {describe(run)}", flush=True)
