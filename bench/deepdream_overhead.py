@@ -123,10 +123,6 @@ def base_image(model) -> torch.Tensor:
     return to_tensor(pixels, (max(1, round(height * factor)), max(1, round(width * factor))))
 
 
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    return (image.detach()[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
-
-
 def timed_loop(
     step: Callable[[], None],
     steps: int,
@@ -140,6 +136,8 @@ def timed_loop(
     In the thread that made the tensors, as a job does: a loop run in another thread than its set-up ran at
     ~60% of the speed on the 2-core machine (torch's OpenMP team of the first thread stays alive).
     """
+    from convlens.images import to_pixels
+
     started = first_done = time.perf_counter()
     for index in range(steps):
         step()
@@ -149,7 +147,7 @@ def timed_loop(
     outcome = {
         "its": rate(steps, finished - started),
         "per_step_its": rate(steps - 1, finished - first_done),
-        "pixels": to_uint8(image()),
+        "pixels": to_pixels(image()),  # as the server streams a frame
     }
     if final is not None:
         outcome["final"] = final()
