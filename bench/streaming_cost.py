@@ -1,0 +1,189 @@
+"""What watching a job costs its steps: a job nobody watches, one watched at the server's send rate, one watched
+at 5 sends a second, against the bare loop, in one run.
+
+Each variant is one long job (2000 steps) on its own ``convlens serve``, paused between its windows with
+``POST /api/jobs/<id>/pause`` and ``resume``. The run alternates: bare, variant A for a window, bare, variant B,
+bare, ...; each window's step rate is set against the mean of the bare runs on either side of it. A window's
+rate is read from the job itself: ``GET /api/jobs/<id>`` shortly after it resumes and again a window later, the
+steps done between the two ``progress`` records over the server's clock between them, so the variants without
+a viewer are timed the same way as the watched ones. The windows are ~1 s (bare runs as many steps as one
+second of them took at the start), so the machine's drift over seconds falls on both sides.
+
+The viewer is ``live.Viewer`` at niceness 19 with its lean client, acknowledging every frame at once: the
+server sends as much as its send rate allows, as to the page. On a machine whose cores all run the job, the
+viewer's own work is part of what watching costs; on a viewer's own machine it is not.
+
+Run: ``.venv/bin/python bench/streaming_cost.py [--method style_transfer --format pt --windows 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+from deepdream_overhead import FORMATS
+from live import (
+    Viewer,
+    convlens_server,
+    ensure_models,
+    exit_on_sigterm,
+    http,
+    in_fresh_thread,
+    machine_note,
+    median,
+    quartiles,
+    submit,
+)
+from live import write_summary as write_json
+from optimisation_overhead import bare_runner, chelsea_input, job_body
+
+JOB_STEPS = 2000
+SETTLE_S = 0.15
+"""After ``resume``, how long before the window's first reading: the step that was under way at the pause ends
+then, and the first step after it is not a fair sample of either side."""
+
+VARIANTS = {
+    "unwatched": ({}, False),
+    "watched": ({}, True),
+    "watched, 5/s": ({"CONVLENS_STREAM_HZ": "5"}, True),
+}
+"""Name → the server's extra environment and whether a viewer subscribes."""
+
+
+@dataclass
+class PausedJob:
+    """One long job on one server, run a window at a time."""
+
+    url: str
+    job: str
+    viewer: Viewer | None
+    rates: list[float] = field(default_factory=list)
+
+    def state(self) -> dict:
+        answer = http().get(f"{self.url}/api/jobs/{self.job}", timeout=30)
+        answer.raise_for_status()
+        return answer.json()
+
+    def act(self, action: str) -> None:
+        http().post(f"{self.url}/api/jobs/{self.job}/{action}", timeout=30).raise_for_status()
+
+    def pause(self) -> None:
+        self.act("pause")
+        while (state := self.state())["state"] != "paused":
+            if state["state"] not in ("running", "queued"):
+                raise RuntimeError(f"job {self.job} is {state['state']}: {state.get('error')}")
+            time.sleep(0.05)
+
+    def window(self, seconds: float) -> float:
+        self.act("resume")
+        time.sleep(SETTLE_S)
+        first = self.state()["progress"]
+        time.sleep(seconds)
+        last = self.state()["progress"]
+        self.pause()
+        if last["step"] >= JOB_STEPS:
+            raise RuntimeError(f"job {self.job} ran out of steps; use fewer or shorter windows")
+        self.rates.append((last["step"] - first["step"]) / (last["time"] - first["time"]))
+        return self.rates[-1]
+
+
+def start_paused(url: str, body: dict, watched: bool) -> PausedJob:
+    """Submit ``body``, watched by a lean viewer or not; paused once its first step is done."""
+    job = PausedJob(url, submit(url, body), None)
+    if watched:
+        job.viewer = Viewer(url, nice=19, lean=True)
+        job.viewer.watch(job.job)
+    while not job.state().get("progress"):
+        time.sleep(0.05)
+    job.pause()
+    return job
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", choices=("class_model", "style_transfer"), default="style_transfer")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="pt")
+    parser.add_argument("--windows", type=int, default=10, help="windows per variant")
+    parser.add_argument("--window-s", type=float, default=1.0, help="seconds per window")
+    parser.add_argument("--size", type=int, default=128, help="style transfer's working size")
+    parser.add_argument("--json", default=None, help="write the summary rows here (for bench/run.py)")
+    args = parser.parse_args(argv)
+    exit_on_sigterm()
+
+    from convlens.models.store import ModelStore
+    from convlens.runtime import configure_threads, tune_malloc
+
+    tune_malloc()  # as `convlens serve` does
+    configure_threads()
+    models_dir = ensure_models()
+    model = in_fresh_thread(lambda: ModelStore([models_dir]).get(FORMATS[args.format]))
+    target = in_fresh_thread(lambda: model.predict(chelsea_input(model), k=1)[0]["index"])
+    bare = bare_runner(args.method, model, target, args.size)
+    window_steps = max(10, round(bare(20)["per_step_its"] * args.window_s))
+    print(
+        f"streaming_cost: {args.method}, {args.format}; {args.windows} windows of {args.window_s:g} s per variant,"
+        f" bare runs of {window_steps} steps; {machine_note()}",
+        flush=True,
+    )
+    body = job_body(args.method, FORMATS[args.format], JOB_STEPS, target, args.size)
+    bare_rates: list[float] = []
+    order: list[str] = []
+    with ExitStack() as stack:
+        jobs: dict[str, PausedJob] = {}
+        for name, (env, watched) in VARIANTS.items():
+            saved = dict(os.environ)
+            os.environ.update(env)  # the server subprocess inherits it
+            try:
+                server = stack.enter_context(convlens_server(models_dir))
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+            jobs[name] = start_paused(server.url, body, watched)
+            if jobs[name].viewer is not None:
+                stack.callback(jobs[name].viewer.close)
+        bare_rates.append(bare(window_steps)["per_step_its"])
+        for window in range(args.windows):
+            for name, job in jobs.items():
+                rate = job.window(args.window_s)
+                order.append(name)
+                bare_rates.append(bare(window_steps)["per_step_its"])
+                print(
+                    f"  window {window + 1} {name:<13} {rate:7.2f} it/s, bare after {bare_rates[-1]:7.2f}",
+                    flush=True,
+                )
+        for job in jobs.values():
+            job.act("stop")
+
+    ratios: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    rates: dict[str, list[float]] = {name: list(job.rates) for name, job in jobs.items()}
+    for index, name in enumerate(order):
+        ratios[name].append(
+            rates[name][len(ratios[name])] / ((bare_rates[index] + bare_rates[index + 1]) / 2)
+        )
+    print(
+        f"\nit/s per step, medians; ratio: each window over the bare runs beside it (bare {median(bare_rates):.2f} it/s)"
+    )
+    print(f"{'variant':<14} {'it/s':>7} {'ratio':>7} {'quartiles':>13}")
+    rows = []
+    for name in VARIANTS:
+        low, high = quartiles(ratios[name])
+        ratio = median(ratios[name])
+        print(f"{name:<14} {median(rates[name]):7.2f} {ratio:7.3f} {low:6.3f}-{high:.3f}")
+        rows.append(
+            {
+                "figure": f"{args.method} {args.format} it/s, {name} / bare",
+                "convlens": median(rates[name]),
+                "reference": median(bare_rates),
+                "ratio": ratio,
+                "unit": "it/s",
+            }
+        )
+    write_json(args.json, rows, {"ratios": ratios, "rates": rates, "bare": bare_rates})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
