@@ -1,4 +1,8 @@
-"""Socket.IO handlers: viewers subscribe to a job's room and control the job."""
+"""Socket.IO handlers: viewers subscribe to a job's room and control the job.
+
+They run on their connection's own thread (``async_handlers=False`` in ``app.py``), one event after another:
+none may wait for anything (a job, another event, a client's answer).
+"""
 
 from __future__ import annotations
 
