@@ -19,11 +19,11 @@ Run: ``.venv/bin/python bench/streaming_cost.py [--method style_transfer --forma
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
+import requests
 from deepdream_overhead import FORMATS
 from live import (
     Viewer,
@@ -60,15 +60,15 @@ class PausedJob:
     url: str
     job: str
     viewer: Viewer | None
-    rates: list[float] = field(default_factory=list)
+    client: requests.Session = field(default_factory=http)
 
     def state(self) -> dict:
-        answer = http().get(f"{self.url}/api/jobs/{self.job}", timeout=30)
+        answer = self.client.get(f"{self.url}/api/jobs/{self.job}", timeout=30)
         answer.raise_for_status()
         return answer.json()
 
     def act(self, action: str) -> None:
-        http().post(f"{self.url}/api/jobs/{self.job}/{action}", timeout=30).raise_for_status()
+        self.client.post(f"{self.url}/api/jobs/{self.job}/{action}", timeout=30).raise_for_status()
 
     def pause(self) -> None:
         self.act("pause")
@@ -86,8 +86,7 @@ class PausedJob:
         self.pause()
         if last["step"] >= JOB_STEPS:
             raise RuntimeError(f"job {self.job} ran out of steps; use fewer or shorter windows")
-        self.rates.append((last["step"] - first["step"]) / (last["time"] - first["time"]))
-        return self.rates[-1]
+        return (last["step"] - first["step"]) / (last["time"] - first["time"])
 
 
 def start_paused(url: str, body: dict, watched: bool) -> PausedJob:
@@ -130,17 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     body = job_body(args.method, FORMATS[args.format], JOB_STEPS, target, args.size)
     bare_rates: list[float] = []
-    order: list[str] = []
+    windows: list[
+        tuple[str, float]
+    ] = []  # (variant, its rate), in the order run; bare_rates[i], [i + 1] beside
     with ExitStack() as stack:
         jobs: dict[str, PausedJob] = {}
         for name, (env, watched) in VARIANTS.items():
-            saved = dict(os.environ)
-            os.environ.update(env)  # the server subprocess inherits it
-            try:
-                server = stack.enter_context(convlens_server(models_dir))
-            finally:
-                os.environ.clear()
-                os.environ.update(saved)
+            server = stack.enter_context(convlens_server(models_dir, env))
             jobs[name] = start_paused(server.url, body, watched)
             if jobs[name].viewer is not None:
                 stack.callback(jobs[name].viewer.close)
@@ -148,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         for window in range(args.windows):
             for name, job in jobs.items():
                 rate = job.window(args.window_s)
-                order.append(name)
+                windows.append((name, rate))
                 bare_rates.append(bare(window_steps)["per_step_its"])
                 print(
                     f"  window {window + 1} {name:<13} {rate:7.2f} it/s, bare after {bare_rates[-1]:7.2f}",
@@ -158,11 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             job.act("stop")
 
     ratios: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    rates: dict[str, list[float]] = {name: list(job.rates) for name, job in jobs.items()}
-    for index, name in enumerate(order):
-        ratios[name].append(
-            rates[name][len(ratios[name])] / ((bare_rates[index] + bare_rates[index + 1]) / 2)
-        )
+    rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for (name, rate), before, after in zip(windows, bare_rates, bare_rates[1:], strict=False):
+        rates[name].append(rate)
+        ratios[name].append(rate / ((before + after) / 2))
     print(
         f"\nit/s per step, medians; ratio: each window over the bare runs beside it (bare {median(bare_rates):.2f} it/s)"
     )
