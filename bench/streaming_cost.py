@@ -95,7 +95,11 @@ def start_paused(url: str, body: dict, watched: bool) -> PausedJob:
     if watched:
         job.viewer = Viewer(url, nice=19, lean=True)
         job.viewer.watch(job.job)
-    while not job.state().get("progress"):
+    while not (state := job.state()).get("progress"):
+        if state["state"] not in ("running", "queued"):
+            raise RuntimeError(
+                f"job {job.job} is {state['state']} before its first step: {state.get('error')}"
+            )
         time.sleep(0.05)
     job.pause()
     return job
