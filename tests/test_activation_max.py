@@ -67,14 +67,14 @@ def test_clipping_presets_zero_at_least_their_percentile_of_pixels(
     frames = of_type(events, Frame)[1:]
     assert len(frames) == 6
     for frame in frames:
-        assert at_mean_colour(frame.image, tiny_model).mean() >= pct / 100
+        assert at_mean_colour(frame.pixels(), tiny_model).mean() >= pct / 100
     unregularised = of_type(
         convlens_run(
             ACTIVATION_MAX, tiny_model, sample_image, layer="relu3", channel=3, preset="custom", steps=6
         ),
         Frame,
     )
-    assert at_mean_colour(unregularised[-1].image, tiny_model).mean() < 0.05
+    assert at_mean_colour(unregularised[-1].pixels(), tiny_model).mean() < 0.05
 
 
 def test_blur_preset_leaves_a_smoother_image_than_no_regulariser(convlens_run, tiny_model, sample_image):
@@ -113,7 +113,7 @@ def test_streams_frames_and_metrics_every_kth_step_and_the_last(convlens_run, ti
     assert set(of_type(events, Metrics)[0].values) == {"objective", "value"}
     assert [(p.step, p.total) for p in of_type(events, Progress)] == [(s, 7) for s in range(1, 8)]
     result = events[-1]
-    assert np.array_equal(of_type(events, Frame)[-1].image, to_uint8(result.images["activation_max"]))
+    assert np.array_equal(of_type(events, Frame)[-1].pixels(), to_uint8(result.images["activation_max"]))
     assert result.data["value_start"] == metric(events, "value")[0]
     assert result.data["value_end"] == metric(events, "value")[-1]
 
@@ -141,7 +141,7 @@ def test_same_seed_same_frames_other_seed_other_frames(frames_by_seed):
         ACTIVATION_MAX, dict(layer="relu2", channel=1, steps=4, init="noise", jitter=4)
     )
     assert len(first) == 5
-    assert not np.array_equal(first[-1].image, other[-1].image)
+    assert not np.array_equal(first[-1].pixels(), other[-1].pixels())
 
 
 @pytest.mark.parametrize(

@@ -53,8 +53,8 @@ def test_mean_start_is_the_zero_image_of_the_network(convlens_run, tiny_model, s
     events = convlens_run(CLASS_MODEL, tiny_model, sample_image, target=1, steps=1)
     first = of_type(events, Frame)[0]
     assert first.step == 0
-    expected = np.broadcast_to(np.array(tiny_model.card.mean, dtype=np.float32), first.image.shape)
-    assert np.array_equal(first.image, to_uint8(expected))
+    expected = np.broadcast_to(np.array(tiny_model.card.mean, dtype=np.float32), first.pixels().shape)
+    assert np.array_equal(first.pixels(), to_uint8(expected))
     assert metric(events, "l2")[0] == pytest.approx(0.0, abs=1e-10)
 
 
@@ -78,8 +78,8 @@ def test_streams_a_frame_and_metrics_every_kth_step_and_the_last(convlens_run, t
     assert [m.step for m in of_type(events, Metrics)] == [0, 3, 6, 7]
     assert set(of_type(events, Metrics)[0].values) == {"score", "probability", "l2", "objective"}
     assert [(p.step, p.total) for p in of_type(events, Progress)] == [(s, 7) for s in range(1, 8)]
-    assert {f.image.shape for f in frames} == {(*tiny_model.input_size, 3)}
-    assert np.array_equal(frames[-1].image, to_uint8(events[-1].images["class_model"]))
+    assert {f.pixels().shape for f in frames} == {(*tiny_model.input_size, 3)}
+    assert np.array_equal(frames[-1].pixels(), to_uint8(events[-1].images["class_model"]))
 
 
 def test_score_rises_and_the_l2_weight_holds_the_image_back(convlens_run, tiny_model, sample_image):
@@ -100,13 +100,13 @@ def test_missing_target_is_the_top_prediction_for_the_picture(convlens_run, tiny
 def test_same_seed_same_frames_other_seed_other_noise(frames_by_seed):
     first, other = frames_by_seed(CLASS_MODEL, dict(target=2, steps=4, init="noise"))
     assert len(first) == 5
-    assert not np.array_equal(first[0].image, other[0].image)
+    assert not np.array_equal(first[0].pixels(), other[0].pixels())
 
 
 def test_image_start_is_the_chosen_picture(convlens_run, tiny_model, sample_image):
     events = convlens_run(CLASS_MODEL, tiny_model, sample_image, target=2, steps=1, init="image")
     start = prepare_run(CLASS_MODEL, tiny_model, sample_image, {}).model_input()
-    assert np.array_equal(of_type(events, Frame)[0].image, to_uint8(start[0].numpy().transpose(1, 2, 0)))
+    assert np.array_equal(of_type(events, Frame)[0].pixels(), to_uint8(start[0].numpy().transpose(1, 2, 0)))
 
 
 @pytest.mark.parametrize(

@@ -42,17 +42,17 @@ def test_one_frame_metrics_and_progress_per_step_of_every_octave(convlens_run, t
     assert len(frames) == len(of_type(events, Metrics)) == 12
     assert [(p.step, p.total) for p in of_type(events, Progress)] == [(s, 12) for s in range(1, 13)]
     start = start_image(tiny_model, sample_image).shape[-2:]
-    assert {f.image.shape for f in frames} == {(*start, 3)}
+    assert {f.pixels().shape for f in frames} == {(*start, 3)}
     result = events[-1]
     assert isinstance(result, Result)
     assert result.images["dream"].shape == (*start, 3)
-    assert np.array_equal(to_uint8(result.images["dream"]), frames[-1].image)
+    assert np.array_equal(to_uint8(result.images["dream"]), frames[-1].pixels())
     assert [tuple(s) for s in result.data["octave_sizes"]] == octave_sizes(tuple(start), 4, 1.3)
 
 
 def test_same_seed_same_frames_other_seed_other_jitter(frames_by_seed):
     first, other = frames_by_seed("deepdream", dict(octaves=2, steps=3, jitter=8), seeds=(7, 8))
-    assert not np.array_equal(first[-1].image, other[-1].image)
+    assert not np.array_equal(first[-1].pixels(), other[-1].pixels())
 
 
 def test_dreams_without_logits_giving_the_frames_a_full_forward_gives(convlens_run, sample_image):
@@ -71,7 +71,7 @@ def test_dreams_without_logits_giving_the_frames_a_full_forward_gives(convlens_r
     assert asked and not any(asked)
     frames, expected_frames = of_type(events, Frame), of_type(expected, Frame)
     assert len(frames) == len(expected_frames) == 6
-    assert all(np.array_equal(a.image, b.image) for a, b in zip(frames, expected_frames, strict=True))
+    assert all(np.array_equal(a.pixels(), b.pixels()) for a, b in zip(frames, expected_frames, strict=True))
     assert metric(events, "objective") == metric(expected, "objective")
     assert events[-1].data["objective"] == expected[-1].data["objective"]
 

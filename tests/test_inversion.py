@@ -55,7 +55,7 @@ def test_early_layer_code_distance_falls_and_the_reconstruction_resembles_the_pi
     psnr = 10 * np.log10(1 / mse)
     assert psnr > EARLY_PSNR_DB
     assert result.data["psnr"] == pytest.approx(psnr, abs=0.01)
-    start = of_type(events, Frame)[0].image / 255.0  # the frame as streamed, uint8
+    start = of_type(events, Frame)[0].pixels() / 255.0  # the frame as streamed, uint8
     assert 10 * np.log10(1 / np.mean((start - original) ** 2)) < EARLY_PSNR_DB - 5
     assert result.data["code_distance"] == pytest.approx(distances[-1])
 
@@ -79,7 +79,7 @@ def test_streams_frames_and_metrics_every_kth_step_and_the_last(convlens_run, ti
     assert [m.step for m in of_type(events, Metrics)] == [0, 3, 6, 7]
     assert set(of_type(events, Metrics)[0].values) == {"code_distance", "alpha", "tv", "objective"}
     assert [(p.step, p.total) for p in of_type(events, Progress)] == [(s, 7) for s in range(1, 8)]
-    assert np.array_equal(of_type(events, Frame)[-1].image, to_uint8(events[-1].images["inversion"]))
+    assert np.array_equal(of_type(events, Frame)[-1].pixels(), to_uint8(events[-1].images["inversion"]))
 
 
 def test_priors_are_weighed_in_the_objective_and_hold_the_image_smooth(
@@ -100,7 +100,7 @@ def test_priors_are_weighed_in_the_objective_and_hold_the_image_smooth(
 def test_same_seed_same_frames_other_seed_other_noise(frames_by_seed):
     first, other = frames_by_seed(INVERSION, dict(layer="relu2", steps=4, every=1))
     assert len(first) == 5
-    assert not np.array_equal(first[0].image, other[0].image)
+    assert not np.array_equal(first[0].pixels(), other[0].pixels())
 
 
 def test_ladder_shows_each_layer_and_the_probabilities_side_by_side(convlens_run, tiny_model, sample_image):

@@ -92,10 +92,10 @@ def test_streams_a_frame_and_metrics_every_kth_step_and_the_last(convlens_run, t
     assert [m.step for m in of_type(events, Metrics)] == [0, 3, 6, 7]
     assert set(of_type(events, Metrics)[0].values) == {"content", "style", "tv", "total"}
     assert [(p.step, p.total) for p in of_type(events, Progress)] == [(s, 7) for s in range(1, 8)]
-    assert {f.image.shape for f in frames} == {(48, 48, 3)}
-    assert np.array_equal(frames[-1].image, to_uint8(events[-1].images["style_transfer"]))
+    assert {f.pixels().shape for f in frames} == {(48, 48, 3)}
+    assert np.array_equal(frames[-1].pixels(), to_uint8(events[-1].images["style_transfer"]))
     start = prepare_run(STYLE_TRANSFER, tiny_model, sample_image, {}).model_input((48, 48))
-    assert np.array_equal(frames[0].image, to_uint8(start[0].numpy().transpose(1, 2, 0))), "init=content"
+    assert np.array_equal(frames[0].pixels(), to_uint8(start[0].numpy().transpose(1, 2, 0))), "init=content"
 
 
 def test_same_seed_same_frames_other_seed_other_noise(frames_by_seed):
@@ -103,7 +103,7 @@ def test_same_seed_same_frames_other_seed_other_noise(frames_by_seed):
         STYLE_TRANSFER, dict(style="brick", steps=3, init="noise", optimiser="lbfgs")
     )
     assert len(first) == 4
-    assert not np.array_equal(first[0].image, other[0].image)
+    assert not np.array_equal(first[0].pixels(), other[0].pixels())
 
 
 def test_an_uploaded_style_image_is_used_and_weighted_layers_are_normalised(

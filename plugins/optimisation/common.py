@@ -11,7 +11,6 @@ import torch
 
 from convlens.errors import BadInput
 from convlens.events import Event, Frame, Metrics
-from convlens.images import to_pixels
 from convlens.params import Float, Int, Param
 
 if TYPE_CHECKING:
@@ -51,8 +50,8 @@ def is_shown(step: int, every: int, steps: int) -> bool:
 
 
 def snapshot(image: torch.Tensor, values: dict[str, float], step: int, label: str) -> Iterator[Event]:
-    """A frame of ``image`` (as uint8 pixels) and the metrics ``values`` at ``step``."""
-    yield Frame(to_pixels(image), step=step, label=label)
+    """A frame of ``image`` (a copy, made into pixels only if it is shown) and the metrics ``values`` at ``step``."""
+    yield Frame(image.detach().clone(), step=step, label=label)
     yield Metrics(values, step=step)
 
 

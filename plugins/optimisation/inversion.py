@@ -38,7 +38,7 @@ import torch
 
 from convlens.errors import BadInput
 from convlens.events import Event, Frame, Log, Metrics, Progress, Result
-from convlens.images import to_image, to_pixels
+from convlens.images import to_image
 from convlens.methods import Method, RunContext
 from convlens.params import Choice, Float, Layer, Param
 
@@ -154,7 +154,7 @@ def invert(ctx: RunContext, layers: list[str], method: str) -> Iterator[Event | 
                 yield from snapshot(images[0], parts[0], step, "inversion")
             else:
                 for layer, image in zip(layers, images, strict=True):
-                    yield Frame(to_pixels(image), step=step, label=layer)
+                    yield Frame(image.detach().clone(), step=step, label=layer)
                 yield Metrics(
                     {
                         f"code_distance {layer}": values["code_distance"]

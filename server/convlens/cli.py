@@ -170,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .app import build_library
     from .params import parse_assignments
     from .plugins import get_methods, get_plugin_manager
-    from .results import RunRecord, write_result
+    from .results import Reel, RunRecord, write_result
     from .runtime import configure_threads
 
     configure_threads()
@@ -184,10 +184,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         method, model, pixels, raw_params, args.seed, images=lambda name: library.resolve(name)[1]
     )
     predictions = model.predict(ctx.model_input(), k=5)
-    frames, metrics, final = [], {}, ev.Result()
+    reel, metrics, final = Reel(), {}, ev.Result()
     for event in runner.iterate(method, ctx):
         if isinstance(event, ev.Frame):
-            frames.append(ev.to_uint8(event.image))
+            reel.add(ev.held(event.image))
         elif isinstance(event, ev.Metrics):
             metrics = {name: float(value) for name, value in event.values.items()}
         elif isinstance(event, ev.Progress) and not args.quiet:
@@ -210,6 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         metrics,
         final.data,
     )
+    frames = reel.frames()
     images = dict(final.images) or ({"final": frames[-1]} if frames else {})
     summary = write_result(args.out, record, images, frames, final.arrays)
     print(json.dumps({"out": str(args.out), "files": summary["files"], "animation": summary["animation"]}))

@@ -7,18 +7,31 @@ Socket.IO message for the job's room; the CLI writes frames and the result to di
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
 class Frame:
-    """An image to show now: ``image`` is HxWx3 (or HxW) uint8, or float in [0, 1]."""
+    """An image to show now: ``image`` is HxWx3 (or HxW) uint8 or float in [0, 1], or an image tensor.
 
-    image: np.ndarray
+    A tensor (1x3xHxW or 3xHxW, float in [0, 1]) is made into pixels only when the frame is shown or
+    written, so a run that yields one at every step pays for the pixels of the frames a viewer gets, not of
+    all of them. It must be the method's own copy (``image.detach().clone()``): one the method changes
+    afterwards shows the later picture.
+    """
+
+    image: np.ndarray | torch.Tensor
     step: int | None = None
     label: str = "main"
+
+    def pixels(self) -> np.ndarray:
+        """The frame as HxWx3 uint8."""
+        return pixels_of(self.image)
 
 
 @dataclass
@@ -55,6 +68,29 @@ class Result:
 
 
 Event = Frame | Progress | Metrics | Log | Result
+
+
+def pixels_of(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    """HxWx3 uint8 of a frame's image: an array through :func:`to_uint8`, a tensor through ``images.to_pixels``."""
+    if hasattr(image, "detach"):
+        from .images import to_pixels
+
+        return to_pixels(image)
+    return to_uint8(image)
+
+
+def held(image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """What a consumer may keep of a frame's image past the method's next step.
+
+    A tensor as it is (a frame's tensor is the method's own copy); an array as uint8 pixels, copied when
+    they are the method's own array, which it may draw its next frame into.
+    """
+    if hasattr(image, "detach"):
+        return image
+    pixels = to_uint8(image)
+    if np.may_share_memory(pixels, image):
+        pixels = pixels.copy()
+    return pixels
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from .errors import BadInput, NotFound
 from .methods import Method
 from .models.base import Model
 from .params import validate
-from .results import RunRecord, write_result
+from .results import Reel, RunRecord, write_result
 from .streaming import STREAM_HZ
 
 log = logging.getLogger(__name__)
@@ -33,13 +33,6 @@ log = logging.getLogger(__name__)
 STATES = ("queued", "running", "paused", "done", "failed", "stopped")
 FINAL_STATES = ("done", "failed", "stopped")
 MAX_METRICS_HISTORY = 5000
-MAX_KEPT_FRAMES = 600
-KEPT_PIXEL_BYTES = 64 * 2**20
-"""A run keeps its first frames for the GIF as pixels up to this many bytes, then as JPEG.
-
-Encoding a frame between two steps cost 0.33 ms at 128 px (several times its cost on its own: the step
-leaves the caches cold), 2–3% of a style-transfer step, and a frame that is not streamed needs no JPEG.
-64 MiB holds 1,300 frames of 128 px (all a run keeps) or 430 of 224 px."""
 
 
 class JobEvents(Protocol):
@@ -87,9 +80,8 @@ class Job:
     finished: float | None = None
     frames: int = 0
     latest_frame: EncodedFrame | None = field(default=None, repr=False)
-    kept_frames: list[np.ndarray | bytes] = field(default_factory=list, repr=False)
-    """The frames for the run's GIF: pixels up to ``KEPT_PIXEL_BYTES``, then JPEG (~30 kB each)."""
-    kept_pixel_bytes: int = 0
+    reel: Reel = field(default_factory=Reel, repr=False)
+    """The frames for the run's GIF."""
     outbox: Outbox = field(default_factory=Outbox, repr=False)
     stop_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     resume_event: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -284,14 +276,11 @@ class JobManager:
 
     def _handle(self, job: Job, event: ev.Event) -> None:
         if isinstance(event, ev.Frame):
-            pixels = ev.to_uint8(event.image)
-            if np.may_share_memory(pixels, event.image):  # the method may draw its next frame into it
-                pixels = pixels.copy()
-            frame = EncodedFrame(job.frames, event.step, event.label, pixels, self.jpeg_quality)
+            # No pixels yet: a tensor becomes pixels only if a viewer gets it, and the reel's at the end.
+            frame = EncodedFrame(job.frames, event.step, event.label, ev.held(event.image), self.jpeg_quality)
             job.frames += 1
             job.latest_frame = frame
-            if len(job.kept_frames) < MAX_KEPT_FRAMES:
-                job.kept_frames.append(_keepable(job, frame))
+            job.reel.add(frame.image)
             with job.outbox.lock:
                 job.outbox.frame = frame
         elif isinstance(event, ev.Progress):
@@ -346,36 +335,27 @@ class JobManager:
             data=result.data,
         )
         out_dir = self.results_dir / job.id
-        summary = write_result(out_dir, record, result.images, job.kept_frames, result.arrays)
+        summary = write_result(out_dir, record, result.images, job.reel.frames(), result.arrays)
         summary["images"] = {name: f"/api/jobs/{job.id}/images/{name}.png" for name in result.images}
         summary["array_urls"] = {name: f"/api/jobs/{job.id}/arrays/{name}.npy" for name in result.arrays}
         if (out_dir / "frames.gif").exists():
             summary["animation"] = f"/api/jobs/{job.id}/frames.gif"
         job.result = summary
-        job.kept_frames = []
         self._finish(job, "done")
 
     def _fail(self, job: Job, error: dict[str, Any]) -> None:
         job.error = error
-        job.kept_frames = []
         self._finish(job, "failed")
 
     def _finish(self, job: Job, state: str) -> None:
         job.finished = time.time()
+        job.reel = Reel()  # written, or not to be
         self._set_state(job, state)
 
     def _set_state(self, job: Job, state: str) -> None:
         self._send(job)  # a state change comes after every event before it
         job.state = state
         self.sink.state(job)
-
-
-def _keepable(job: Job, frame: EncodedFrame) -> np.ndarray | bytes:
-    """What ``job`` keeps of ``frame`` for its GIF: its pixels while they fit in ``KEPT_PIXEL_BYTES``, else JPEG."""
-    if job.kept_pixel_bytes + frame.pixels.nbytes <= KEPT_PIXEL_BYTES:
-        job.kept_pixel_bytes += frame.pixels.nbytes
-        return frame.pixels
-    return frame.data("jpeg")
 
 
 def _required_string(request: dict[str, Any], name: str) -> str:

@@ -1,0 +1,97 @@
+"""What a run keeps of its frames for the GIF, and frames made into pixels only when they are shown."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+from convlens.encode import EncodedFrame
+from convlens.events import Frame, held, to_uint8
+from convlens.images import to_image
+from convlens.results import Reel
+
+
+def numbered(index: int) -> np.ndarray:
+    """A 4x4 frame whose pixels are its index (mod 256)."""
+    return np.full((4, 4, 3), index % 256, dtype=np.uint8)
+
+
+def test_a_reel_keeps_every_frame_up_to_its_limit():
+    reel = Reel(max_frames=10)
+    for index in range(10):
+        reel.add(numbered(index))
+    assert [int(frame[0, 0, 0]) for frame in reel.frames()] == list(range(10))
+
+
+def test_a_long_run_is_kept_evenly_spaced_from_first_to_last():
+    reel = Reel(max_frames=10)
+    for index in range(1000):
+        reel.add(numbered(index))
+    kept = [int(frame[0, 0, 0]) for frame in reel.frames()]
+    # 1000 frames halved down to every 128th: 0, 128, ..., 896, then the last frame.
+    assert kept == [index % 256 for index in [*range(0, 1000, 128), 999]]
+    assert 5 <= len(reel.kept) <= 10
+
+
+def test_the_last_frame_is_not_added_twice_when_it_is_on_the_grid():
+    reel = Reel(max_frames=4)
+    for index in range(7):  # kept 0, 2, 4, 6 after one halving: 6 is the last
+        reel.add(numbered(index))
+    assert [int(frame[0, 0, 0]) for frame in reel.frames()] == [0, 2, 4, 6]
+
+
+def test_a_reel_halves_when_its_frames_pass_its_byte_limit():
+    reel = Reel(max_frames=1000, max_bytes=5 * numbered(0).nbytes)
+    for index in range(20):
+        reel.add(numbered(index))
+    assert reel.kept_bytes <= 5 * numbered(0).nbytes
+    assert [int(frame[0, 0, 0]) for frame in reel.frames()] == [0, 4, 8, 12, 16, 19]
+
+
+def test_tensor_frames_are_kept_as_float16_and_become_the_same_pixels_within_a_level():
+    image = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(0))
+    reel = Reel()
+    reel.add(held(image.clone()))
+    reel.add(held(image.clone()))
+    assert reel.kept[0].dtype == torch.float16
+    exact = to_uint8(to_image(image))
+    for pixels in reel.frames():
+        assert pixels.shape == (24, 32, 3) and pixels.dtype == np.uint8
+        assert np.abs(pixels.astype(int) - exact).max() <= 1
+
+
+def test_an_encoded_tensor_frame_knows_its_size_before_its_pixels_are_made():
+    image = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(1))
+    frame = EncodedFrame(0, 0, "main", image)
+    assert (frame.width, frame.height) == (32, 24) and frame._pixels is None
+    decoded = np.asarray(Image.open(io.BytesIO(frame.data("png"))).convert("RGB"))
+    assert np.array_equal(decoded, Frame(image).pixels())
+    assert np.array_equal(decoded, to_uint8(to_image(image)))
+
+
+def test_held_copies_a_methods_own_uint8_array_and_keeps_tensors_as_they_are():
+    pixels = numbered(3)
+    kept = held(pixels)
+    pixels[:] = 9  # the method draws its next frame into the same array
+    assert int(kept[0, 0, 0]) == 3
+    tensor = torch.zeros(1, 3, 2, 2)
+    assert held(tensor) is tensor
+
+
+def test_a_frame_made_into_pixels_on_another_thread_gets_the_same_pixels_without_torch(monkeypatch):
+    import threading
+
+    import convlens.encode
+
+    image = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(2))
+    image[0, 0, 0, 0] = float("nan")
+    frame = EncodedFrame(0, 0, "main", image)
+    made: list[np.ndarray] = []
+    monkeypatch.setattr(convlens.encode, "to_pixels", None)  # the job's torch path must not be taken here
+    thread = threading.Thread(target=lambda: made.append(frame.pixels))
+    thread.start()
+    thread.join()
+    assert np.array_equal(made[0], Frame(image).pixels())
