@@ -74,3 +74,14 @@ def test_subscribing_sends_the_latest_frame_and_disconnect_forgets_the_viewer():
     relay.drop("late")
     relay.publish("job", frame(42))
     assert sent == [("late", 41)]
+
+
+def test_a_frame_kept_for_a_busy_viewer_is_encoded_by_the_publisher_not_by_the_ack():
+    relay, sent, _ = make_relay()
+    relay.subscribe("job", "busy")
+    relay.publish("job", frame(0))
+    waiting = frame(1)
+    relay.publish("job", waiting)
+    assert sent == [("busy", 0)] and "jpeg" in waiting._encoded
+    relay.ack("job", "busy", 0)
+    assert sent == [("busy", 0), ("busy", 1)]

@@ -73,7 +73,14 @@ class FrameRelay:
             self._viewers.pop(job_id, None)
 
     def publish(self, job_id: str, frame: EncodedFrame, only: str | None = None) -> None:
+        """Send ``frame`` to each viewer with none in flight; keep it for the others' next ack.
+
+        The frame is encoded here, on the publishing thread (the job's), also for the viewers that get it
+        later: an ack's thread then only sends it. Work on another thread takes a core from the job's torch
+        threads on a machine they keep busy, and the job's thread makes pixels fastest (with torch).
+        """
         to_send: list[tuple[str, str]] = []
+        waiting_formats: set[str] = set()
         now = self._clock()
         with self._lock:
             for sid, viewer in self._viewers.get(job_id, {}).items():
@@ -88,8 +95,11 @@ class FrameRelay:
                     if viewer.waiting is not None:
                         viewer.skipped += 1
                     viewer.waiting = frame
+                    waiting_formats.add(viewer.fmt)
         for sid, fmt in to_send:
             self._send(sid, frame.message(job_id, fmt))
+        for fmt in waiting_formats:
+            frame.data(fmt)
 
     def ack(self, job_id: str, sid: str, seq: int) -> None:
         with self._lock:
