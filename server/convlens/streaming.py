@@ -19,15 +19,17 @@ from .encode import EncodedFrame
 SendFrame = Callable[[str, dict], None]
 """``send(viewer_sid, frame_message)`` emits one ``frame`` event to one viewer."""
 
-STREAM_HZ = 20.0
+STREAM_HZ = 10.0
 """How often a running job sends its newest frame, progress and metrics to its viewers, at most.
 
 Steps can be much faster than that (70 it/s for a 128-px style transfer on 2 cores), and every message costs
 the job time: on a machine whose cores all run the job's torch threads, each one a viewer's socket handles
 takes a core from them. Between sends, metrics points are collected (a send carries all of them, nothing is
-lost) and only the newest frame and progress are kept; every frame still goes into the run's GIF. 20 is as
-often as the page draws frames by default (``<convlens-job-view max-fps>``); its chart redraws 10 times a
-second."""
+lost) and only the newest frame and progress are kept; the run's GIF keeps its frames apart from this. Watched
+by one viewer on the same 2 cores, a 128-px style transfer lost 3% of its step rate at 10 sends a second and
+7% at 20 (``bench/streaming_cost.py``), so 10 it is; the page's chart redraws 10 times a second and its frames
+are drawn as they come (``<convlens-job-view max-fps>``, 20 by default, caps them). ``CONVLENS_STREAM_HZ``
+sets it, e.g. 20 or 30 where the server has cores to spare."""
 
 ACK_TIMEOUT_S = 10.0
 """A viewer that never acknowledges still gets a frame this often, so a lost ack cannot freeze it."""

@@ -16,7 +16,7 @@ interface Series {
 const ROW_HEIGHT = 72;
 const PALETTE = ["#5aa9ff", "#f2a541", "#6fd08c", "#e86a92", "#b892ff", "#4fd1c5", "#f6e05e", "#ff8a65"];
 const MAX_POINTS = 5000;
-/** Redraws at most this often: a job sends up to 20 times a second, and on a machine the viewer shares with
+/** Redraws at most this often: a job sends up to 10 times a second by default, and on a machine the viewer shares with
  * the job every redraw (software rendering, no GPU) takes CPU from the job's steps. */
 const REDRAW_MS = 100;
 
