@@ -1,5 +1,5 @@
-"""What watching a job costs its steps: a job nobody watches, one watched at the server's send rate, one watched
-at 5 sends a second, against the bare loop, in one run.
+"""What watching a job costs its steps: a job nobody watches, one watched at the server's send rate (10/s), one
+watched at 20 sends a second, against the bare loop, in one run.
 
 Each variant is one long job (2000 steps) on its own ``convlens serve``, paused between its windows with
 ``POST /api/jobs/<id>/pause`` and ``resume``. The run alternates: bare, variant A for a window, bare, variant B,
@@ -48,7 +48,7 @@ then, and the first step after it is not a fair sample of either side."""
 VARIANTS = {
     "unwatched": ({}, False),
     "watched": ({}, True),
-    "watched, 5/s": ({"CONVLENS_STREAM_HZ": "5"}, True),
+    "watched, 20/s": ({"CONVLENS_STREAM_HZ": "20"}, True),
 }
 """Name → the server's extra environment and whether a viewer subscribes."""
 
