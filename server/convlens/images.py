@@ -127,7 +127,7 @@ def to_pixels(tensor: torch.Tensor) -> np.ndarray:
 
     The same pixels as ``events.to_uint8(to_image(tensor))``, made by torch in one pass on the run's
     threads: between two steps of a run numpy's single-threaded passes took 0.18 ms at 128 px, several
-    times their time on their own, and a run that shows every step pays it at every step.
+    times their time on their own. Only on the run's own thread: see :func:`to_pixels_in_numpy`.
     """
     pixels = tensor.detach().float()
     if pixels.ndim == 4:
