@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 GIF_MAX_SIDE = 384
 GIF_FRAME_MS = 100
-REEL_FRAMES = 300
+REEL_FRAMES = 500
+"""A run of up to 500 frames keeps all; longer ones keep 251 to 500 (a 2000-step run: every 8th frame)."""
 REEL_BYTES = 128 * 2**20
 
 
