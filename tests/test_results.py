@@ -90,7 +90,7 @@ def test_a_frame_made_into_pixels_on_another_thread_gets_the_same_pixels_without
     image[0, 0, 0, 0] = float("nan")
     frame = EncodedFrame(0, 0, "main", image)
     made: list[np.ndarray] = []
-    monkeypatch.setattr(convlens.encode, "to_pixels", None)  # the job's torch path must not be taken here
+    monkeypatch.setattr(convlens.encode, "pixels_of", None)  # the job's torch path must not be taken here
     thread = threading.Thread(target=lambda: made.append(frame.pixels))
     thread.start()
     thread.join()

@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image
 
 from .errors import BadInput
-from .events import to_uint8
-from .images import to_pixels, to_pixels_in_numpy
+from .events import pixels_of
+from .images import to_pixels_in_numpy
 
 if TYPE_CHECKING:
     import torch
@@ -76,12 +76,8 @@ class EncodedFrame:
 
     def _made_pixels(self) -> np.ndarray:
         if self._pixels is None:
-            if not hasattr(self.image, "detach"):
-                self._pixels = to_uint8(self.image)
-            elif threading.get_ident() == self._maker:
-                self._pixels = to_pixels(self.image)
-            else:
-                self._pixels = to_pixels_in_numpy(self.image)
+            off_the_job = threading.get_ident() != self._maker and hasattr(self.image, "detach")
+            self._pixels = to_pixels_in_numpy(self.image) if off_the_job else pixels_of(self.image)
         return self._pixels
 
     def message(self, job_id: str, fmt: str = "jpeg") -> dict:

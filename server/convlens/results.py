@@ -6,7 +6,6 @@ reproducible from its JSON: method, model and its sha256, parameters and seed.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -109,7 +108,7 @@ def write_result(
     out_dir: Path,
     record: RunRecord,
     images: dict[str, np.ndarray],
-    frames: list[np.ndarray | bytes],
+    frames: list[np.ndarray],
     arrays: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Write the run into ``out_dir`` and return what ``result.json`` holds."""
@@ -149,24 +148,19 @@ def write_result(
     return summary
 
 
-def write_gif(path: Path, frames: list[np.ndarray | bytes]) -> None:
-    """An animated GIF of the frames (pixels, or encoded images such as the streamed JPEGs).
+def write_gif(path: Path, frames: list[np.ndarray]) -> None:
+    """An animated GIF of the frames (pixels).
 
     Frames are scaled so the long side is at most ``GIF_MAX_SIDE`` and quantised with
     PIL's fast octree: its default median cut took 20.8 s for 90 frames of 448x298
     here, the octree 0.64 s.
     """
-    size = _gif_size(_picture(frames[-1]).size)
+    size = _gif_size(Image.fromarray(to_uint8(frames[-1])).size)
     pictures = [
-        _picture(frame).resize(size).quantize(256, method=Image.Quantize.FASTOCTREE) for frame in frames
+        Image.fromarray(to_uint8(frame)).resize(size).quantize(256, method=Image.Quantize.FASTOCTREE)
+        for frame in frames
     ]
     pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=GIF_FRAME_MS, loop=0)
-
-
-def _picture(frame: np.ndarray | bytes) -> Image.Image:
-    if isinstance(frame, bytes):
-        return Image.open(io.BytesIO(frame)).convert("RGB")
-    return Image.fromarray(to_uint8(frame))
 
 
 def _gif_size(size: tuple[int, int]) -> tuple[int, int]:
