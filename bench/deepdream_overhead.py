@@ -1,7 +1,7 @@
 """DeepDream iterations per second through a real convlens server versus the same math in a bare torch loop.
 
-convlens side: ``python -m convlens serve`` on 127.0.0.1, ``POST /api/jobs`` deepdream on chelsea (one octave,
-a fixed layer, seed 0), one Socket.IO viewer over a websocket acknowledging every frame at once. Two rates:
+convlens side: ``python -m convlens serve`` on 127.0.0.1, ``POST /api/jobs`` deepdream on chelsea (three octaves
+by default as the plugin, a fixed layer, seed 0), one Socket.IO viewer over a websocket acknowledging every frame at once. Two rates:
 *end to end*, steps / (the job's ``started`` → ``done`` received), which includes the top-5 prediction before
 the first step and writing the result (PNG, GIF, JSON) after the last; and *per step*, from the first to the
 last ``progress`` event received.
@@ -11,7 +11,8 @@ callable returning the layer's activation and computing nothing past it (the fx 
 ``convlens.models.fx_taps.tapped_module`` builds for ONNX and ``torch.export`` files, the compiled TorchScript
 graph of ``tapped_graph`` for ``.pt``),
 and the plugin's step written out in torch: jitter roll, forward, mean square of the activation, gradient,
-divide by its mean absolute value, step, clamp, roll back. No frames, no encoding. The final image is
+divide by its mean absolute value, step, clamp, roll back; at each octave the picture resized and the detail
+of the last octave carried over. No frames, no encoding. The final image is
 compared with the server's ``dream.png`` to show it is the same computation. Like a convlens job, each
 reference run is a fresh thread: on a 2-core machine with other load, torch's OpenMP team behaves very
 differently in the main thread (its spinning workers can make each parallel region cost milliseconds), so
@@ -20,7 +21,7 @@ the models are loaded in a fresh thread too, as the server loads them in request
 
 Within one run each convlens run sits between two bare runs and is set against their mean (``live.sandwiched``),
 so the machine's drift and other load fall on both; medians are reported.
-Run: ``.venv/bin/python bench/deepdream_overhead.py [--steps 30 --repeats 6]``.
+Run: ``.venv/bin/python bench/deepdream_overhead.py [--steps 30 --octaves 3 --repeats 6]``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ FORMATS = {"onnx": "efficientnet_lite0.onnx", "pt2": "efficientnet_lite0.pt2", "
 IMAGE = "chelsea"
 LAYER = "_blocks.9"
 LR = 0.05
+OCTAVE_SCALE = 1.4
 JITTER = 16
 SEED = 0
 
@@ -154,21 +156,39 @@ def timed_loop(
     return outcome
 
 
-def bare_deepdream(model, forward_layer: LayerFunction, steps: int) -> dict:
-    """``steps`` DeepDream steps (one octave) in plain torch, set up and run in one fresh thread; see
-    :func:`timed_loop` for what it returns."""
-    return in_fresh_thread(lambda: _bare_deepdream(model, forward_layer, steps))
+def bare_deepdream(model, forward_layer: LayerFunction, steps: int, octaves: int) -> dict:
+    """``steps`` DeepDream steps in each of ``octaves`` octaves in plain torch, set up and run in one fresh
+    thread; see :func:`timed_loop` for what it returns."""
+    return in_fresh_thread(lambda: _bare_deepdream(model, forward_layer, steps, octaves))
 
 
-def _bare_deepdream(model, forward_layer: LayerFunction, steps: int) -> dict:
+def resized(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(images.shape[-2:]) == size:
+        return images
+    return torch.nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _bare_deepdream(model, forward_layer: LayerFunction, steps: int, octaves: int) -> dict:
+    from convlens_plugins.optimisation.deepdream import octave_sizes
+
     mean = torch.tensor(model.card.mean).view(1, 3, 1, 1)
     std = torch.tensor(model.card.std).view(1, 3, 1, 1)
     input_size = None if model.card.extra.get("dynamic_size") else tuple(model.input_size)
     rng = np.random.default_rng(SEED)
-    dream = base_image(model).clamp(0.0, 1.0)
+    base = base_image(model)
+    sizes = iter(octave_sizes(tuple(base.shape[-2:]), octaves, OCTAVE_SCALE))
+    size = next(sizes)
+    octave_base = resized(base, size)
+    dream = octave_base.clamp(0.0, 1.0)
+    done = 0
 
     def step() -> None:
-        nonlocal dream
+        nonlocal dream, octave_base, done
+        if done and done % steps == 0:  # the next octave: the detail added so far, at its size
+            detail, size = dream - octave_base, next(sizes)
+            octave_base = resized(base, size)
+            dream = (octave_base + resized(detail, size)).clamp(0.0, 1.0)
+        done += 1
         shift = tuple(int(s) for s in rng.integers(-JITTER, JITTER + 1, size=2))
         rolled = torch.roll(dream, shifts=shift, dims=(2, 3)).requires_grad_(True)
         inputs = rolled
@@ -184,19 +204,20 @@ def _bare_deepdream(model, forward_layer: LayerFunction, steps: int) -> dict:
         stepped = (rolled.detach() + LR * gradient).clamp_(0.0, 1.0)
         dream = torch.roll(stepped, shifts=(-shift[0], -shift[1]), dims=(2, 3))
 
-    return timed_loop(step, steps, lambda: dream)
+    return timed_loop(step, steps * octaves, lambda: dream)
 
 
 # -- the convlens side -----------------------------------------------------------------------------------
-def convlens_deepdream(server, viewer: Viewer, model_id: str, steps: int, timeout: float) -> dict:
+def convlens_deepdream(server, viewer: Viewer, model_id: str, steps: int, octaves: int, timeout: float) -> dict:
+    params = {"layer": LAYER, "octaves": octaves, "octave_scale": OCTAVE_SCALE, "steps": steps, "lr": LR}
     body = {
         "method": "deepdream",
         "model": model_id,
         "image": IMAGE,
-        "params": {"layer": LAYER, "octaves": 1, "steps": steps, "lr": LR, "jitter": JITTER},
+        "params": {**params, "jitter": JITTER},
         "seed": SEED,
     }
-    return watched_job(server.url, viewer, body, steps, timeout)
+    return watched_job(server.url, viewer, body, steps * octaves, timeout)
 
 
 def server_image(server, job_id: str) -> np.ndarray:
@@ -208,7 +229,8 @@ def server_image(server, job_id: str) -> np.ndarray:
 # -- the run ---------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=30, help="steps per octave")
+    parser.add_argument("--octaves", type=int, default=3, help="octaves (the plugin's default: 3)")
     add_viewer_options(parser)
     parser.add_argument(
         "--repeats", type=int, default=6, help="convlens runs per format, each between two bare ones"
@@ -228,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     models_dir = ensure_models()
     store = ModelStore([models_dir])
     print(
-        f"deepdream_overhead: {args.steps} steps on {IMAGE}, layer {LAYER}; {machine_note()}; {stream_note()};"
+        f"deepdream_overhead: {args.steps} steps x {args.octaves} octaves on {IMAGE}, layer {LAYER}; {machine_note()}; {stream_note()};"
         f" {viewer_note(args)}",
         flush=True,
     )
@@ -245,10 +267,10 @@ def main(argv: list[str] | None = None) -> int:
                 function = layer_function(model, LAYER)
 
                 def convlens(n: int, fmt=fmt) -> dict:
-                    return convlens_deepdream(server, viewer, FORMATS[fmt], n, args.job_timeout)
+                    return convlens_deepdream(server, viewer, FORMATS[fmt], n, args.octaves, args.job_timeout)
 
                 def bare(n: int, model=model, function=function) -> dict:
-                    return bare_deepdream(model, function, n)
+                    return bare_deepdream(model, function, n, args.octaves)
 
                 def report_run(repeat: int, side: str, run: dict, fmt=fmt) -> None:
                     print(f"  repeat {repeat} {fmt:<5} {side:<8} {describe(run)}", flush=True)
@@ -263,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             viewer.close()
 
-    rows, details = report(results, args.steps)
+    rows, details = report(results, args.steps, args.octaves)
     write_summary(args.json, rows, details)
     return 0
 
@@ -301,11 +323,11 @@ def case_ratios(sides: dict[str, list[dict]]) -> dict[str, list[float]]:
     }
 
 
-def report(results: dict, steps: int) -> tuple[list[dict], dict]:
+def report(results: dict, steps: int, octaves: int) -> tuple[list[dict], dict]:
     """Print the medians and return ``bench/run.py``'s rows and the per-format details."""
     rows, details = [], {}
     print(
-        f"\nDeepDream it/s, medians ({steps} steps, 1 octave, {IMAGE}, layer {LAYER}); vs bare: the median of each"
+        f"\nDeepDream it/s, medians ({steps} steps x {octaves} octaves, {IMAGE}, layer {LAYER}); vs bare: the median of each"
         " convlens run over the bare runs beside it"
     )
     print(

@@ -42,12 +42,14 @@ def test_one_frame_metrics_and_progress_per_step_of_every_octave(convlens_run, t
     assert len(frames) == len(of_type(events, Metrics)) == 12
     assert [(p.step, p.total) for p in of_type(events, Progress)] == [(s, 12) for s in range(1, 13)]
     start = start_image(tiny_model, sample_image).shape[-2:]
-    assert {f.pixels().shape for f in frames} == {(*start, 3)}
+    sizes = octave_sizes(tuple(start), 4, 1.3)
+    # Each frame is the octave at its own size, smallest first; a viewer's canvas scales it.
+    assert [f.pixels().shape for f in frames] == [(*size, 3) for size in sizes for _ in range(3)]
     result = events[-1]
     assert isinstance(result, Result)
     assert result.images["dream"].shape == (*start, 3)
     assert np.array_equal(to_uint8(result.images["dream"]), frames[-1].pixels())
-    assert [tuple(s) for s in result.data["octave_sizes"]] == octave_sizes(tuple(start), 4, 1.3)
+    assert [tuple(s) for s in result.data["octave_sizes"]] == sizes
 
 
 def test_same_seed_same_frames_other_seed_other_jitter(frames_by_seed):

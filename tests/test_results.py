@@ -95,3 +95,16 @@ def test_a_frame_made_into_pixels_on_another_thread_gets_the_same_pixels_without
     thread.start()
     thread.join()
     assert np.array_equal(made[0], Frame(image).pixels())
+
+
+def test_a_gif_shows_smaller_frames_scaled_to_the_last_ones_size(tmp_path):
+    # DeepDream's frames are each octave at its own size, smallest first.
+    from convlens.results import write_gif
+
+    small = np.zeros((20, 30, 3), np.uint8)
+    small[:, :15] = 255  # left half white
+    write_gif(tmp_path / "run.gif", [small, np.zeros((40, 60, 3), np.uint8)])
+    gif = Image.open(tmp_path / "run.gif")
+    assert gif.n_frames == 2 and gif.size == (60, 40)
+    first = np.asarray(gif.convert("RGB"))
+    assert first[:, :28].min() > 200 and first[:, 32:].max() < 50

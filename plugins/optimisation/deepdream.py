@@ -14,7 +14,8 @@ Differences from the notebook: pixels live in [0, 1] (the model normalises insid
 after each step, so ``lr`` is a fraction of the full range, not the notebook's 1.5 out of 255. The
 starting image is scaled so its long side is at most twice the model's input size, to keep it cheap on a
 CPU. A model that takes only its own input size sees every octave resized to it; the gradient flows back
-through that resize to the octave's pixels.
+through that resize to the octave's pixels. Each step's frame is the octave at its own size (a viewer's
+canvas and the run's GIF scale the smaller ones up to the picture's width).
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 REFERENCE = (
     "Mordvintsev, Olah, Tyka 2015, Inceptionism: Going Deeper into Neural Networks (Google Research blog)"
 )
-MAX_FRAME_SIDE = 512
 MIN_OCTAVE_SIDE = 32
 
 
@@ -152,7 +152,6 @@ def run_deepdream(ctx: RunContext) -> Iterator[Event]:
 
     start = ctx.image.shape[:2]
     base = to_tensor(ctx.image, fit_within(start, 2 * max(model.input_size)))
-    display_size = fit_within(tuple(base.shape[-2:]), MAX_FRAME_SIDE)
     sizes = octave_sizes(tuple(base.shape[-2:]), params["octaves"], params["octave_scale"])
     total = steps * len(sizes)
     yield Log(
@@ -171,7 +170,9 @@ def run_deepdream(ctx: RunContext) -> Iterator[Event]:
             shift = tuple(int(s) for s in ctx.rng.integers(-jitter, jitter + 1, size=2)) if jitter else (0, 0)
             dream, objective = ascent_step(model, dream, layer, channel, lr, shift, input_size, guide)
             step += 1
-            yield from snapshot(resized(dream, display_size), {"objective": objective}, step, "dream")
+            # At the octave's own size: a viewer's canvas scales it to the picture's width (resizing every
+            # step's frame here cost 1.1-1.4 ms a step at 448x298, ~5% of a small octave's step).
+            yield from snapshot(dream, {"objective": objective}, step, "dream")
             yield Progress(step, total)
         detail = dream - octave_base
 
