@@ -52,6 +52,13 @@ def test_one_frame_metrics_and_progress_per_step_of_every_octave(convlens_run, t
     assert [tuple(s) for s in result.data["octave_sizes"]] == sizes
 
 
+def test_every_kth_step_of_each_octave_and_its_last_is_shown(convlens_run, tiny_model, sample_image):
+    events = convlens_run("deepdream", tiny_model, sample_image, octaves=2, steps=5, every=2)
+    assert [f.step for f in of_type(events, Frame)] == [2, 4, 5, 7, 9, 10]
+    assert [m.step for m in of_type(events, Metrics)] == [2, 4, 5, 7, 9, 10]
+    assert [p.step for p in of_type(events, Progress)] == list(range(1, 11))
+
+
 def test_same_seed_same_frames_other_seed_other_jitter(frames_by_seed):
     first, other = frames_by_seed("deepdream", dict(octaves=2, steps=3, jitter=8), seeds=(7, 8))
     assert not np.array_equal(first[-1].pixels(), other[-1].pixels())
