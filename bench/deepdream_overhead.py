@@ -165,7 +165,9 @@ def bare_deepdream(model, forward_layer: LayerFunction, steps: int, octaves: int
 def resized(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(images.shape[-2:]) == size:
         return images
-    return torch.nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return torch.nn.functional.interpolate(
+        images, size=size, mode="bilinear", align_corners=False, antialias=True
+    )
 
 
 def _bare_deepdream(model, forward_layer: LayerFunction, steps: int, octaves: int) -> dict:
@@ -208,7 +210,9 @@ def _bare_deepdream(model, forward_layer: LayerFunction, steps: int, octaves: in
 
 
 # -- the convlens side -----------------------------------------------------------------------------------
-def convlens_deepdream(server, viewer: Viewer, model_id: str, steps: int, octaves: int, timeout: float) -> dict:
+def convlens_deepdream(
+    server, viewer: Viewer, model_id: str, steps: int, octaves: int, timeout: float
+) -> dict:
     params = {"layer": LAYER, "octaves": octaves, "octave_scale": OCTAVE_SCALE, "steps": steps, "lr": LR}
     body = {
         "method": "deepdream",

@@ -59,6 +59,31 @@ def test_every_kth_step_of_each_octave_and_its_last_is_shown(convlens_run, tiny_
     assert [p.step for p in of_type(events, Progress)] == list(range(1, 11))
 
 
+def test_a_dream_from_nothing_takes_only_the_pictures_size(convlens_run, tiny_model, sample_image):
+    params = dict(octaves=2, steps=3, jitter=0)
+    from_mean = convlens_run("deepdream", tiny_model, sample_image, init="mean", **params)
+    turned = np.ascontiguousarray(sample_image[::-1, ::-1])  # another picture of the same size
+    assert np.array_equal(
+        from_mean[-1].images["dream"],
+        convlens_run("deepdream", tiny_model, turned, init="mean", **params)[-1].images["dream"],
+    )
+    from_image = convlens_run("deepdream", tiny_model, sample_image, **params)
+    assert not np.allclose(from_mean[-1].images["dream"], from_image[-1].images["dream"], atol=0.1)
+    start = start_image(tiny_model, sample_image).shape[-2:]
+    assert from_mean[-1].images["dream"].shape == (*start, 3)
+    # The first frame is one step from the flat mean colour: its pixels stay within lr-sized steps of it.
+    first = of_type(from_mean, Frame)[0].pixels().astype(float) / 255
+    mean = np.asarray(tiny_model.card.mean)
+    assert np.abs(first - mean).mean() < 0.1
+    noise_a, noise_b = (
+        of_type(
+            convlens_run("deepdream", tiny_model, sample_image, init="noise", seed=seed, **params), Frame
+        )[0].pixels()
+        for seed in (1, 2)
+    )
+    assert not np.array_equal(noise_a, noise_b)
+
+
 def test_same_seed_same_frames_other_seed_other_jitter(frames_by_seed):
     first, other = frames_by_seed("deepdream", dict(octaves=2, steps=3, jitter=8), seeds=(7, 8))
     assert not np.array_equal(first[-1].pixels(), other[-1].pixels())

@@ -35,7 +35,17 @@ from convlens.images import to_image
 from convlens.methods import Method, RunContext
 from convlens.params import Choice, ClassIndex, Float
 
-from .common import EVERY, adam_step, is_shown, lr_param, non_finite, refuse, snapshot, steps_param
+from .common import (
+    EVERY,
+    adam_step,
+    is_shown,
+    lr_param,
+    mean_start,
+    non_finite,
+    refuse,
+    snapshot,
+    steps_param,
+)
 
 if TYPE_CHECKING:
     from convlens.models.base import Model
@@ -45,21 +55,13 @@ REFERENCE = (
     "Models and Saliency Maps (arXiv:1312.6034), section 2"
 )
 INITS = ("mean", "noise", "image")
-NOISE_STD = 0.1
-"""Standard deviation, in [0, 1] pixel units, of the ``noise`` start around the mean colour."""
 
 
 def start_image(ctx: RunContext, init: str) -> torch.Tensor:
     """The 1x3xHxW pixels at the model's input size the ascent starts from: ``mean``, ``noise`` or ``image``."""
-    model = ctx.model
-    height, width = model.input_size
     if init == "image":
         return ctx.model_input().clone()
-    mean = torch.tensor(model.card.mean, dtype=torch.float32).view(1, 3, 1, 1).expand(1, 3, height, width)
-    if init == "mean":
-        return mean.clone()
-    noise = torch.randn(1, 3, height, width, generator=ctx.generator) * NOISE_STD
-    return (mean + noise).clamp(0.0, 1.0)
+    return mean_start(ctx, tuple(ctx.model.input_size), noise=init == "noise")
 
 
 def class_objective(

@@ -14,9 +14,21 @@ from convlens.events import Event, Frame, Metrics
 from convlens.params import Float, Int, Param
 
 if TYPE_CHECKING:
+    from convlens.methods import RunContext
     from convlens.models.base import Model
 
 ADAM_LR_HELP = "Adam's step size, in [0, 1] pixel units."
+NOISE_STD = 0.1
+"""Standard deviation, in [0, 1] pixel units, of a ``noise`` start around the mean colour."""
+
+
+def mean_start(ctx: RunContext, size: tuple[int, int], noise: bool) -> torch.Tensor:
+    """1x3xHxW pixels of ``size`` in the dataset's mean colour (the network's zero input), plus seeded Gaussian
+    noise of ``NOISE_STD`` when ``noise``, clipped to [0, 1]."""
+    mean = torch.tensor(ctx.model.card.mean, dtype=torch.float32).view(1, 3, 1, 1).expand(1, 3, *size)
+    if not noise:
+        return mean.clone()
+    return (mean + torch.randn(1, 3, *size, generator=ctx.generator) * NOISE_STD).clamp(0.0, 1.0)
 
 
 def steps_param(default: int, help: str = "Gradient-ascent steps.", maximum: int = 2000) -> Param:  # noqa: A002

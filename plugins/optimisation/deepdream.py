@@ -31,9 +31,9 @@ from convlens.errors import BadInput
 from convlens.events import Event, Log, Progress, Result
 from convlens.images import to_image, to_tensor
 from convlens.methods import Method, RunContext
-from convlens.params import Float, Int, Layer, Picture
+from convlens.params import Choice, Float, Int, Layer, Picture
 
-from .common import EVERY, is_shown, lr_param, snapshot, steps_param
+from .common import EVERY, is_shown, lr_param, mean_start, snapshot, steps_param
 
 if TYPE_CHECKING:
     from convlens.models.base import Model
@@ -150,8 +150,11 @@ def run_deepdream(ctx: RunContext) -> Iterator[Event]:
             guide_image = to_tensor(ctx.pictures["guide"], model.input_size)
             guide = layer_activation(model, guide_image, layer, None)[0].flatten(1)
 
-    start = ctx.image.shape[:2]
-    base = to_tensor(ctx.image, fit_within(start, 2 * max(model.input_size)))
+    start = fit_within(ctx.image.shape[:2], 2 * max(model.input_size))
+    if params["init"] == "image":
+        base = to_tensor(ctx.image, start)
+    else:  # a dream from nothing, the size of the picture's
+        base = mean_start(ctx, start, noise=params["init"] == "noise")
     sizes = octave_sizes(tuple(base.shape[-2:]), params["octaves"], params["octave_scale"])
     total = steps * len(sizes)
     yield Log(
@@ -185,6 +188,7 @@ def run_deepdream(ctx: RunContext) -> Iterator[Event]:
             "layer": layer,
             "channel": channel,
             "guide": params["guide"],
+            "init": params["init"],
             "octave_sizes": [list(s) for s in sizes],
             "objective": float(final.detach()),
         },
@@ -225,6 +229,14 @@ DEEPDREAM = Method(
             nullable=True,
             help="Grow, at each place of the dream, the guide image's feature it resembles most; empty: "
             "grow whatever the layer sees.",
+        ),
+        Choice(
+            "init",
+            "image",
+            ("image", "noise", "mean"),
+            title="Start from",
+            help="image: the chosen picture; noise: seeded noise around the dataset's mean colour; mean: that "
+            "colour alone. The last two dream from nothing, at the picture's size.",
         ),
         EVERY,
     ),
