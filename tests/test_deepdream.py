@@ -132,12 +132,24 @@ def test_channel_beyond_the_layer_is_refused(convlens_run, tiny_model, sample_im
     assert error.value.field == "params.channel"
 
 
-def test_non_finite_objective_stops_with_a_clear_error(convlens_run, sample_image):
+def test_a_model_broken_on_the_starting_picture_is_refused(convlens_run, sample_image):
     model = make_tiny_model()
     with torch.no_grad():
         model.module.conv2.weight[0, 0, 0, 0] = math.nan
-    with pytest.raises(RuntimeError, match="objective on layer 'conv3' became nan"):
+    with pytest.raises(BadInput, match=r"non-finite objective nan, gradient nan on layer 'conv3'") as error:
         convlens_run("deepdream", model, sample_image, layer="conv3", steps=2)
+    assert error.value.field == "model" and error.value.status == 422
+
+
+def test_a_run_that_diverges_stops_before_showing_a_broken_image(run_diverging):
+    from convlens.plugins import get_methods
+
+    deepdream = get_methods().get("deepdream")
+    params = {"layer": "conv3", "octaves": 2, "steps": 3}
+    events = run_diverging(deepdream, params, after=4, match=r"deepdream diverged at step 4: objective inf")
+    frames = of_type(events, Frame)
+    assert [f.step for f in frames] == [1, 2, 3, 4]
+    assert all(bool(torch.isfinite(f.image).all()) for f in frames)
 
 
 def test_fixed_size_model_sees_every_octave_at_its_input_size(convlens_run, sample_image):

@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,7 +32,7 @@ from convlens.images import to_image, to_tensor
 from convlens.methods import Method, RunContext
 from convlens.params import Choice, Float, Int, Layer, Picture
 
-from .common import EVERY, is_shown, lr_param, mean_start, snapshot, steps_param
+from .common import EVERY, is_shown, lr_param, mean_start, non_finite, refuse, snapshot, steps_param
 
 if TYPE_CHECKING:
     from convlens.models.base import Model
@@ -114,20 +113,30 @@ def ascent_step(
     shift: tuple[int, int],
     input_size: tuple[int, int] | None,
     guide: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, float]:
-    """One normalised gradient-ascent step on ``dream`` rolled by ``shift``; the new image and the objective before it."""
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One normalised gradient-ascent step on ``dream`` rolled by ``shift``: the new image, and the objective
+    before it and the gradient's mean absolute value (``gradient``), by which the step divides it."""
     rolled = torch.roll(dream, shifts=shift, dims=(2, 3)).requires_grad_(True)
     objective = layer_objective(model, rolled, layer, channel, input_size, guide)
-    value = float(objective.detach())
-    if not np.isfinite(value):
-        raise RuntimeError(
-            f"deepdream: the objective on layer {layer!r} became {value}; the model's activations are not finite"
-            " (try a smaller lr or another layer)"
-        )
     (gradient,) = torch.autograd.grad(objective, rolled)
-    gradient = gradient / (gradient.abs().mean() + 1e-8)
-    stepped = (rolled.detach() + lr * gradient).clamp_(0.0, 1.0)
-    return torch.roll(stepped, shifts=(-shift[0], -shift[1]), dims=(2, 3)), value
+    scale = gradient.abs().mean()
+    stepped = (rolled.detach() + lr * gradient / (scale + 1e-8)).clamp_(0.0, 1.0)
+    values = {"objective": float(objective.detach()), "gradient": float(scale)}
+    return torch.roll(stepped, shifts=(-shift[0], -shift[1]), dims=(2, 3)), values
+
+
+def check_finite(model: Model, layer: str, step: int, values: dict[str, float]) -> None:
+    """Refuse to go on once the objective or its gradient is not a finite number: a broken model on the
+    starting picture (step 0), else a run that diverged, before its image is shown."""
+    if bad := non_finite(values):
+        refuse(
+            "deepdream",
+            model,
+            step,
+            start=f"a non-finite {bad} on layer {layer!r} for the starting picture",
+            what=f"{bad} on layer {layer!r}",
+            advice="another layer",
+        )
 
 
 def run_deepdream(ctx: RunContext) -> Iterator[Event]:
@@ -171,12 +180,13 @@ def run_deepdream(ctx: RunContext) -> Iterator[Event]:
         dream = (octave_base + resized(detail, size)).clamp(0.0, 1.0)
         for index in range(1, steps + 1):
             shift = tuple(int(s) for s in ctx.rng.integers(-jitter, jitter + 1, size=2)) if jitter else (0, 0)
-            dream, objective = ascent_step(model, dream, layer, channel, lr, shift, input_size, guide)
-            step += 1
+            stepped, values = ascent_step(model, dream, layer, channel, lr, shift, input_size, guide)
+            check_finite(model, layer, step, values)
+            dream, step = stepped, step + 1
             # Every k-th step of the octave and its last, at the octave's own size: a viewer's canvas scales
             # it to the picture's width (resizing each frame here took 1.1-1.4 ms a step at 448x298).
             if is_shown(index, every, steps):
-                yield from snapshot(dream, {"objective": objective}, step, "dream")
+                yield from snapshot(dream, {"objective": values["objective"]}, step, "dream")
             yield Progress(step, total)
         detail = dream - octave_base
 
