@@ -247,6 +247,21 @@ def test_upload_over_the_configured_cap_is_refused(models_dir, tmp_path):
     assert answer.get_json()["field"] == "file"
 
 
+def test_a_picture_over_the_configured_pixel_cap_is_refused(models_dir, tmp_path):
+    # Any picture a run takes (the image, a style, a guide) is uploaded here first.
+    from convlens.app import create_app
+    from convlens.config import Config
+
+    capped = create_app(
+        Config(models_dirs=[models_dir], data_dir=tmp_path, max_pixels=100 * 100)
+    ).test_client()
+    answer = capped.post("/api/images", data={"file": (io.BytesIO(png_bytes(200, 200)), "style.png")})
+    assert answer.status_code == 413
+    assert answer.get_json()["field"] == "file" and "10000" in answer.get_json()["error"]
+    fits = capped.post("/api/images", data={"file": (io.BytesIO(png_bytes(100, 100)), "style.png")})
+    assert fits.status_code == 201, fits.get_json()
+
+
 def test_missing_file_field_and_unknown_endpoints(client):
     assert client.post("/api/images", data={}).get_json()["field"] == "file"
     answer = client.get("/api/nothing-here")

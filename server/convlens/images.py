@@ -74,6 +74,8 @@ def decode_image(
                     )
                 probe.load()
                 image = probe.convert("RGB")
+    except BadInput:  # the pixel cap's TooLarge, a ValueError that the last clause would call corrupt
+        raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         if isinstance(error, UnidentifiedImageError):
             raise BadInput(field, "not an image PIL can read (PNG, JPEG, WebP, GIF, BMP, TIFF ...)") from None
