@@ -8,7 +8,7 @@ import torch
 
 from convlens.errors import BadInput
 from convlens.events import Frame, Metrics, Progress, Result
-from convlens.images import to_tensor
+from convlens.images import to_image, to_tensor
 from convlens.models.default import DEFAULT_MODEL_ID
 from convlens.models.store import ModelStore
 from convlens_plugins.optimisation.feature_vis import FEATURE_VIS, evaluate, parse_objective
@@ -113,6 +113,25 @@ def test_colour_root_times_its_transpose_is_the_stated_covariance_of_the_photos(
     assert np.allclose(
         np.corrcoef(mixing @ noise), COLOUR_COVARIANCE / np.outer(deviation, deviation), atol=0.01
     )
+
+
+def test_a_spectrum_made_from_a_picture_gives_the_picture_back():
+    picture = torch.rand(1, 3, 40, 52, generator=torch.Generator().manual_seed(1)) * 0.98 + 0.01
+    image = FourierImage(2, 40, 52, decay=1.0, init="image", picture=picture)
+    assert torch.allclose(image.pixels(), picture.expand(2, -1, -1, -1), atol=1e-5)
+    assert torch.allclose(
+        FourierImage(1, 40, 52, decay=1.0, init="zeros").pixels(), torch.full((1, 3, 40, 52), 0.5)
+    )
+
+
+def test_a_run_starts_from_the_chosen_picture_or_a_flat_grey(convlens_run, tiny_model, sample_image):
+    params = dict(objective="channel:relu2:1", steps=2, every=1, size=48)
+    from_picture = of_type(convlens_run(FEATURE_VIS, tiny_model, sample_image, init="image", **params), Frame)
+    expected = np.clip(to_image(to_tensor(sample_image, (48, 48))), 0.01, 0.99)
+    assert np.abs(from_picture[0].image - expected).max() < 1e-4
+    from_zeros = of_type(convlens_run(FEATURE_VIS, tiny_model, sample_image, init="zeros", **params), Frame)
+    assert np.allclose(from_zeros[0].image, 0.5)
+    assert not np.allclose(from_zeros[-1].image, 0.5, atol=1e-3)  # and moves from there
 
 
 def test_transforms_are_seeded_by_the_generator(convlens_run, tiny_model, sample_image):
@@ -264,6 +283,8 @@ def test_streams_mosaic_frames_and_metrics_every_kth_step(convlens_run, tiny_mod
         ({"batch": 0}, "params.batch"),
         ({"batch": 9}, "params.batch"),
         ({"size": 8}, "params.size"),
+        ({"size": 513}, "params.size"),
+        ({"init": "picture"}, "params.init"),
         ({"diversity": -1.0}, "params.diversity"),
         ({"diversity_layer": "conv9", "batch": 2}, "params.diversity_layer"),
         ({"every": 0}, "params.every"),

@@ -46,7 +46,7 @@ from convlens.errors import BadInput
 from convlens.events import Event, Frame, Log, Metrics, Progress, Result
 from convlens.images import to_image
 from convlens.methods import Method, RunContext
-from convlens.params import Bool, Float, Int, Layer, Param
+from convlens.params import Bool, Choice, Float, Int, Layer, Param
 
 from .parameterisation import FourierImage, mosaic, robust_views
 from .style_transfer import working_size
@@ -251,12 +251,14 @@ def run_feature_vis(ctx: RunContext) -> Iterator[Event]:
     height, width = working_size(model, params["size"])
     yield Log(
         f"feature visualisation of {' + '.join(f'{t.weight:g}×{t.text}' for t in terms)}: {batch} image(s) "
-        f"{height}x{width}, Adam lr {params['lr']}, decay {params['decay']}, transforms "
+        f"{height}x{width} from {params['init']}, Adam lr {params['lr']}, decay {params['decay']}, transforms "
         f"{'on' if params['transforms'] else 'off'}"
         + (f", diversity {params['diversity']} at {diversity_layer}" if diversity_layer else "")
     )
 
-    image = FourierImage(batch, height, width, params["decay"], ctx.generator)
+    init = params["init"]
+    picture = ctx.model_input((height, width)) if init == "image" else None
+    image = FourierImage(batch, height, width, params["decay"], ctx.generator, init, picture)
     optimiser = torch.optim.Adam([image.coefficients], lr=params["lr"])
     with torch.no_grad():
         start, _, start_similarity = evaluate(model, image.pixels(), terms, diversity_layer)
@@ -305,6 +307,7 @@ def run_feature_vis(ctx: RunContext) -> Iterator[Event]:
             "similarity_end": None if end_similarity is None else float(end_similarity),
             "diversity_layer": diversity_layer,
             "steps": steps,
+            "init": init,
         },
     )
 
@@ -349,6 +352,14 @@ PARAMS: tuple[Param, ...] = (
     ),
     Float("decay", 1.0, minimum=0.0, maximum=3.0, help="Spectrum scaling 1/f^decay; 0: plain Fourier."),
     Bool("transforms", True, help="Pad, jitter, scale and rotate at random each step."),
+    Choice(
+        "init",
+        "noise",
+        ("noise", "zeros", "image"),
+        title="Start from",
+        help="noise: small seeded noise in the spectrum (Lucid's start, nearly grey); zeros: a flat grey; "
+        "image: the chosen picture (clipped to [0.01, 0.99]), every image of the batch.",
+    ),
     Int(
         "every", 8, minimum=1, maximum=2000, help="A frame and metrics every this many steps (and the last)."
     ),

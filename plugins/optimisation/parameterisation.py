@@ -40,6 +40,8 @@ percent of the sigmoid's input range per step, and a run of a few hundred steps 
 steep part."""
 INIT_STD = 0.01
 """Standard deviation of the seeded random Fourier coefficients an image starts from: a nearly grey picture."""
+PICTURE_LIMIT = 0.01
+"""A picture to start from is clipped to [0.01, 0.99]: the sigmoid reaches 0 and 1 only at infinity."""
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle")
 
 
@@ -92,17 +94,43 @@ class FourierImage:
     """A batch of images parameterised as scaled spectra in a decorrelated colour space.
 
     ``coefficients`` (Bx3xHx(W//2+1)x2, real and imaginary parts) is the tensor the optimiser moves;
-    :meth:`pixels` is the Bx3xHxW batch in [0, 1] it stands for.
+    :meth:`pixels` is the Bx3xHxW batch in [0, 1] it stands for. They start as Lucid's do, small seeded
+    noise (``init="noise"``), or at zero, a flat grey (``"zeros"``), or as ``picture`` (1x3xHxW in [0, 1],
+    ``"image"``) for every image of the batch, its pixels clipped to [``PICTURE_LIMIT``, 1 - ``PICTURE_LIMIT``]
+    so the sigmoid can reach them.
     """
 
     def __init__(
-        self, batch: int, height: int, width: int, decay: float, generator: torch.Generator | None = None
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        decay: float,
+        generator: torch.Generator | None = None,
+        init: str = "noise",
+        picture: torch.Tensor | None = None,
     ) -> None:
         self.height, self.width = height, width
         self.scale = frequency_scale(height, width, decay)
         self.mixing = colour_mixing()
         shape = (batch, 3, height, width // 2 + 1, 2)
-        self.coefficients = (torch.randn(shape, generator=generator) * INIT_STD).requires_grad_(True)
+        if init == "noise":
+            coefficients = torch.randn(shape, generator=generator) * INIT_STD
+        elif init == "zeros":
+            coefficients = torch.zeros(shape)
+        elif init == "image" and picture is not None:
+            coefficients = self.coefficients_of(picture).expand(shape).clone()
+        else:
+            raise ValueError(f"init {init!r} (with a picture: {picture is not None}) is not a start")
+        self.coefficients = coefficients.requires_grad_(True)
+
+    def coefficients_of(self, picture: torch.Tensor) -> torch.Tensor:
+        """The coefficients whose :meth:`pixels` are ``picture`` (Nx3xHxW), clipped: :meth:`pixels` undone."""
+        clipped = picture.float().clamp(PICTURE_LIMIT, 1.0 - PICTURE_LIMIT)
+        rgb = torch.log(clipped) - torch.log1p(-clipped)  # the sigmoid's inverse
+        decorrelated = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(self.mixing), rgb) / SPECTRUM_GAIN
+        spectrum = torch.fft.rfft2(decorrelated, norm="ortho") / self.scale
+        return torch.view_as_real(spectrum).contiguous()
 
     def decorrelated(self) -> torch.Tensor:
         """The three decorrelated channels (Bx3xHxW, unbounded) before colour mixing."""
