@@ -132,6 +132,30 @@ def test_channel_beyond_the_layer_is_refused(convlens_run, tiny_model, sample_im
     assert error.value.field == "params.channel"
 
 
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"layer": "no_such_layer"}, "params.layer"),
+        ({"steps": 0}, "params.steps"),
+        ({"steps": 10**6}, "params.steps"),
+        ({"lr": 0.0}, "params.lr"),
+        ({"lr": -0.05}, "params.lr"),
+        ({"lr": 1e9}, "params.lr"),
+        ({"octaves": 0}, "params.octaves"),
+        ({"octaves": 99}, "params.octaves"),
+        ({"octave_scale": 5.0}, "params.octave_scale"),
+        ({"jitter": -1}, "params.jitter"),
+        ({"init": "zeros"}, "params.init"),
+        ({"every": 0}, "params.every"),
+        ({"guide": "no-such-picture"}, "params.guide"),
+    ],
+)
+def test_bad_parameters_are_refused_naming_them(convlens_run, tiny_model, sample_image, params, field):
+    with pytest.raises(BadInput) as error:
+        convlens_run("deepdream", tiny_model, sample_image, **params)
+    assert error.value.field == field
+
+
 def test_a_model_broken_on_the_starting_picture_is_refused(convlens_run, sample_image):
     model = make_tiny_model()
     with torch.no_grad():
