@@ -294,3 +294,23 @@ def test_bad_parameters_are_refused_naming_them(convlens_run, tiny_model, sample
     with pytest.raises(BadInput) as error:
         convlens_run(FEATURE_VIS, tiny_model, sample_image, **params)
     assert error.value.field == field
+
+
+def test_run_that_diverges_stops_naming_lr_and_yields_no_result(run_diverging):
+    params = {"objective": "channel:relu2:1", "steps": 10, "every": 1, "size": 48}
+    # One forward pass for the starting value, then one a step: the third step's is infinite.
+    events = run_diverging(
+        FEATURE_VIS, params, after=3, match=r"feature_vis diverged at step 2: the objective is"
+    )
+    assert [f.step for f in of_type(events, Frame)] == [0, 1]
+
+
+def test_a_model_broken_on_the_starting_images_is_refused(convlens_run, sample_image):
+    from convlens.testing import make_tiny_model
+
+    model = make_tiny_model()
+    with torch.no_grad():
+        model.module.conv2.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(BadInput, match="non-finite objective") as error:
+        convlens_run(FEATURE_VIS, model, sample_image, objective="channel:relu2:1", steps=2, size=48)
+    assert error.value.field == "model" and error.value.status == 422

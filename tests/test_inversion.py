@@ -103,6 +103,22 @@ def test_same_seed_same_frames_other_seed_other_noise(frames_by_seed):
     assert not np.array_equal(first[0].pixels(), other[0].pixels())
 
 
+def test_ladder_same_seed_same_frames_other_seed_other_noise(frames_by_seed):
+    first, other = frames_by_seed(INVERSION_LADDER, dict(layers="conv1, relu2", steps=2, every=1))
+    assert [f.label for f in first[:2]] == ["conv1", "relu2"]
+    assert not np.array_equal(first[0].pixels(), other[0].pixels())
+
+
+def test_ladder_that_diverges_stops_naming_lr_and_yields_no_result(run_diverging):
+    events = run_diverging(
+        INVERSION_LADDER,
+        {"layers": "conv1, relu2", "steps": 10, "every": 1},
+        after=3,
+        match=r"inversion_ladder diverged at step 2: code_distance (inf|nan)",
+    )
+    assert [f.step for f in of_type(events, Frame)] == [0, 0, 1, 1]
+
+
 def test_ladder_shows_each_layer_and_the_probabilities_side_by_side(convlens_run, tiny_model, sample_image):
     events = convlens_run(INVERSION_LADDER, tiny_model, sample_image, steps=3, every=3)
     result = events[-1]

@@ -18,6 +18,11 @@ CASES = {
         +1,
     ),
     "inversion": ({"layer": "_blocks.1", "steps": 6}, "code_distance", -1),
+    "inversion_ladder": (
+        {"layers": "_blocks.1, probabilities", "steps": 4, "every": 1},
+        "code_distance _blocks.1",
+        -1,
+    ),
     "deepdream": ({"layer": "_blocks.9", "steps": 5, "octaves": 1, "jitter": 0}, "objective", +1),
     "style_transfer": ({"style": "brick", "size": 96, "steps": 4}, "total", -1),
 }

@@ -48,6 +48,7 @@ from convlens.images import to_image
 from convlens.methods import Method, RunContext
 from convlens.params import Bool, Choice, Float, Int, Layer, Param
 
+from .common import refuse
 from .parameterisation import FourierImage, mosaic, robust_views
 from .style_transfer import working_size
 
@@ -214,19 +215,15 @@ def evaluate(
 
 def check_finite(model: Model, step: int, value: float) -> None:
     """Stop once the objective is not a finite number, naming what to change."""
-    if math.isfinite(value):
-        return
-    if step == 0:
-        raise BadInput(
-            "model",
-            f"feature_vis: model {model.id!r} gives a non-finite objective ({value}) on the starting images",
-            status=422,
+    if not math.isfinite(value):
+        refuse(
+            "feature_vis",
+            model,
+            step,
+            start=f"a non-finite objective ({value}) on the starting images",
+            what=f"the objective is {value}",
+            advice="smaller weights in the objective",
         )
-    raise BadInput(
-        "params.lr",
-        f"feature_vis diverged at step {step}: the objective is {value}; stopped instead of showing a broken "
-        "image (try a smaller lr)",
-    )
 
 
 def default_objective(ctx: RunContext) -> str:
