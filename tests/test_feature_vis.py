@@ -310,7 +310,7 @@ def test_a_model_broken_on_the_starting_images_is_refused(convlens_run, sample_i
 
     model = make_tiny_model()
     with torch.no_grad():
-        model.module.conv2.weight[0, 0, 0, 0] = float("nan")
+        model.module.conv2.weight[0, 0, 0, 0] = float("nan")  # channel 0 of conv2 is NaN everywhere
     with pytest.raises(BadInput, match="non-finite objective") as error:
-        convlens_run(FEATURE_VIS, model, sample_image, objective="channel:relu2:1", steps=2, size=48)
+        convlens_run(FEATURE_VIS, model, sample_image, objective="channel:relu2:0", steps=2, size=48)
     assert error.value.field == "model" and error.value.status == 422
