@@ -1,7 +1,7 @@
 """Per-step cost of the image-optimisation methods through a real convlens server versus a bare torch loop.
 
-Issue 4's figure for ``class_model`` and ``style_transfer`` (``deepdream_overhead.py`` does DeepDream), as a
-table of method x model format. convlens side: ``python -m convlens serve`` on 127.0.0.1, ``POST /api/jobs``
+Issue 4's figure for ``class_model``, ``style_transfer``, ``activation_max`` and ``inversion``
+(``deepdream_overhead.py`` does DeepDream), as a table of method x model format. convlens side: ``python -m convlens serve`` on 127.0.0.1, ``POST /api/jobs``
 on chelsea (seed 0, a frame every step), one Socket.IO viewer over a websocket acknowledging every frame at
 once. *End to end* is steps / (the job's ``started`` → ``done`` received); *per step* runs from the first to
 the last ``progress`` event received.
@@ -17,13 +17,19 @@ and the plugin's step written out in torch, no frames, no encoding:
 - ``style_transfer``: Adam on the [0, 1] pixels from the content picture at ``--size``; loss = content MSE at
   ``_blocks.5`` + 100 x the Gram-matrix loss at five layers against the ``brick`` texture + 0.1 x total
   variation; descend, clamp to [0, 1].
+- ``activation_max``: from the mean colour, the gradient of channel 4's mean at ``_blocks.9`` divided by its
+  mean absolute value, a step of 0.05, then Table 1's first regulariser set (the plugin's
+  ``regularise``: blur every 4 steps, zero the pixels of low norm), clamped to [0, 1].
+- ``inversion``: Adam on the [0, 1] pixels from the mean colour; objective = the squared distance to the
+  picture's code at ``_blocks.5`` over its squared norm + 1e-3 x the 6-norm prior + 1e-2 x the TV prior (the
+  plugin's ``alpha_prior`` and ``tv_prior``); descend, clamp to [0, 1].
 
-Both sides compute the same thing: the script prints the server's final score (class model) or total loss
-(style transfer) next to the bare loop's, and the largest pixel difference of the final images. Each bare run
+Both sides compute the same thing: the script prints the server's final value (the class's score, the
+style-transfer loss, the unit's value, the code distance) next to the bare loop's, and the largest pixel difference of the final images. Each bare run
 is set up and run in one fresh thread and models are loaded in one, as in ``deepdream_overhead.py`` (why: see its docstring).
 Each convlens run sits between two bare runs and is set against their mean (``live.sandwiched``); the medians of
 those ratios and of each side's rates are reported.
-Run: ``.venv/bin/python bench/optimisation_overhead.py [--methods class_model,style_transfer --steps 30]``.
+Run: ``.venv/bin/python bench/optimisation_overhead.py [--methods class_model,inversion --steps 30]``.
 """
 
 from __future__ import annotations
@@ -73,9 +79,20 @@ CONTENT_LAYER = "_blocks.5"
 STYLE_LAYERS = ("_stem_act", "_blocks.1", "_blocks.3", "_blocks.5", "_blocks.8")
 WEIGHTS = (1.0, 100.0, 0.1)
 """Content, style and TV weights: the plugin's defaults."""
-RESULT_IMAGE = {"class_model": "class_model", "style_transfer": "style_transfer"}
-FINAL_VALUE = {"class_model": "score", "style_transfer": "total"}
-"""The number both sides report for the final image: the target's logit, the style-transfer loss."""
+UNIT_LAYER, UNIT_CHANNEL, UNIT_PRESET = "_blocks.9", 4, "1"
+"""activation_max's unit (a channel's mean) and Table 1's regulariser set."""
+INVERSION_LAYER, INVERSION_LR, ALPHA_WEIGHT, TV_WEIGHT = "_blocks.5", 0.05, 1e-3, 1e-2
+"""inversion's layer and its plugin's default step size and prior weights."""
+METHODS = ("class_model", "style_transfer", "activation_max", "inversion")
+RESULT_IMAGE = {method: method for method in METHODS}
+FINAL_VALUE = {
+    "class_model": "score",
+    "style_transfer": "total",
+    "activation_max": "value_end",
+    "inversion": "code_distance",
+}
+"""The number both sides report for the final image: the target's logit, the style-transfer loss, the
+unit's value, the distance to the picture's code."""
 
 Function = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 
@@ -213,10 +230,107 @@ def _bare_style_transfer(model, forward: Function, size: int, steps: int) -> dic
     return timed_loop(step, steps, lambda: image, final)
 
 
+def mean_colour(model) -> torch.Tensor:
+    """1x3xHxW pixels of the model's mean colour at its input size: the methods' ``mean`` start."""
+    height, width = model.input_size
+    return (
+        torch.tensor(model.card.mean, dtype=torch.float32)
+        .view(1, 3, 1, 1)
+        .expand(1, 3, height, width)
+        .clone()
+    )
+
+
+def bare_activation_max(model, forward: Function, steps: int) -> dict:
+    """``steps`` regularised activation-maximisation steps in plain torch, in one fresh thread."""
+    return in_fresh_thread(lambda: _bare_activation_max(model, forward, steps))
+
+
+def _bare_activation_max(model, forward: Function, steps: int) -> dict:
+    from convlens_plugins.optimisation.activation_max import PRESETS, regularise
+
+    settings = PRESETS[UNIT_PRESET]
+    normalise = normaliser(model)
+    mean = torch.tensor(model.card.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(model.card.std, dtype=torch.float32).view(1, 3, 1, 1)
+    image = mean_colour(model)
+    done = 0
+
+    def value_of(pixels: torch.Tensor) -> torch.Tensor:
+        return forward(normalise(pixels))[0][0, UNIT_CHANNEL].float().mean()
+
+    def step() -> None:
+        nonlocal image, done
+        pixels = image.clone().requires_grad_(True)
+        value = value_of(pixels)
+        if not np.isfinite(float(value.detach())):
+            raise RuntimeError("the unit's value is not finite")
+        (gradient,) = torch.autograd.grad(value, pixels)
+        scale = float(gradient.abs().mean())
+        gradient = gradient / (scale + 1e-12)
+        done += 1
+        with torch.no_grad():
+            image = regularise(image + settings["lr"] * gradient, gradient, mean, std, done, settings)
+
+    def final() -> float:
+        with torch.no_grad():
+            return float(value_of(image))
+
+    return timed_loop(step, steps, lambda: image, final)
+
+
+def bare_inversion(model, forward: Function, steps: int) -> dict:
+    """``steps`` Adam feature-inversion steps in plain torch, in one fresh thread."""
+    return in_fresh_thread(lambda: _bare_inversion(model, forward, steps))
+
+
+def _bare_inversion(model, forward: Function, steps: int) -> dict:
+    from convlens_plugins.optimisation.inversion import alpha_prior, tv_prior
+
+    normalise = normaliser(model)
+    with torch.no_grad():
+        target = forward(normalise(chelsea_input(model)))[0][0].float().flatten()
+    norm = target.pow(2).sum().clamp_min(1e-12)
+    image = mean_colour(model).requires_grad_(True)
+    optimiser = torch.optim.Adam([image], lr=INVERSION_LR)
+
+    def distance() -> torch.Tensor:
+        return (forward(normalise(image))[0][0].float().flatten() - target).pow(2).sum() / norm
+
+    def step() -> None:
+        objective = distance() + ALPHA_WEIGHT * alpha_prior(model, image) + TV_WEIGHT * tv_prior(image)
+        if not np.isfinite(float(objective.detach().sum())):
+            raise RuntimeError("the objective is not finite")
+        optimiser.zero_grad(set_to_none=True)
+        objective.sum().backward()
+        if not bool(torch.isfinite(image.grad).all()):
+            raise RuntimeError("the gradient is not finite")
+        optimiser.step()
+        with torch.no_grad():
+            image.clamp_(0.0, 1.0)
+
+    def final() -> float:
+        with torch.no_grad():
+            return float(distance())
+
+    return timed_loop(step, steps, lambda: image, final)
+
+
 # -- the convlens side -----------------------------------------------------------------------------------
 def job_body(method: str, model_id: str, steps: int, target: int, size: int) -> dict:
     if method == "class_model":
         params = {"target": target, "steps": steps, "lr": CLASS_LR, "l2_weight": L2_WEIGHT, "init": "mean"}
+    elif method == "activation_max":
+        params = {
+            "layer": UNIT_LAYER,
+            "channel": UNIT_CHANNEL,
+            "preset": UNIT_PRESET,
+            "steps": steps,
+            "init": "mean",
+        }
+    elif method == "inversion":
+        params = {"layer": INVERSION_LAYER, "steps": steps, "lr": INVERSION_LR, "alpha_weight": ALPHA_WEIGHT}
+        params |= {"tv_weight": TV_WEIGHT, "init": "mean", "every": 1}
     else:
         params = {"style": STYLE, "optimiser": "adam", "lr": STYLE_LR, "steps": steps, "size": size}
     return {"method": method, "model": model_id, "image": IMAGE, "params": params, "seed": SEED}
@@ -236,7 +350,7 @@ def server_outcome(server, job_id: str, method: str) -> tuple[float, np.ndarray]
 # -- the run ---------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="class_model,style_transfer")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated: " + ", ".join(METHODS))
     parser.add_argument("--formats", default="onnx,pt2,pt", help="comma-separated: onnx, pt2, pt")
     parser.add_argument("--steps", type=int, default=40)
     add_viewer_options(parser)
@@ -306,6 +420,12 @@ def bare_runner(method: str, model, target: int, size: int) -> Callable[[int], d
     if method == "class_model":
         logits = logits_function(model)
         return lambda steps: bare_class_model(model, logits, target, steps)
+    if method == "activation_max":
+        unit = in_fresh_thread(lambda: layers_function(model, [UNIT_LAYER]))
+        return lambda steps: bare_activation_max(model, unit, steps)
+    if method == "inversion":
+        code = in_fresh_thread(lambda: layers_function(model, [INVERSION_LAYER]))
+        return lambda steps: bare_inversion(model, code, steps)
     layers = list(dict.fromkeys([CONTENT_LAYER, *STYLE_LAYERS]))
     activations = in_fresh_thread(lambda: layers_function(model, layers))
     return lambda steps: bare_style_transfer(model, activations, size, steps)
