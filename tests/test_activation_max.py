@@ -13,7 +13,8 @@ from convlens_plugins.optimisation.activation_max import ACTIVATION_MAX
 
 GROWTH_STEPS = 10
 """Steps after which the default model's ``_blocks.9`` channel 5 mean is many times its value on the mean image
-(measured without regularisers: 1.92 at the start, 22.5 after 10 steps, 33.8 after 30)."""
+(measured without regularisers: 1.92 at the start, 22.5 after 10 steps, 33.8 after 30). The issue's check
+reads "after 100 steps"; reaching many times the start in 10 is the stricter form, and keeps the suite short."""
 
 
 def at_mean_colour(image: np.ndarray, model) -> np.ndarray:

@@ -282,7 +282,7 @@ def shared_params() -> tuple[Param, ...]:
             INITS,
             title="Start from",
             help="noise: seeded noise around the mean colour (the paper's start); mean: the dataset's mean "
-            "colour, the zero of the network's input.",
+            "colour, the zero of the network's input. Not the picture: it is what the code is inverted to.",
         ),
         every_param(5, "Show frames and the metrics every this many steps."),
     )
