@@ -143,6 +143,14 @@ def test_transforms_are_seeded_by_the_generator(convlens_run, tiny_model, sample
     assert torch.equal(first, again) and not torch.allclose(first, other)
     copies = robust_views(images[:1].expand(2, -1, -1, -1), torch.Generator().manual_seed(7))
     assert not torch.allclose(copies[0], copies[1])  # each image of a batch draws its own transform
+    # With every amount at zero the views are the images; a shift alone moves them by whole pixels.
+    assert torch.allclose(robust_views(images, torch.Generator(), 0, 0.0, 0.0), images, atol=1e-5)
+    shifted = robust_views(images, torch.Generator().manual_seed(7), 3, 0.0, 0.0)
+    assert any(
+        torch.allclose(shifted[0, :, 3:-3, 3:-3], images[0, :, 3 - dy : 37 - dy, 3 - dx : 37 - dx], atol=1e-5)
+        for dy in range(-3, 4)
+        for dx in range(-3, 4)
+    )
 
     params = dict(objective="channel:relu2:1", steps=4, every=1, size=48)
     runs = [
@@ -284,6 +292,9 @@ def test_streams_mosaic_frames_and_metrics_every_kth_step(convlens_run, tiny_mod
         ({"batch": 9}, "params.batch"),
         ({"size": 8}, "params.size"),
         ({"size": 513}, "params.size"),
+        ({"pad": 33}, "params.pad"),
+        ({"scale": -0.1}, "params.scale"),
+        ({"degrees": 90.0}, "params.degrees"),
         ({"init": "picture"}, "params.init"),
         ({"diversity": -1.0}, "params.diversity"),
         ({"diversity_layer": "conv9", "batch": 2}, "params.diversity_layer"),
@@ -314,3 +325,17 @@ def test_a_model_broken_on_the_starting_images_is_refused(convlens_run, sample_i
     with pytest.raises(BadInput, match="non-finite objective") as error:
         convlens_run(FEATURE_VIS, model, sample_image, objective="channel:relu2:0", steps=2, size=48)
     assert error.value.field == "model" and error.value.status == 422
+
+
+def test_transforms_of_zero_amounts_leave_the_run_as_without_them(convlens_run, tiny_model, sample_image):
+    params = dict(objective="channel:relu2:1", steps=6, every=6, size=48)
+    final = {
+        name: convlens_run(FEATURE_VIS, tiny_model, sample_image, **params, **extra)[-1].images["feature_vis"]
+        for name, extra in {
+            "off": {"transforms": False},
+            "zero": {"pad": 0, "scale": 0.0, "degrees": 0.0},
+            "default": {},
+        }.items()
+    }
+    assert np.allclose(final["zero"], final["off"], atol=1e-3)
+    assert not np.allclose(final["default"], final["off"], atol=1e-2)

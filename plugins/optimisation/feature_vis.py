@@ -49,7 +49,7 @@ from convlens.methods import Method, RunContext
 from convlens.params import Bool, Choice, Float, Int, Layer, Param
 
 from .common import refuse
-from .parameterisation import FourierImage, mosaic, robust_views
+from .parameterisation import MAX_DEGREES, MAX_SCALE, PAD, FourierImage, mosaic, robust_views
 from .style_transfer import working_size
 
 if TYPE_CHECKING:
@@ -249,7 +249,11 @@ def run_feature_vis(ctx: RunContext) -> Iterator[Event]:
     yield Log(
         f"feature visualisation of {' + '.join(f'{t.weight:g}×{t.text}' for t in terms)}: {batch} image(s) "
         f"{height}x{width} from {params['init']}, Adam lr {params['lr']}, decay {params['decay']}, transforms "
-        f"{'on' if params['transforms'] else 'off'}"
+        + (
+            f"pad {params['pad']} px, scale ±{params['scale']:g}, rotation ±{params['degrees']:g}°"
+            if params["transforms"]
+            else "off"
+        )
         + (f", diversity {params['diversity']} at {diversity_layer}" if diversity_layer else "")
     )
 
@@ -261,7 +265,9 @@ def run_feature_vis(ctx: RunContext) -> Iterator[Event]:
         start, _, start_similarity = evaluate(model, image.pixels(), terms, diversity_layer)
     for step in range(steps + 1):
         pixels = image.pixels()
-        seen = robust_views(pixels, ctx.generator) if params["transforms"] and step < steps else pixels
+        seen = pixels
+        if params["transforms"] and step < steps:
+            seen = robust_views(pixels, ctx.generator, params["pad"], params["scale"], params["degrees"])
         objective, values, similarity = evaluate(model, seen, terms, diversity_layer)
         total = objective.mean()
         if similarity is not None:
@@ -349,6 +355,27 @@ PARAMS: tuple[Param, ...] = (
     ),
     Float("decay", 1.0, minimum=0.0, maximum=3.0, help="Spectrum scaling 1/f^decay; 0: plain Fourier."),
     Bool("transforms", True, help="Pad, jitter, scale and rotate at random each step."),
+    Int(
+        "pad",
+        PAD,
+        minimum=0,
+        maximum=32,
+        help="Transforms: px of reflected border, and the largest random shift of the crop back (jitter).",
+    ),
+    Float(
+        "scale",
+        MAX_SCALE,
+        minimum=0.0,
+        maximum=0.5,
+        help="Transforms: largest random scale change (0.1: ±10%).",
+    ),
+    Float(
+        "degrees",
+        MAX_DEGREES,
+        minimum=0.0,
+        maximum=45.0,
+        help="Transforms: largest random rotation, in degrees.",
+    ),
     Choice(
         "init",
         "noise",

@@ -144,28 +144,37 @@ class FourierImage:
 
 
 PAD = 12
-"""Pixels of reflected border added before the random transforms, so rotation and scaling bring no black in."""
+"""Pixels of reflected border added before the random transforms, so rotation and scaling bring no black in,
+and the largest random shift (jitter) of the crop back."""
 MAX_SCALE = 0.1
 """Random scale drawn uniformly in ``[1 - MAX_SCALE, 1 + MAX_SCALE]``."""
 MAX_DEGREES = 10.0
 """Random rotation drawn uniformly in ``[-MAX_DEGREES, MAX_DEGREES]``."""
 
 
-def robust_views(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """``images`` (Bx3xHxW) each padded, randomly scaled and rotated about its centre, then cropped back to HxW
-    at a random offset of up to ``PAD`` px either way (the jitter). Differentiable; every draw is from
-    ``generator``, one set per image."""
+def robust_views(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    pad: int = PAD,
+    max_scale: float = MAX_SCALE,
+    max_degrees: float = MAX_DEGREES,
+) -> torch.Tensor:
+    """``images`` (Bx3xHxW) each padded by ``pad`` px (at most the image's side less one), randomly scaled by
+    up to ``max_scale`` and rotated by up to ``max_degrees`` about its centre, then cropped back to HxW at a
+    random offset of up to ``pad`` px either way (the jitter). Differentiable; every draw is from
+    ``generator``, one set per image, whatever the amounts."""
     batch, _, height, width = images.shape
-    padded = F.pad(images, (PAD, PAD, PAD, PAD), mode="reflect")
-    scale = 1.0 + MAX_SCALE * (2.0 * torch.rand(batch, generator=generator) - 1.0)
-    angle = math.radians(MAX_DEGREES) * (2.0 * torch.rand(batch, generator=generator) - 1.0)
+    pad = max(0, min(pad, height - 1, width - 1))
+    padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
+    scale = 1.0 + max_scale * (2.0 * torch.rand(batch, generator=generator) - 1.0)
+    angle = math.radians(max_degrees) * (2.0 * torch.rand(batch, generator=generator) - 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     zero = torch.zeros(batch)
     # affine_grid maps output coordinates to input ones: dividing by the scale enlarges the picture.
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(theta.to(images.dtype), list(padded.shape), align_corners=False)
     warped = F.grid_sample(padded, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    offsets = torch.randint(0, 2 * PAD + 1, (batch, 2), generator=generator).tolist()
+    offsets = torch.randint(0, 2 * pad + 1, (batch, 2), generator=generator).tolist()
     return torch.stack(
         [warped[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets)]
     )
