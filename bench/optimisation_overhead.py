@@ -481,6 +481,13 @@ def report(results: dict, steps: int) -> tuple[list[dict], dict]:
                     "ratio": median(ratios[name]),
                 }
             )
+    pooled = [ratio for detail in details.values() for ratio in detail["ratios"]["step"]]
+    if len(details) > 1:
+        low, high = quartiles(pooled)
+        print(
+            f"all cases pooled, per step / bare: median {median(pooled):.3f}, quartiles {low:.3f}-{high:.3f}"
+            f" ({len(pooled)} convlens runs): convlens overhead {100 * (1 / median(pooled) - 1):+.1f}% time"
+        )
     return rows, details
 
 
