@@ -120,7 +120,7 @@ def ascent_step(
     objective = layer_objective(model, rolled, layer, channel, input_size, guide)
     (gradient,) = torch.autograd.grad(objective, rolled)
     scale = gradient.abs().mean()
-    stepped = (rolled.detach() + lr * gradient / (scale + 1e-8)).clamp_(0.0, 1.0)
+    stepped = (rolled.detach() + lr * (gradient / (scale + 1e-8))).clamp_(0.0, 1.0)
     values = {"objective": float(objective.detach()), "gradient": float(scale)}
     return torch.roll(stepped, shifts=(-shift[0], -shift[1]), dims=(2, 3)), values
 
