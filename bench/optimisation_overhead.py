@@ -135,6 +135,23 @@ def texture(name: str) -> np.ndarray:
 
 
 # -- the reference loops ----------------------------------------------------------------------------------
+def descend(
+    optimiser: torch.optim.Optimizer, loss: torch.Tensor, image: torch.Tensor, check_gradient: bool
+) -> None:
+    """One step of ``optimiser`` down ``loss``, then ``image`` clamped to [0, 1], as the plugins step: the loss
+    checked finite first and, with ``check_gradient``, the gradient too (``common.adam_step``'s check; style
+    transfer's own step has none)."""
+    if not np.isfinite(float(loss.detach())):
+        raise RuntimeError("the loss is not finite")
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    if check_gradient and not bool(torch.isfinite(image.grad).all()):
+        raise RuntimeError("the gradient is not finite")
+    optimiser.step()
+    with torch.no_grad():
+        image.clamp_(0.0, 1.0)
+
+
 def bare_class_model(model, forward: Function, target: int, steps: int) -> dict:
     """``steps`` class-model steps in plain torch, set up and run in one fresh thread; rates, final score, image."""
     return in_fresh_thread(lambda: _bare_class_model(model, forward, target, steps))
@@ -155,14 +172,7 @@ def _bare_class_model(model, forward: Function, target: int, steps: int) -> dict
         return score - L2_WEIGHT * normalise(image).float().pow(2).mean()
 
     def step() -> None:
-        value = objective()
-        if not np.isfinite(float(value.detach())):
-            raise RuntimeError("the objective is not finite")
-        optimiser.zero_grad(set_to_none=True)
-        (-value).backward()
-        optimiser.step()
-        with torch.no_grad():
-            image.clamp_(0.0, 1.0)
+        descend(optimiser, -objective(), image, check_gradient=True)
 
     def final() -> float:
         with torch.no_grad():
@@ -214,14 +224,7 @@ def _bare_style_transfer(model, forward: Function, size: int, steps: int) -> dic
         return content_weight * content_loss + style_weight * style_loss + tv_weight * tv
 
     def step() -> None:
-        total = loss()
-        if not np.isfinite(float(total.detach())):
-            raise RuntimeError("the loss is not finite")
-        optimiser.zero_grad(set_to_none=True)
-        total.backward()
-        optimiser.step()
-        with torch.no_grad():
-            image.clamp_(0.0, 1.0)
+        descend(optimiser, loss(), image, check_gradient=False)
 
     def final() -> float:
         with torch.no_grad():
@@ -299,15 +302,7 @@ def _bare_inversion(model, forward: Function, steps: int) -> dict:
 
     def step() -> None:
         objective = distance() + ALPHA_WEIGHT * alpha_prior(model, image) + TV_WEIGHT * tv_prior(image)
-        if not np.isfinite(float(objective.detach().sum())):
-            raise RuntimeError("the objective is not finite")
-        optimiser.zero_grad(set_to_none=True)
-        objective.sum().backward()
-        if not bool(torch.isfinite(image.grad).all()):
-            raise RuntimeError("the gradient is not finite")
-        optimiser.step()
-        with torch.no_grad():
-            image.clamp_(0.0, 1.0)
+        descend(optimiser, objective.sum(), image, check_gradient=True)
 
     def final() -> float:
         with torch.no_grad():

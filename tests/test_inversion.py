@@ -109,16 +109,6 @@ def test_ladder_same_seed_same_frames_other_seed_other_noise(frames_by_seed):
     assert not np.array_equal(first[0].pixels(), other[0].pixels())
 
 
-def test_ladder_that_diverges_stops_naming_lr_and_yields_no_result(run_diverging):
-    events = run_diverging(
-        INVERSION_LADDER,
-        {"layers": "conv1, relu2", "steps": 10, "every": 1},
-        after=3,
-        match=r"inversion_ladder diverged at step 2: code_distance (inf|nan)",
-    )
-    assert [f.step for f in of_type(events, Frame)] == [0, 0, 1, 1]
-
-
 def test_ladder_shows_each_layer_and_the_probabilities_side_by_side(convlens_run, tiny_model, sample_image):
     events = convlens_run(INVERSION_LADDER, tiny_model, sample_image, steps=3, every=3)
     result = events[-1]
@@ -167,11 +157,19 @@ def test_bad_parameters_are_refused_naming_them(
     assert error.value.field == field
 
 
-def test_run_that_diverges_stops_naming_lr_and_yields_no_result(run_diverging):
+@pytest.mark.parametrize(
+    ("method", "params", "shown"),
+    [
+        (INVERSION, {"layer": "conv2"}, [0, 1]),
+        (INVERSION_LADDER, {"layers": "conv1, relu2"}, [0, 0, 1, 1]),  # a frame per layer
+    ],
+)
+def test_run_that_diverges_stops_naming_lr_and_yields_no_result(run_diverging, method, params, shown):
+    # The picture's code is one forward pass, then one a step: the third step's is infinite.
     events = run_diverging(
-        INVERSION,
-        {"layer": "conv2", "steps": 10, "every": 1},
+        method,
+        {**params, "steps": 10, "every": 1},
         after=3,
-        match=r"inversion diverged at step 2: code_distance (inf|nan)",
+        match=rf"{method.name} diverged at step 2: code_distance (inf|nan)",
     )
-    assert [f.step for f in of_type(events, Frame)] == [0, 1]
+    assert [f.step for f in of_type(events, Frame)] == shown
