@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from convlens.errors import BadInput
-from convlens.events import Frame, Metrics, Progress, Result
+from convlens.events import Frame, Metrics, Progress, Result, to_uint8
 from convlens.images import to_image, to_tensor
 from convlens.models.default import DEFAULT_MODEL_ID
 from convlens.models.store import ModelStore
@@ -128,10 +128,10 @@ def test_a_run_starts_from_the_chosen_picture_or_a_flat_grey(convlens_run, tiny_
     params = dict(objective="channel:relu2:1", steps=2, every=1, size=48)
     from_picture = of_type(convlens_run(FEATURE_VIS, tiny_model, sample_image, init="image", **params), Frame)
     expected = np.clip(to_image(to_tensor(sample_image, (48, 48))), 0.01, 0.99)
-    assert np.abs(from_picture[0].image - expected).max() < 1e-4
+    assert np.abs(to_image(from_picture[0].image) - expected).max() < 1e-4
     from_zeros = of_type(convlens_run(FEATURE_VIS, tiny_model, sample_image, init="zeros", **params), Frame)
-    assert np.allclose(from_zeros[0].image, 0.5)
-    assert not np.allclose(from_zeros[-1].image, 0.5, atol=1e-3)  # and moves from there
+    assert torch.allclose(from_zeros[0].image, torch.tensor(0.5))
+    assert not torch.allclose(from_zeros[-1].image, torch.tensor(0.5), atol=1e-3)  # and moves from there
 
 
 def test_transforms_are_seeded_by_the_generator(convlens_run, tiny_model, sample_image):
@@ -158,8 +158,8 @@ def test_transforms_are_seeded_by_the_generator(convlens_run, tiny_model, sample
         for s in (5, 5, 6)
     ]
     assert len(runs[0]) == 5
-    assert all(np.array_equal(a.image, b.image) for a, b in zip(runs[0], runs[1], strict=True))
-    assert not np.array_equal(runs[0][-1].image, runs[2][-1].image)
+    assert all(torch.equal(a.image, b.image) for a, b in zip(runs[0], runs[1], strict=True))
+    assert not torch.equal(runs[0][-1].image, runs[2][-1].image)
 
 
 def test_weighted_sum_equals_a_hand_computation(tiny_model, sample_image):
@@ -271,13 +271,16 @@ def test_streams_mosaic_frames_and_metrics_every_kth_step(convlens_run, tiny_mod
     )
     frames, metrics = of_type(events, Frame), of_type(events, Metrics)
     assert [f.step for f in frames] == [0, 2, 4, 5] and [m.step for m in metrics] == [0, 2, 4, 5]
-    assert frames[0].image.shape == (64 * 2 + 4, 64 * 2 + 4, 3)
+    assert frames[0].pixels().shape == (64 * 2 + 4, 64 * 2 + 4, 3)
+    sheet = frames[0].pixels()
+    assert (sheet[64:68] == 255).all() and (sheet[:, 64:68] == 255).all()  # white gaps between the images
+    assert (sheet[68:, 68:] == 255).all()  # three images in a 2x2 grid: the fourth place is blank
     assert set(metrics[0].values) == {"objective", "channel:relu2:0", "class:2", "similarity", "diversity"}
     assert [(p.step, p.total) for p in of_type(events, Progress)] == [(s, 5) for s in range(1, 6)]
     result = events[-1]
     assert set(result.images) == {"feature_vis", "image_0", "image_1", "image_2"}
     assert result.arrays["images"].shape == (3, 64, 64, 3)
-    assert np.array_equal(frames[-1].image, result.images["feature_vis"])
+    assert np.array_equal(frames[-1].pixels(), to_uint8(result.images["feature_vis"]))
     assert len(result.data["objective_start"]) == len(result.data["objective_end"]) == 3
 
 

@@ -274,8 +274,8 @@ def run_feature_vis(ctx: RunContext) -> Iterator[Event]:
             total = total - params["diversity"] * similarity
         check_finite(model, step, float(total.detach()))
         if step % every == 0 or step == steps:
-            shown = pixels.detach()
-            yield Frame(mosaic(np.stack([to_image(shown[i : i + 1]) for i in range(batch)])), step=step)
+            # A tensor, made into pixels only if the frame is shown or written (a new one: mosaic copies).
+            yield Frame(mosaic(pixels.detach()), step=step)
             metrics = {"objective": float(objective.detach().mean())}
             metrics |= {term.text: float(v.detach().mean()) for term, v in zip(terms, values, strict=True)}
             if similarity is not None:
@@ -294,7 +294,8 @@ def run_feature_vis(ctx: RunContext) -> Iterator[Event]:
         end, end_values, end_similarity = evaluate(model, final_pixels, terms, diversity_layer)
     finals = np.stack([to_image(final_pixels[i : i + 1]) for i in range(batch)])
     yield Result(
-        images={"feature_vis": mosaic(finals)} | {f"image_{i}": finals[i] for i in range(batch)},
+        images={"feature_vis": to_image(mosaic(final_pixels))}
+        | {f"image_{i}": finals[i] for i in range(batch)},
         arrays={"images": finals, "image": finals[0]},
         data={
             "objective": text,

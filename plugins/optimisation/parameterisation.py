@@ -180,17 +180,15 @@ def robust_views(
     )
 
 
-def mosaic(images: np.ndarray, gap: int = 4) -> np.ndarray:
-    """Bx HxWx3 images laid out in a near-square grid with white gaps, one HxWx3 picture."""
-    count, height, width, _ = images.shape
+def mosaic(images: torch.Tensor, gap: int = 4) -> torch.Tensor:
+    """Bx3xHxW images laid out in a near-square grid with white gaps: one 1x3xH'xW' picture (a new tensor)."""
+    count, channels, height, width = images.shape
     columns = math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
-    sheet = np.ones(
-        (rows * height + (rows - 1) * gap, columns * width + (columns - 1) * gap, 3), dtype=images.dtype
+    sheet = images.new_ones(
+        (1, channels, rows * height + (rows - 1) * gap, columns * width + (columns - 1) * gap)
     )
-    if images.dtype == np.uint8:
-        sheet *= 255
     for index, image in enumerate(images):
         top, left = (index // columns) * (height + gap), (index % columns) * (width + gap)
-        sheet[top : top + height, left : left + width] = image
+        sheet[0, :, top : top + height, left : left + width] = image
     return sheet
