@@ -1,7 +1,7 @@
 """Per-step cost of the image-optimisation methods through a real convlens server versus a bare torch loop.
 
-Issue 4's figure for ``class_model``, ``style_transfer``, ``activation_max`` and ``inversion``
-(``deepdream_overhead.py`` does DeepDream), as a table of method x model format. convlens side: ``python -m convlens serve`` on 127.0.0.1, ``POST /api/jobs``
+Issue 4's figure for ``class_model``, ``style_transfer``, ``activation_max``, ``inversion`` and
+``feature_vis`` (``deepdream_overhead.py`` does DeepDream), as a table of method x model format. convlens side: ``python -m convlens serve`` on 127.0.0.1, ``POST /api/jobs``
 on chelsea (seed 0, a frame every step), one Socket.IO viewer over a websocket acknowledging every frame at
 once. *End to end* is steps / (the job's ``started`` → ``done`` received); *per step* runs from the first to
 the last ``progress`` event received.
@@ -23,6 +23,9 @@ and the plugin's step written out in torch, no frames, no encoding:
 - ``inversion``: Adam on the [0, 1] pixels from the mean colour; objective = the squared distance to the
   picture's code at ``_blocks.5`` over its squared norm + 1e-3 x the 6-norm prior + 1e-2 x the TV prior (the
   plugin's ``alpha_prior`` and ``tv_prior``); descend, clamp to [0, 1].
+- ``feature_vis``: one ``--size`` image as Lucid parameterises it (the plugin's ``FourierImage``: seeded
+  spectrum, 1/f, decorrelated colour, sigmoid), each step seen through the plugin's seeded ``robust_views``
+  (pad, scale, rotate, jitter); Adam lr 0.05 on the spectrum raises channel 4's mean at ``_blocks.9``.
 
 Both sides compute the same thing: the script prints the server's final value (the class's score, the
 style-transfer loss, the unit's value, the code distance) next to the bare loop's, and the largest pixel difference of the final images. Each bare run
@@ -83,13 +86,16 @@ UNIT_LAYER, UNIT_CHANNEL, UNIT_PRESET = "_blocks.9", 4, "1"
 """activation_max's unit (a channel's mean) and Table 1's regulariser set."""
 INVERSION_LAYER, INVERSION_LR, ALPHA_WEIGHT, TV_WEIGHT = "_blocks.5", 0.05, 1e-3, 1e-2
 """inversion's layer and its plugin's default step size and prior weights."""
-METHODS = ("class_model", "style_transfer", "activation_max", "inversion")
+FEATURE_LR = 0.05
+"""feature_vis's step size on the spectrum (the plugin's default); its unit is activation_max's."""
+METHODS = ("class_model", "style_transfer", "activation_max", "inversion", "feature_vis")
 RESULT_IMAGE = {method: method for method in METHODS}
 FINAL_VALUE = {
     "class_model": "score",
     "style_transfer": "total",
     "activation_max": "value_end",
     "inversion": "code_distance",
+    "feature_vis": "objective_end",
 }
 """The number both sides report for the final image: the target's logit, the style-transfer loss, the
 unit's value, the distance to the picture's code."""
@@ -311,6 +317,40 @@ def _bare_inversion(model, forward: Function, steps: int) -> dict:
     return timed_loop(step, steps, lambda: image, final)
 
 
+def bare_feature_vis(model, forward: Function, size: int, steps: int) -> dict:
+    """``steps`` Lucid-style feature-visualisation steps in plain torch, in one fresh thread."""
+    return in_fresh_thread(lambda: _bare_feature_vis(model, forward, size, steps))
+
+
+def _bare_feature_vis(model, forward: Function, size: int, steps: int) -> dict:
+    from convlens_plugins.optimisation.parameterisation import FourierImage, robust_views
+
+    normalise = normaliser(model)
+    generator = torch.Generator().manual_seed(SEED)  # as the job's own generator
+    image = FourierImage(1, size, size, decay=1.0, generator=generator)
+    optimiser = torch.optim.Adam([image.coefficients], lr=FEATURE_LR)
+
+    def value_of(pixels: torch.Tensor) -> torch.Tensor:
+        return forward(normalise(pixels))[0][:, UNIT_CHANNEL].float().flatten(1).mean(dim=1).mean()
+
+    with torch.no_grad():
+        value_of(image.pixels())  # the plugin's starting value
+
+    def step() -> None:
+        value = value_of(robust_views(image.pixels(), generator))
+        if not np.isfinite(float(value.detach())):
+            raise RuntimeError("the objective is not finite")
+        optimiser.zero_grad()
+        (-value).backward()
+        optimiser.step()
+
+    def final() -> float:
+        with torch.no_grad():
+            return float(value_of(image.pixels()))
+
+    return timed_loop(step, steps, lambda: image.pixels().detach(), final)
+
+
 # -- the convlens side -----------------------------------------------------------------------------------
 def job_body(method: str, model_id: str, steps: int, target: int, size: int) -> dict:
     if method == "class_model":
@@ -323,6 +363,9 @@ def job_body(method: str, model_id: str, steps: int, target: int, size: int) -> 
             "steps": steps,
             "init": "mean",
         }
+    elif method == "feature_vis":
+        objective = f"channel:{UNIT_LAYER}:{UNIT_CHANNEL}"
+        params = {"objective": objective, "steps": steps, "lr": FEATURE_LR, "size": size, "every": 1}
     elif method == "inversion":
         params = {"layer": INVERSION_LAYER, "steps": steps, "lr": INVERSION_LR, "alpha_weight": ALPHA_WEIGHT}
         params |= {"tv_weight": TV_WEIGHT, "init": "mean", "every": 1}
@@ -332,11 +375,12 @@ def job_body(method: str, model_id: str, steps: int, target: int, size: int) -> 
 
 
 def server_outcome(server, job_id: str, method: str) -> tuple[float, np.ndarray]:
-    """The job's final score or loss and its result image (uint8)."""
+    """The job's final value (of its first image, for feature_vis's batch) and its result image (uint8)."""
     client = http()
     job = client.get(f"{server.url}/api/jobs/{job_id}", timeout=30)
     job.raise_for_status()
-    value = float(job.json()["result"]["data"][FINAL_VALUE[method]])
+    value = job.json()["result"]["data"][FINAL_VALUE[method]]
+    value = float(value[0] if isinstance(value, list) else value)
     answer = client.get(f"{server.url}/api/jobs/{job_id}/images/{RESULT_IMAGE[method]}.png", timeout=30)
     answer.raise_for_status()
     return value, np.asarray(Image.open(io.BytesIO(answer.content)).convert("RGB"))
@@ -352,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=8, help="convlens runs per case, each between two bare ones"
     )
-    parser.add_argument("--size", type=int, default=128, help="style transfer's working size")
+    parser.add_argument(
+        "--size", type=int, default=128, help="style transfer's and feature_vis's working size"
+    )
     parser.add_argument("--job-timeout", type=float, default=300)
     parser.add_argument("--json", default=None, help="write the summary rows here (for bench/run.py)")
     args = parser.parse_args(argv)
@@ -421,6 +467,9 @@ def bare_runner(method: str, model, target: int, size: int) -> Callable[[int], d
     if method == "inversion":
         code = in_fresh_thread(lambda: layers_function(model, [INVERSION_LAYER]))
         return lambda steps: bare_inversion(model, code, steps)
+    if method == "feature_vis":
+        unit = in_fresh_thread(lambda: layers_function(model, [UNIT_LAYER]))
+        return lambda steps: bare_feature_vis(model, unit, size, steps)
     layers = list(dict.fromkeys([CONTENT_LAYER, *STYLE_LAYERS]))
     activations = in_fresh_thread(lambda: layers_function(model, layers))
     return lambda steps: bare_style_transfer(model, activations, size, steps)
