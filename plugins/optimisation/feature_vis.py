@@ -48,7 +48,7 @@ from convlens.images import to_image
 from convlens.methods import Method, RunContext
 from convlens.params import Bool, Choice, Float, Int, Layer, Param
 
-from .common import refuse
+from .common import is_shown, refuse
 from .parameterisation import MAX_DEGREES, MAX_SCALE, PAD, FourierImage, mosaic, robust_views
 from .style_transfer import working_size
 
@@ -273,7 +273,7 @@ def run_feature_vis(ctx: RunContext) -> Iterator[Event]:
         if similarity is not None:
             total = total - params["diversity"] * similarity
         check_finite(model, step, float(total.detach()))
-        if step % every == 0 or step == steps:
+        if is_shown(step, every, steps):
             # A tensor, made into pixels only if the frame is shown or written (a new one: mosaic copies).
             yield Frame(mosaic(pixels.detach()), step=step)
             metrics = {"objective": float(objective.detach().mean())}
