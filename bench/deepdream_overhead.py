@@ -162,19 +162,24 @@ def bare_deepdream(model, forward_layer: LayerFunction, steps: int, octaves: int
     return in_fresh_thread(lambda: _bare_deepdream(model, forward_layer, steps, octaves))
 
 
-def resized(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(images.shape[-2:]) == size:
-        return images
-    return torch.nn.functional.interpolate(
-        images, size=size, mode="bilinear", align_corners=False, antialias=True
+def card_tensors(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's input mean and std, each 1x3x1x1 float32."""
+    return tuple(
+        torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1)
+        for values in (model.card.mean, model.card.std)
     )
 
 
-def _bare_deepdream(model, forward_layer: LayerFunction, steps: int, octaves: int) -> dict:
-    from convlens_plugins.optimisation.deepdream import octave_sizes
+def normaliser(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Pixels in [0, 1] → the model's normalised input, as ``Model.forward`` does inside."""
+    mean, std = card_tensors(model)
+    return lambda images: (images - mean) / std
 
-    mean = torch.tensor(model.card.mean).view(1, 3, 1, 1)
-    std = torch.tensor(model.card.std).view(1, 3, 1, 1)
+
+def _bare_deepdream(model, forward_layer: LayerFunction, steps: int, octaves: int) -> dict:
+    from convlens_plugins.optimisation.deepdream import octave_sizes, resized
+
+    normalise = normaliser(model)
     input_size = None if model.card.extra.get("dynamic_size") else tuple(model.input_size)
     rng = np.random.default_rng(SEED)
     base = base_image(model)
@@ -193,12 +198,8 @@ def _bare_deepdream(model, forward_layer: LayerFunction, steps: int, octaves: in
         done += 1
         shift = tuple(int(s) for s in rng.integers(-JITTER, JITTER + 1, size=2))
         rolled = torch.roll(dream, shifts=shift, dims=(2, 3)).requires_grad_(True)
-        inputs = rolled
-        if input_size is not None and tuple(rolled.shape[-2:]) != input_size:
-            inputs = torch.nn.functional.interpolate(
-                rolled, size=input_size, mode="bilinear", align_corners=False, antialias=True
-            )
-        objective = forward_layer((inputs - mean) / std).float().pow(2).mean()
+        inputs = rolled if input_size is None else resized(rolled, input_size)
+        objective = forward_layer(normalise(inputs)).float().pow(2).mean()
         if not np.isfinite(float(objective.detach())):
             raise RuntimeError("the objective is not finite")
         (gradient,) = torch.autograd.grad(objective, rolled)

@@ -48,10 +48,12 @@ from deepdream_overhead import (
     FORMATS,
     IMAGE,
     SEED,
+    card_tensors,
     case_ratios,
     describe,
     interpreted,
     layers_function,
+    normaliser,
     side_medians,
     timed_loop,
 )
@@ -114,10 +116,10 @@ def logits_function(model) -> Function:
     return lambda inputs: (module(inputs),)
 
 
-def normaliser(model) -> Callable[[torch.Tensor], torch.Tensor]:
-    mean = torch.tensor(model.card.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(model.card.std, dtype=torch.float32).view(1, 3, 1, 1)
-    return lambda images: (images - mean) / std
+def mean_colour(model) -> torch.Tensor:
+    """1x3xHxW pixels of the model's mean colour at its input size: the methods' ``mean`` start."""
+    mean, _ = card_tensors(model)
+    return mean.expand(1, 3, *model.input_size).clone()
 
 
 def chelsea() -> np.ndarray:
@@ -165,9 +167,7 @@ def bare_class_model(model, forward: Function, target: int, steps: int) -> dict:
 
 def _bare_class_model(model, forward: Function, target: int, steps: int) -> dict:
     normalise = normaliser(model)
-    height, width = model.input_size
-    mean = torch.tensor(model.card.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    image = mean.expand(1, 3, height, width).clone().requires_grad_(True)
+    image = mean_colour(model).requires_grad_(True)
     optimiser = torch.optim.Adam([image], lr=CLASS_LR)
 
     def objective() -> torch.Tensor:
@@ -239,17 +239,6 @@ def _bare_style_transfer(model, forward: Function, size: int, steps: int) -> dic
     return timed_loop(step, steps, lambda: image, final)
 
 
-def mean_colour(model) -> torch.Tensor:
-    """1x3xHxW pixels of the model's mean colour at its input size: the methods' ``mean`` start."""
-    height, width = model.input_size
-    return (
-        torch.tensor(model.card.mean, dtype=torch.float32)
-        .view(1, 3, 1, 1)
-        .expand(1, 3, height, width)
-        .clone()
-    )
-
-
 def bare_activation_max(model, forward: Function, steps: int) -> dict:
     """``steps`` regularised activation-maximisation steps in plain torch, in one fresh thread."""
     return in_fresh_thread(lambda: _bare_activation_max(model, forward, steps))
@@ -260,8 +249,7 @@ def _bare_activation_max(model, forward: Function, steps: int) -> dict:
 
     settings = PRESETS[UNIT_PRESET]
     normalise = normaliser(model)
-    mean = torch.tensor(model.card.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(model.card.std, dtype=torch.float32).view(1, 3, 1, 1)
+    mean, std = card_tensors(model)
     image = mean_colour(model)
     done = 0
 
