@@ -61,9 +61,15 @@ def is_shown(step: int, every: int, steps: int) -> bool:
     return step % every == 0 or step == steps
 
 
-def snapshot(image: torch.Tensor, values: dict[str, float], step: int, label: str) -> Iterator[Event]:
-    """A frame of ``image`` (a copy, made into pixels only if it is shown) and the metrics ``values`` at ``step``."""
-    yield Frame(image.detach().clone(), step=step, label=label)
+def snapshot(
+    image: torch.Tensor, values: dict[str, float], step: int, label: str, kept: bool = False
+) -> Iterator[Event]:
+    """A frame of ``image`` (made into pixels only if it is shown) and the metrics ``values`` at ``step``.
+
+    The frame gets a copy, as the method's optimiser changes ``image`` in place; ``kept``: ``image`` itself, which
+    the method promises never to change again (DeepDream makes a new tensor each step).
+    """
+    yield Frame(image.detach() if kept else image.detach().clone(), step=step, label=label)
     yield Metrics(values, step=step)
 
 

@@ -186,7 +186,7 @@ def run_deepdream(ctx: RunContext) -> Iterator[Event]:
             # Every k-th step of the octave and its last, at the octave's own size: a viewer's canvas scales
             # it to the picture's width (resizing each frame here took 1.1-1.4 ms a step at 448x298).
             if is_shown(index, every, steps):
-                yield from snapshot(dream, {"objective": values["objective"]}, step, "dream")
+                yield from snapshot(dream, {"objective": values["objective"]}, step, "dream", kept=True)
             yield Progress(step, total)
         detail = dream - octave_base
 
