@@ -14,9 +14,13 @@ from convlens.models.store import ModelStore
 from convlens_plugins.optimisation.feature_vis import FEATURE_VIS, evaluate, parse_objective
 from convlens_plugins.optimisation.parameterisation import (
     COLOUR_COVARIANCE,
+    LUCENT_ANGLES,
+    LUCENT_SCALES,
     FourierImage,
+    LucentDraw,
     colour_mixing,
     colour_square_root,
+    lucent_views,
     photo_colour_covariance,
     robust_views,
 )
@@ -54,8 +58,9 @@ def default_model(models_dir):
     return ModelStore([models_dir]).get(DEFAULT_MODEL_ID)
 
 
+@pytest.mark.parametrize("transform_set", ["warp", "lucent"])
 def test_channel_mean_grows_many_times_its_value_on_the_start_image(
-    convlens_run, default_model, sample_image
+    convlens_run, default_model, sample_image, transform_set
 ):
     assert default_model.format == "onnx"
     layer, channel = GROWTH_UNIT
@@ -67,6 +72,7 @@ def test_channel_mean_grows_many_times_its_value_on_the_start_image(
         steps=GROWTH_STEPS,
         size=GROWTH_SIZE,
         every=GROWTH_STEPS,
+        transform_set=transform_set,
     )[-1]
     assert isinstance(result, Result)
     (start,), (end,) = result.data["objective_start"], result.data["objective_end"]
@@ -284,6 +290,56 @@ def test_streams_mosaic_frames_and_metrics_every_kth_step(convlens_run, tiny_mod
     assert len(result.data["objective_start"]) == len(result.data["objective_end"]) == 3
 
 
+def lucents_own_views(images: torch.Tensor, draw: LucentDraw) -> torch.Tensor:
+    """``images`` through Lucent's ``standard_transforms`` and ``render_vis``'s resize back, with ``draw``'s values
+    handed to its ``np.random.choice`` calls in the order it makes them."""
+    from lucent.optvis import transform
+
+    values = iter([*draw.first_shift, draw.scale, draw.degrees, *draw.last_shift])
+    resize = torch.nn.Upsample(size=images.shape[-2:], mode="bilinear", align_corners=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(np.random, "choice", lambda _choices: next(values))
+        views = transform.compose([*transform.standard_transforms, resize])(images)
+    assert next(values, None) is None  # Lucent drew each value once
+    return views
+
+
+def test_lucent_transforms_give_lucents_views_for_the_same_draws():
+    smooth = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    images = torch.sigmoid(torch.nn.functional.interpolate(smooth, size=(128, 128), mode="bilinear"))
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(8):
+        draw = LucentDraw.sample(generator)
+        ours, theirs = lucent_views(images, generator, draw), lucents_own_views(images, draw)
+        assert ours.shape == images.shape
+        # Lucent's shifts are stretched by 152/151 (see lucent_views): a few thousandths of a level on average.
+        assert (ours - theirs).abs().mean() < 0.004, draw
+        assert (ours - theirs).abs().max() < 0.05, draw
+    # Whereas a rotation the other way, or a shift one pixel off, is far from them.
+    draw = LucentDraw((3, 5), 1.04, 7.0, (1, 2))
+    theirs = lucents_own_views(images, draw)
+    for wrong in (LucentDraw((3, 5), 1.04, -7.0, (1, 2)), LucentDraw((3, 5), 1.04, 7.0, (2, 2))):
+        assert (lucent_views(images, generator, wrong) - theirs).abs().mean() > 0.01
+
+
+def test_lucent_draws_follow_the_seed_and_lucents_lists():
+    def draws(seed: int) -> list[LucentDraw]:
+        generator = torch.Generator().manual_seed(seed)
+        return [LucentDraw.sample(generator) for _ in range(2600)]
+
+    first = draws(0)
+    assert first == draws(0) and first != draws(1)
+    assert {d.scale for d in first} == set(LUCENT_SCALES)
+    assert {d.degrees for d in first} == set(range(-10, 11))
+    assert {d.first_shift for d in first} == {(x, y) for x in range(8) for y in range(8)}
+    assert {d.last_shift for d in first} == {(x, y) for x in range(4) for y in range(4)}
+    # 0 degrees is six of Lucent's 26 angles, each other one of them.
+    assert sum(d.degrees == 0 for d in first) / len(first) == pytest.approx(6 / len(LUCENT_ANGLES), abs=0.02)
+    images = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(3))
+    views = [lucent_views(images, torch.Generator().manual_seed(seed)) for seed in (7, 7, 8)]
+    assert torch.equal(views[0], views[1]) and not torch.allclose(views[0], views[2])
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [
@@ -299,6 +355,7 @@ def test_streams_mosaic_frames_and_metrics_every_kth_step(convlens_run, tiny_mod
         ({"scale": -0.1}, "params.scale"),
         ({"degrees": 90.0}, "params.degrees"),
         ({"init": "picture"}, "params.init"),
+        ({"transform_set": "lucid"}, "params.transform_set"),
         ({"diversity": -1.0}, "params.diversity"),
         ({"diversity_layer": "conv9", "batch": 2}, "params.diversity_layer"),
         ({"every": 0}, "params.every"),

@@ -49,7 +49,15 @@ from convlens.methods import Method, RunContext
 from convlens.params import Bool, Choice, Float, Int, Layer, Param
 
 from .common import is_shown, refuse
-from .parameterisation import MAX_DEGREES, MAX_SCALE, PAD, FourierImage, mosaic, robust_views
+from .parameterisation import (
+    MAX_DEGREES,
+    MAX_SCALE,
+    PAD,
+    FourierImage,
+    lucent_views,
+    mosaic,
+    robust_views,
+)
 from .style_transfer import working_size
 
 if TYPE_CHECKING:
@@ -250,9 +258,11 @@ def run_feature_vis(ctx: RunContext) -> Iterator[Event]:
         f"feature visualisation of {' + '.join(f'{t.weight:g}×{t.text}' for t in terms)}: {batch} image(s) "
         f"{height}x{width} from {params['init']}, Adam lr {params['lr']}, decay {params['decay']}, transforms "
         + (
-            f"pad {params['pad']} px, scale ±{params['scale']:g}, rotation ±{params['degrees']:g}°"
-            if params["transforms"]
-            else "off"
+            "off"
+            if not params["transforms"]
+            else "Lucent's standard set"
+            if params["transform_set"] == "lucent"
+            else f"pad {params['pad']} px, scale ±{params['scale']:g}, rotation ±{params['degrees']:g}°"
         )
         + (f", diversity {params['diversity']} at {diversity_layer}" if diversity_layer else "")
     )
@@ -267,7 +277,10 @@ def run_feature_vis(ctx: RunContext) -> Iterator[Event]:
         pixels = image.pixels()
         seen = pixels
         if params["transforms"] and step < steps:
-            seen = robust_views(pixels, ctx.generator, params["pad"], params["scale"], params["degrees"])
+            if params["transform_set"] == "lucent":
+                seen = lucent_views(pixels, ctx.generator)
+            else:
+                seen = robust_views(pixels, ctx.generator, params["pad"], params["scale"], params["degrees"])
         objective, values, similarity = evaluate(model, seen, terms, diversity_layer)
         total = objective.mean()
         if similarity is not None:
@@ -356,6 +369,15 @@ PARAMS: tuple[Param, ...] = (
     ),
     Float("decay", 1.0, minimum=0.0, maximum=3.0, help="Spectrum scaling 1/f^decay; 0: plain Fourier."),
     Bool("transforms", True, help="Pad, jitter, scale and rotate at random each step."),
+    Choice(
+        "transform_set",
+        "warp",
+        ("warp", "lucent"),
+        title="Transforms as",
+        help="warp: one warp of a reflected border, by the pad, scale and degrees below; lucent: Lucent's "
+        "standard transforms as its render_vis applies them (grey border 12 px, shift 0-7 px, scale 0.90-1.10, "
+        "rotation -10 to 10 degrees, shift 0-3 px, resized back), the amounts below unused.",
+    ),
     Int(
         "pad",
         PAD,

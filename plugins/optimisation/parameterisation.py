@@ -13,6 +13,7 @@ nothing.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -178,6 +179,98 @@ def robust_views(
     return torch.stack(
         [warped[i, :, dy : dy + height, dx : dx + width] for i, (dy, dx) in enumerate(offsets)]
     )
+
+
+LUCENT_PAD = 12
+"""Lucent's ``standard_transforms``, which are Lucid's list (``lucent.optvis.transform``): a grey border of this
+many px first, ..."""
+LUCENT_FIRST_SHIFTS = 8
+"""... then a shift right and down of 0 to 7 px (each axis drawn alone), ..."""
+LUCENT_SCALES = tuple(1 + (i - 5) / 50 for i in range(11))
+"""... a scale of 0.90, 0.92, ..., 1.10 (bilinear, corners aligned, to the next whole size; a smaller result is
+padded with zeros back to at least the size it had), ..."""
+LUCENT_ANGLES = tuple(range(-10, 11)) + 5 * (0,)
+"""... a rotation about the centre by -10 to 10 degrees, 0 six times as likely as the others (zeros brought in), ..."""
+LUCENT_LAST_SHIFTS = 4
+"""... a shift of 0 to 3 px, and finally a bilinear resize to the model's input (``render_vis``'s upsample)."""
+
+
+@dataclass(frozen=True)
+class LucentDraw:
+    """One draw of Lucent's standard transforms, shared by a whole batch as ``render_vis`` shares it."""
+
+    first_shift: tuple[int, int]
+    """(right, down) px."""
+    scale: float
+    degrees: float
+    """Counter-clockwise on screen."""
+    last_shift: tuple[int, int]
+
+    @classmethod
+    def sample(cls, generator: torch.Generator) -> LucentDraw:
+        def pick(count: int) -> int:
+            return int(torch.randint(count, (1,), generator=generator))
+
+        first = (pick(LUCENT_FIRST_SHIFTS), pick(LUCENT_FIRST_SHIFTS))
+        scale = LUCENT_SCALES[pick(len(LUCENT_SCALES))]
+        degrees = float(LUCENT_ANGLES[pick(len(LUCENT_ANGLES))])
+        return cls(first, scale, degrees, (pick(LUCENT_LAST_SHIFTS), pick(LUCENT_LAST_SHIFTS)))
+
+
+def lucent_views(
+    images: torch.Tensor, generator: torch.Generator, draw: LucentDraw | None = None
+) -> torch.Tensor:
+    """``images`` (Bx3xHxW) through Lucent's standard transforms (see :data:`LUCENT_PAD` and what follows it),
+    resized back to HxW: the views ``render_vis(..., fixed_image_size=H)`` optimises. Differentiable.
+
+    ``draw`` defaults to one drawn from ``generator``. The shifts are whole pixels, moved by slicing; Lucent moves
+    them with kornia's ``translate``, a bilinear warp whose normalisation stretches them by ``size / (size - 1)``
+    (7 px at 152 px: 7.05 px), which blurs its views by a few hundredths of a pixel more than these.
+    """
+    draw = draw or LucentDraw.sample(generator)
+    height, width = images.shape[-2:]
+    views = F.pad(images, (LUCENT_PAD,) * 4, value=0.5)
+    views = _shifted(views, *draw.first_shift)
+    views = _rescaled(views, draw.scale)
+    views = _rotated(views, draw.degrees)
+    views = _shifted(views, *draw.last_shift)
+    return F.interpolate(views, size=(height, width), mode="bilinear", align_corners=True)
+
+
+def _shifted(images: torch.Tensor, right: int, down: int) -> torch.Tensor:
+    """``images`` moved ``right`` and ``down`` whole px, zeros brought in, same size."""
+    if not right and not down:
+        return images
+    height, width = images.shape[-2:]
+    return F.pad(images, (right, 0, down, 0))[..., :height, :width]
+
+
+def _rescaled(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """Lucent's ``random_scale`` for one scale: resized to the next whole size, then zero-padded on each side to
+    at least the old size when smaller."""
+    height, width = images.shape[-2:]
+    size = (math.ceil(scale * height), math.ceil(scale * width))
+    if size == (height, width):  # corners-aligned resampling to the same size changes nothing
+        return images
+    resized = F.interpolate(images, size=size, mode="bilinear", align_corners=True)
+    pad_y, pad_x = max(0, math.ceil((height - size[0]) / 2)), max(0, math.ceil((width - size[1]) / 2))
+    return F.pad(resized, (pad_x, pad_x, pad_y, pad_y))
+
+
+def _rotated(images: torch.Tensor, degrees: float) -> torch.Tensor:
+    """``images`` rotated counter-clockwise on screen by ``degrees`` about the centre of their corner pixels,
+    zeros brought in, same size."""
+    if not degrees:
+        return images
+    batch, _, height, width = images.shape
+    angle = math.radians(degrees)
+    cos, sin = math.cos(angle), math.sin(angle)
+    # Output → input in corner-aligned normalised coordinates (±1 at the corner pixels' centres): the inverse
+    # rotation, with the aspect ratio taken out and put back.
+    aspect = (height - 1) / max(1, width - 1)
+    theta = images.new_tensor([[cos, -sin * aspect, 0.0], [sin / aspect, cos, 0.0]])
+    grid = F.affine_grid(theta.expand(batch, 2, 3), list(images.shape), align_corners=True)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 def mosaic(images: torch.Tensor, gap: int = 4) -> torch.Tensor:
