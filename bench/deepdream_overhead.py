@@ -45,6 +45,7 @@ from live import (
     machine_note,
     median,
     neighbour_ratios,
+    print_pooled,
     quartiles,
     rate,
     sandwiched,
@@ -212,7 +213,7 @@ def _bare_deepdream(model, forward_layer: LayerFunction, steps: int, octaves: in
 
 # -- the convlens side -----------------------------------------------------------------------------------
 def convlens_deepdream(
-    server, viewer: Viewer, model_id: str, steps: int, octaves: int, timeout: float
+    server, viewer: Viewer | None, model_id: str, steps: int, octaves: int, timeout: float
 ) -> dict:
     params = {"layer": LAYER, "octaves": octaves, "octave_scale": OCTAVE_SCALE, "steps": steps, "lr": LR}
     body = {
@@ -288,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 results[fmt] = {**runs, "server_pixels": [server_image(server, runs["convlens"][0]["job"])]}
         finally:
-            viewer.close()
+            if viewer is not None:
+                viewer.close()
 
     rows, details = report(results, args.steps, args.octaves)
     write_summary(args.json, rows, details)
@@ -382,6 +384,7 @@ def report(results: dict, steps: int, octaves: int) -> tuple[list[dict], dict]:
             f" {detail['before_first_step_s']:.2f} s, after the last {detail['after_last_step_s']:.2f} s;"
             f" final image vs bare: max difference {detail['max_pixel_difference']:.0f}/255"
         )
+    print_pooled(details)
     return rows, details
 
 

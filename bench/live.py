@@ -333,13 +333,53 @@ def submit(url: str, body: dict) -> str:
     return answer.json()["id"]
 
 
-def watched_job(url: str, viewer: Viewer, body: dict, steps: int, timeout: float) -> dict:
+def watched_job(url: str, viewer: Viewer | None, body: dict, steps: int, timeout: float) -> dict:
     """One ``steps``-step job POSTed to the server at ``url`` and watched by ``viewer`` to its end: its id,
-    its rates (:func:`job_rates`) and the frames the viewer received."""
+    its rates (:func:`job_rates`) and the frames the viewer received. No viewer: :func:`unwatched_job`."""
+    if viewer is None:
+        return unwatched_job(url, body, steps, timeout)
     job_id = submit(url, body)
     viewer.watch(job_id)
     record = viewer.wait(timeout)
     return {"job": job_id, **job_rates(record, steps), "frames_received": len(record.frames)}
+
+
+def unwatched_job(url: str, body: dict, steps: int, timeout: float) -> dict:
+    """:func:`watched_job` with nobody watching: the rates from ``GET /api/jobs/<id>``, read every 5 ms until
+    the first step is done, then every 0.5 s until the job ends (the ``progress`` record carries the server's
+    clock at its step, so the polls' timing does not enter the rates)."""
+    job_id = submit(url, body)
+    session, deadline = http(), time.monotonic() + timeout
+    first, job = None, {}
+
+    def read() -> dict:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} did not end within {timeout:.0f} s")
+        answer = session.get(f"{url}/api/jobs/{job_id}", timeout=30)
+        answer.raise_for_status()
+        return answer.json()
+
+    while job.get("state") not in ("done", "failed", "stopped"):
+        time.sleep(0.005 if first is None else 0.5)
+        job = read()
+        progress = job.get("progress") or {}
+        if first is None and progress.get("step", 0) >= 1:
+            first = (progress["time"], progress["step"])
+    if job["state"] != "done":
+        raise RuntimeError(f"job {job_id} ended {job['state']}: {job.get('error')}")
+    (first_time, first_step), last = first, job["progress"]
+    if last["step"] != steps:
+        raise RuntimeError(f"job {job_id}: last progress {last['step']}, expected {steps}")
+    per_step = rate(last["step"] - first_step, last["time"] - first_time)
+    return {
+        "job": job_id,
+        "end_to_end_its": rate(steps, job["finished"] - job["started"]),
+        "per_step_its": per_step,
+        "per_step_received_its": float("nan"),
+        "before_first_step_s": first_time - job["started"] - 1.0 / per_step,
+        "after_last_step_s": job["finished"] - last["time"],
+        "frames_received": 0,
+    }
 
 
 def add_viewer_options(parser: argparse.ArgumentParser) -> None:
@@ -365,13 +405,23 @@ def add_viewer_options(parser: argparse.ArgumentParser) -> None:
         help="run the viewer's threads at this niceness (19: it gets only the CPU time the job leaves, as a"
         " viewer on another machine); default 0",
     )
+    parser.add_argument(
+        "--no-viewer",
+        action="store_true",
+        help="nobody watches the convlens jobs (rates read over HTTP): what the server and job cost apart"
+        " from streaming",
+    )
 
 
-def viewer_from_args(url: str, args: argparse.Namespace) -> Viewer:
+def viewer_from_args(url: str, args: argparse.Namespace) -> Viewer | None:
+    if args.no_viewer:
+        return None
     return Viewer(url, max_fps=args.viewer_fps, nice=args.viewer_nice, lean=args.viewer_client == "lean")
 
 
 def viewer_note(args: argparse.Namespace) -> str:
+    if args.no_viewer:
+        return "no viewer"
     fps = f"at most {args.viewer_fps:g} frames/s" if args.viewer_fps > 0 else "every frame at once"
     return f"viewer ({args.viewer_client} client) acks {fps}, niceness {args.viewer_nice}"
 
@@ -403,6 +453,18 @@ def neighbour_ratios(runs: dict[str, list[dict]], convlens_key: str, bare_key: s
         run[convlens_key] / ((bare[index] + bare[index + 1]) / 2)
         for index, run in enumerate(runs["convlens"])
     ]
+
+
+def print_pooled(details: dict[str, dict]) -> None:
+    """With more than one case, print the per-step ratios of all of them (``details[case]["ratios"]["step"]``)
+    pooled: median, quartiles and the overhead they mean."""
+    pooled = [ratio for detail in details.values() for ratio in detail["ratios"]["step"]]
+    if len(details) > 1:
+        low, high = quartiles(pooled)
+        print(
+            f"all cases pooled, per step / bare: median {median(pooled):.3f}, quartiles {low:.3f}-{high:.3f}"
+            f" ({len(pooled)} convlens runs): convlens overhead {100 * (1 / median(pooled) - 1):+.1f}% time"
+        )
 
 
 def quartiles(values: Sequence[float]) -> tuple[float, float]:

@@ -66,6 +66,7 @@ from live import (
     in_fresh_thread,
     machine_note,
     median,
+    print_pooled,
     quartiles,
     sandwiched,
     stream_note,
@@ -436,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
                     "server": [server_outcome(server, runs["convlens"][0]["job"], method)],
                 }
         finally:
-            viewer.close()
+            if viewer is not None:
+                viewer.close()
 
     rows, details = report(results, args.steps)
     write_json(args.json, rows, details)
@@ -513,13 +515,7 @@ def report(results: dict, steps: int) -> tuple[list[dict], dict]:
                     "ratio": median(ratios[name]),
                 }
             )
-    pooled = [ratio for detail in details.values() for ratio in detail["ratios"]["step"]]
-    if len(details) > 1:
-        low, high = quartiles(pooled)
-        print(
-            f"all cases pooled, per step / bare: median {median(pooled):.3f}, quartiles {low:.3f}-{high:.3f}"
-            f" ({len(pooled)} convlens runs): convlens overhead {100 * (1 / median(pooled) - 1):+.1f}% time"
-        )
+    print_pooled(details)
     return rows, details
 
 
