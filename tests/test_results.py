@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from convlens.encode import EncodedFrame
 from convlens.events import Frame, held, to_uint8
-from convlens.images import to_image
+from convlens.images import to_image, to_pixels
 from convlens.results import Reel
 
 
@@ -79,6 +80,22 @@ def test_held_copies_a_methods_own_uint8_array_and_keeps_tensors_as_they_are():
     assert int(kept[0, 0, 0]) == 3
     tensor = torch.zeros(1, 3, 2, 2)
     assert held(tensor) is tensor
+
+
+@pytest.mark.parametrize("layout", ["batch", "chw", "half", "strided"])
+def test_a_tensors_pixels_are_those_of_the_numpy_path_out_of_range_and_nan_included(layout):
+    image = torch.rand(1, 3, 7, 9, generator=torch.Generator().manual_seed(3)) * 1.4 - 0.2
+    image[0, :, 0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.5])
+    tensor = {
+        "batch": image,
+        "chw": image[0],
+        "half": image.half(),
+        "strided": image.transpose(2, 3).contiguous().transpose(2, 3),
+    }[layout]
+    pixels = to_pixels(tensor)
+    assert pixels.shape == (7, 9, 3) and pixels.dtype == np.uint8 and pixels.flags.c_contiguous
+    assert np.array_equal(pixels, to_uint8(to_image(tensor)))
+    assert pixels[0, :4, 0].tolist() == [0, 255, 0, 128]
 
 
 def test_a_frame_made_into_pixels_on_another_thread_gets_the_same_pixels_without_torch(monkeypatch):
