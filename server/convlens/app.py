@@ -73,6 +73,7 @@ def create_app(config: Config | None = None) -> Flask:
         max_running=config.max_running_jobs,
         jpeg_quality=config.jpeg_quality,
         stream_hz=config.stream_hz,
+        stream_budget=config.stream_budget,
     )
     app.extensions["convlens"] = Services(config, models, methods, images, jobs, relay, socketio)
     app.register_blueprint(api.blueprint)

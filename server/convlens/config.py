@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .images import MAX_PIXELS, MAX_UPLOAD_BYTES
-from .streaming import STREAM_HZ
+from .streaming import STREAM_BUDGET, STREAM_HZ
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The checkout convlens runs from (``server/convlens`` is two levels down)."""
@@ -41,6 +41,8 @@ class Config:
     jpeg_quality: int = 85
     stream_hz: float = float(os.environ.get("CONVLENS_STREAM_HZ", STREAM_HZ))
     """Sends per second of a running job's newest frame, progress and metrics, at most; 0: one per event."""
+    stream_budget: float = float(os.environ.get("CONVLENS_STREAM_BUDGET", STREAM_BUDGET))
+    """The share of a running job's time its sends may take; fewer sends where they cost more. 0: no limit."""
     ensure_default_model: bool = True
     cors_origins: str | list[str] = field(
         default_factory=lambda: _origins(os.environ.get("CONVLENS_CORS_ORIGINS", "*"))
