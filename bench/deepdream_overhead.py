@@ -300,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
 def describe(run: dict) -> str:
     if "its" in run:
         return f"{run['its']:.2f} it/s, {run['per_step_its']:.2f} it/s per step"
-    return f"{run['end_to_end_its']:.2f} it/s end to end, {run['per_step_its']:.2f} it/s per step"
+    return (
+        f"{run['end_to_end_its']:.2f} it/s end to end, {run['per_step_its']:.2f} it/s per step,"
+        f" {run['frames_received']} frames received"
+    )
 
 
 RATE_KEYS = {

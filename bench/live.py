@@ -516,10 +516,13 @@ def write_summary(path: str | None, rows: list[dict[str, Any]], details: dict[st
 
 
 def stream_note() -> str:
-    """The rate at which the bench's server sends a job's frames, progress and metrics (``CONVLENS_STREAM_HZ``)."""
+    """How often the bench's server sends a job's frames, progress and metrics (``CONVLENS_STREAM_HZ``) and the
+    share of the job's time its sends may take (``CONVLENS_STREAM_BUDGET``)."""
     from convlens.config import Config
 
-    return f"server sends at most {Config().stream_hz:g} times a second"
+    config = Config()
+    budget = f"{config.stream_budget:.1%} of a job's time" if config.stream_budget > 0 else "no budget"
+    return f"server sends at most {config.stream_hz:g} times a second, within {budget}"
 
 
 def machine_note() -> str:

@@ -1,7 +1,8 @@
-"""What watching a job costs its steps: a job nobody watches, one watched at the server's send rate (10/s), one
-watched at 20 sends a second, against the bare loop, in one run.
+"""What watching a job costs its steps: a job nobody watches, one watched at the server's send rate (10/s, within
+its send budget), one watched with no budget, one watched at 20 sends a second, against the bare loop, in one run.
 
-Each variant is one long job (2000 steps) on its own ``convlens serve``, paused between its windows with
+Each variant is one long job (2000 steps; DeepDream: 500 in one octave, at the picture's 448x298) on its own
+``convlens serve``, paused between its windows with
 ``POST /api/jobs/<id>/pause`` and ``resume``. The run alternates: bare, variant A for a window, bare, variant B,
 bare, ...; each window's step rate is set against the mean of the bare runs on either side of it. A window's
 rate is read from the job itself: ``GET /api/jobs/<id>`` shortly after it resumes and again a window later, the
@@ -13,7 +14,8 @@ The viewer is ``live.Viewer`` at niceness 19 with its lean client, acknowledging
 server sends as much as its send rate allows, as to the page. On a machine whose cores all run the job, the
 viewer's own work is part of what watching costs; on a viewer's own machine it is not.
 
-Run: ``.venv/bin/python bench/streaming_cost.py [--method style_transfer --format pt --windows 10]``.
+Run: ``.venv/bin/python bench/streaming_cost.py [--method style_transfer --format pt --windows 10]``
+(``--variants unwatched,watched`` for some of them).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
+import deepdream_overhead
 import requests
 from deepdream_overhead import FORMATS
 from live import (
@@ -41,6 +44,8 @@ from live import write_summary as write_json
 from optimisation_overhead import bare_runner, chelsea_input, job_body
 
 JOB_STEPS = 2000
+DEEPDREAM_STEPS = 500
+"""DeepDream's most steps an octave."""
 SETTLE_S = 0.15
 """After ``resume``, how long before the window's first reading: the step that was under way at the pause ends
 then, and the first step after it is not a fair sample of either side."""
@@ -48,6 +53,7 @@ then, and the first step after it is not a fair sample of either side."""
 VARIANTS = {
     "unwatched": ({}, False),
     "watched": ({}, True),
+    "no budget": ({"CONVLENS_STREAM_BUDGET": "0"}, True),
     "watched, 20/s": ({"CONVLENS_STREAM_HZ": "20"}, True),
 }
 """Name → the server's extra environment and whether a viewer subscribes."""
@@ -60,6 +66,7 @@ class PausedJob:
     url: str
     job: str
     viewer: Viewer | None
+    steps: int = JOB_STEPS
     client: requests.Session = field(default_factory=http)
 
     def state(self) -> dict:
@@ -77,21 +84,26 @@ class PausedJob:
                 raise RuntimeError(f"job {self.job} is {state['state']}: {state.get('error')}")
             time.sleep(0.05)
 
-    def window(self, seconds: float) -> float:
+    def window(self, seconds: float) -> tuple[float, float]:
+        """Run the job for a window of ``seconds``: its steps a second and the frames a second its viewer got."""
         self.act("resume")
         time.sleep(SETTLE_S)
-        first = self.state()["progress"]
+        first, frames = self.state()["progress"], self.frames_received()
         time.sleep(seconds)
-        last = self.state()["progress"]
+        last, frames = self.state()["progress"], self.frames_received() - frames
         self.pause()
-        if last["step"] >= JOB_STEPS:
+        if last["step"] >= self.steps:
             raise RuntimeError(f"job {self.job} ran out of steps; use fewer or shorter windows")
-        return (last["step"] - first["step"]) / (last["time"] - first["time"])
+        return (last["step"] - first["step"]) / (last["time"] - first["time"]), frames / seconds
+
+    def frames_received(self) -> int:
+        return len(self.viewer.record.frames) if self.viewer is not None else 0
 
 
-def start_paused(url: str, body: dict, watched: bool) -> PausedJob:
-    """Submit ``body``, watched by a lean viewer or not; paused once its first step is done."""
-    job = PausedJob(url, submit(url, body), None)
+def start_paused(url: str, body: dict, watched: bool, steps: int) -> PausedJob:
+    """Submit ``body`` (a job of ``steps`` steps), watched by a lean viewer or not; paused once its first step
+    is done."""
+    job = PausedJob(url, submit(url, body), None, steps)
     if watched:
         job.viewer = Viewer(url, nice=19, lean=True)
         job.viewer.watch(job.job)
@@ -107,7 +119,12 @@ def start_paused(url: str, body: dict, watched: bool) -> PausedJob:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", choices=("class_model", "style_transfer"), default="style_transfer")
+    parser.add_argument(
+        "--method", choices=("class_model", "style_transfer", "deepdream"), default="style_transfer"
+    )
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated: {', '.join(VARIANTS)}"
+    )
     parser.add_argument("--format", choices=sorted(FORMATS), default="pt")
     parser.add_argument("--windows", type=int, default=10, help="windows per variant")
     parser.add_argument("--window-s", type=float, default=1.0, help="seconds per window")
@@ -124,52 +141,65 @@ def main(argv: list[str] | None = None) -> int:
     models_dir = ensure_models()
     model = in_fresh_thread(lambda: ModelStore([models_dir]).get(FORMATS[args.format]))
     target = in_fresh_thread(lambda: model.predict(chelsea_input(model), k=1)[0]["index"])
-    bare = bare_runner(args.method, model, target, args.size)
+    variants = {name: VARIANTS[name] for name in args.variants.split(",")}
+    if args.method == "deepdream":
+        body, steps = deepdream_body(FORMATS[args.format]), DEEPDREAM_STEPS
+        layer = in_fresh_thread(lambda: deepdream_overhead.layer_function(model, deepdream_overhead.LAYER))
+
+        def bare(n: int) -> dict:
+            return deepdream_overhead.bare_deepdream(model, layer, n, 1)
+
+    else:
+        body, steps = job_body(args.method, FORMATS[args.format], JOB_STEPS, target, args.size), JOB_STEPS
+        bare = bare_runner(args.method, model, target, args.size)
     window_steps = max(10, round(bare(20)["per_step_its"] * args.window_s))
     print(
         f"streaming_cost: {args.method}, {args.format}; {args.windows} windows of {args.window_s:g} s per variant,"
         f" bare runs of {window_steps} steps; {machine_note()}",
         flush=True,
     )
-    body = job_body(args.method, FORMATS[args.format], JOB_STEPS, target, args.size)
     bare_rates: list[float] = []
+    frame_rates: dict[str, list[float]] = {}  # frames/s each variant's viewer got, per window
     windows: list[
         tuple[str, float]
     ] = []  # (variant, its rate), in the order run; bare_rates[i], [i + 1] beside
     with ExitStack() as stack:
         jobs: dict[str, PausedJob] = {}
-        for name, (env, watched) in VARIANTS.items():
+        for name, (env, watched) in variants.items():
             server = stack.enter_context(convlens_server(models_dir, env))
-            jobs[name] = start_paused(server.url, body, watched)
+            jobs[name] = start_paused(server.url, body, watched, steps)
             if jobs[name].viewer is not None:
                 stack.callback(jobs[name].viewer.close)
         bare_rates.append(bare(window_steps)["per_step_its"])
         for window in range(args.windows):
             for name, job in jobs.items():
-                rate = job.window(args.window_s)
+                rate, fps = job.window(args.window_s)
                 windows.append((name, rate))
+                frame_rates.setdefault(name, []).append(fps)
                 bare_rates.append(bare(window_steps)["per_step_its"])
                 print(
-                    f"  window {window + 1} {name:<13} {rate:7.2f} it/s, bare after {bare_rates[-1]:7.2f}",
+                    f"  window {window + 1} {name:<13} {rate:7.2f} it/s, {fps:5.1f} frames/s received,"
+                    f" bare after {bare_rates[-1]:7.2f}",
                     flush=True,
                 )
         for job in jobs.values():
             job.act("stop")
 
-    ratios: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    ratios: dict[str, list[float]] = {name: [] for name in variants}
+    rates: dict[str, list[float]] = {name: [] for name in variants}
     for (name, rate), before, after in zip(windows, bare_rates, bare_rates[1:], strict=False):
         rates[name].append(rate)
         ratios[name].append(rate / ((before + after) / 2))
     print(
         f"\nit/s per step, medians; ratio: each window over the bare runs beside it (bare {median(bare_rates):.2f} it/s)"
     )
-    print(f"{'variant':<14} {'it/s':>7} {'ratio':>7} {'quartiles':>13}")
+    print(f"{'variant':<14} {'it/s':>7} {'ratio':>7} {'quartiles':>13} {'frames/s':>9}")
     rows = []
-    for name in VARIANTS:
+    for name in variants:
         low, high = quartiles(ratios[name])
         ratio = median(ratios[name])
-        print(f"{name:<14} {median(rates[name]):7.2f} {ratio:7.3f} {low:6.3f}-{high:.3f}")
+        fps = median(frame_rates[name])
+        print(f"{name:<14} {median(rates[name]):7.2f} {ratio:7.3f} {low:6.3f}-{high:.3f} {fps:9.1f}")
         rows.append(
             {
                 "figure": f"{args.method} {args.format} it/s, {name} / bare",
@@ -181,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     write_json(args.json, rows, {"ratios": ratios, "rates": rates, "bare": bare_rates})
     return 0
+
+
+def deepdream_body(model_id: str) -> dict:
+    """``deepdream_overhead``'s job in one octave of ``DEEPDREAM_STEPS`` steps: every frame at 448x298."""
+    params = {"layer": deepdream_overhead.LAYER, "octaves": 1, "steps": DEEPDREAM_STEPS}
+    params |= {"lr": deepdream_overhead.LR, "jitter": deepdream_overhead.JITTER}
+    return {"method": "deepdream", "model": model_id, "image": "chelsea", "params": params, "seed": 0}
 
 
 if __name__ == "__main__":
