@@ -212,17 +212,22 @@ def _bare_deepdream(model, forward_layer: LayerFunction, steps: int, octaves: in
 
 
 # -- the convlens side -----------------------------------------------------------------------------------
-def convlens_deepdream(
-    server, viewer: Viewer | None, model_id: str, steps: int, octaves: int, timeout: float
-) -> dict:
+def deepdream_body(model_id: str, steps: int, octaves: int) -> dict:
+    """The ``POST /api/jobs`` body of this bench's DeepDream: ``steps`` an octave, ``octaves`` of them."""
     params = {"layer": LAYER, "octaves": octaves, "octave_scale": OCTAVE_SCALE, "steps": steps, "lr": LR}
-    body = {
+    return {
         "method": "deepdream",
         "model": model_id,
         "image": IMAGE,
         "params": {**params, "jitter": JITTER},
         "seed": SEED,
     }
+
+
+def convlens_deepdream(
+    server, viewer: Viewer | None, model_id: str, steps: int, octaves: int, timeout: float
+) -> dict:
+    body = deepdream_body(model_id, steps, octaves)
     return watched_job(server.url, viewer, body, steps * octaves, timeout)
 
 

@@ -25,9 +25,8 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
-import deepdream_overhead
 import requests
-from deepdream_overhead import FORMATS
+from deepdream_overhead import FORMATS, LAYER, bare_deepdream, deepdream_body, layer_function
 from live import (
     Viewer,
     convlens_server,
@@ -143,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     target = in_fresh_thread(lambda: model.predict(chelsea_input(model), k=1)[0]["index"])
     variants = {name: VARIANTS[name] for name in args.variants.split(",")}
     if args.method == "deepdream":
-        body, steps = deepdream_body(FORMATS[args.format]), DEEPDREAM_STEPS
-        layer = in_fresh_thread(lambda: deepdream_overhead.layer_function(model, deepdream_overhead.LAYER))
+        # One octave at the picture's 448x298: every frame the size of the last octave's.
+        body, steps = deepdream_body(FORMATS[args.format], DEEPDREAM_STEPS, 1), DEEPDREAM_STEPS
+        layer = in_fresh_thread(lambda: layer_function(model, LAYER))
 
         def bare(n: int) -> dict:
-            return deepdream_overhead.bare_deepdream(model, layer, n, 1)
+            return bare_deepdream(model, layer, n, 1)
 
     else:
         body, steps = job_body(args.method, FORMATS[args.format], JOB_STEPS, target, args.size), JOB_STEPS
@@ -211,13 +211,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     write_json(args.json, rows, {"ratios": ratios, "rates": rates, "bare": bare_rates})
     return 0
-
-
-def deepdream_body(model_id: str) -> dict:
-    """``deepdream_overhead``'s job in one octave of ``DEEPDREAM_STEPS`` steps: every frame at 448x298."""
-    params = {"layer": deepdream_overhead.LAYER, "octaves": 1, "steps": DEEPDREAM_STEPS}
-    params |= {"lr": deepdream_overhead.LR, "jitter": deepdream_overhead.JITTER}
-    return {"method": "deepdream", "model": model_id, "image": "chelsea", "params": params, "seed": 0}
 
 
 if __name__ == "__main__":
