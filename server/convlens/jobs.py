@@ -57,9 +57,7 @@ class Outbox:
     points: list[dict[str, Any]] = field(default_factory=list)
     sent_at: float = float("-inf")
     cost: float | None = None
-    """Seconds a send takes, smoothed over the last few."""
-    spacing: float = 0.0
-    """The least time from one send to the next that keeps the sends within the budget."""
+    """Seconds a send takes, smoothed over the last few; ``None`` before the first."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -311,8 +309,7 @@ class JobManager:
             return
         else:
             raise TypeError(f"method {job.method!r} yielded {type(event).__name__}, not a convlens event")
-        outbox = job.outbox
-        if self.clock() - outbox.sent_at >= max(self.send_interval, outbox.spacing):
+        if self.clock() - job.outbox.sent_at >= self._spacing(job.outbox):
             self._send(job)
 
     def _send(self, job: Job) -> None:
@@ -336,14 +333,15 @@ class JobManager:
             if outbox.progress:
                 outbox.progress = False
                 self.sink.progress(job)
-            self._pace(outbox, self.clock() - outbox.sent_at)
+            seconds = self.clock() - outbox.sent_at
+            outbox.cost = seconds if outbox.cost is None else (outbox.cost + seconds) / 2
 
-    def _pace(self, outbox: Outbox, seconds: float) -> None:
-        """Space the next sends so that, at ``seconds`` a send, they take at most ``stream_budget`` of the time."""
-        if self.stream_budget <= 0:
-            return
-        outbox.cost = seconds if outbox.cost is None else (outbox.cost + seconds) / 2
-        outbox.spacing = min(SLOWEST_SEND_S, outbox.cost / self.stream_budget)
+    def _spacing(self, outbox: Outbox) -> float:
+        """The least time from one send to the next: ``STREAM_HZ``'s, or more where sends as costly as the last
+        few would take over ``stream_budget`` of the job's time (but at most ``SLOWEST_SEND_S``)."""
+        if self.stream_budget <= 0 or outbox.cost is None:
+            return self.send_interval
+        return max(self.send_interval, min(SLOWEST_SEND_S, outbox.cost / self.stream_budget))
 
     def _complete(self, job: Job, model: Model, result: ev.Result) -> None:
         record = RunRecord(

@@ -37,10 +37,9 @@ STREAM_BUDGET = 0.01
 A send makes the newest frame's pixels and JPEG and emits it with progress and metrics, between two steps, when
 the step has left the caches cold: 1.5 ms a send for DeepDream's 448x298 frames on 2 cores (pixels 0.4 ms, JPEG
 0.9 ms, about twice their time in a loop of their own), 1 ms for a 224-px class model's, 0.9 ms for a 128-px
-style transfer's; the largest cost of being watched (``bench/README.md``). A job whose sends would take more than this share sends less often than
-``STREAM_HZ`` (that DeepDream about 6 times a second, where it went 8 times); smaller frames, or a faster
-machine, keep ``STREAM_HZ``.
-``CONVLENS_STREAM_BUDGET`` sets it; 0: no budget, ``STREAM_HZ`` alone paces the sends."""
+style transfer's; the largest cost of being watched (``bench/README.md``). A job whose sends would take more
+than this share sends less often than ``STREAM_HZ`` (that DeepDream about 6 times a second, where it went 8
+times). ``CONVLENS_STREAM_BUDGET`` sets it; 0: no budget, ``STREAM_HZ`` alone paces the sends."""
 
 SLOWEST_SEND_S = 0.5
 """However much a send costs, a running job sends at least this often (2 a second)."""
