@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -86,3 +87,20 @@ def test_bad_input_exits_non_zero_with_the_field(models_dir, tmp_path):
         answer = convlens(*args, "--out", str(tmp_path / "o"), models_dir=models_dir)
         assert answer.returncode == 2, (args, answer.stderr)
         assert f"convlens: error: {field}:" in answer.stderr, (args, answer.stderr)
+
+
+def test_a_setting_in_the_environment_that_is_not_a_number_exits_non_zero_naming_it(models_dir):
+    for name, value, expected in [
+        ("CONVLENS_STREAM_BUDGET", "abc", "expected a number, got 'abc'"),
+        ("CONVLENS_MAX_RUNNING_JOBS", "2.5", "expected a whole number, got '2.5'"),
+    ]:
+        answer = subprocess.run(
+            [sys.executable, "-m", "convlens", "--models-dir", str(models_dir), "models", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, name: value},
+        )
+        assert answer.returncode == 2, answer.stderr
+        assert f"convlens: error: {name}: {expected}" in answer.stderr
+        assert "Traceback" not in answer.stderr
