@@ -214,9 +214,13 @@ def evaluate(
     missing = [name for name in layers if name not in forward.activations]
     if missing:
         raise BadInput(FIELD, f"layer {missing[0]!r} of model {model.id!r} gives no tensor to optimise")
-    values = torch.stack([term.value(forward) for term in terms])
-    weights = torch.tensor([term.weight for term in terms]).view(-1, 1)
-    objective = (weights * values).sum(dim=0)
+    if len(terms) == 1:  # the usual objective: no stack, weights or sum (ops on every step, forward and back)
+        values = terms[0].value(forward).unsqueeze(0)
+        objective = values[0] if terms[0].weight == 1.0 else terms[0].weight * values[0]
+    else:
+        values = torch.stack([term.value(forward) for term in terms])
+        weights = torch.tensor([term.weight for term in terms]).view(-1, 1)
+        objective = (weights * values).sum(dim=0)
     similarity = gram_similarity(forward.activations[diversity_layer]) if diversity_layer else None
     return objective, values, similarity
 
@@ -287,7 +291,8 @@ def run_feature_vis(ctx: RunContext) -> Iterator[Event]:
             total = total - params["diversity"] * similarity
         check_finite(model, step, float(total.detach()))
         if is_shown(step, every, steps):
-            # A tensor, made into pixels only if the frame is shown or written (a new one: mosaic copies).
+            # A tensor, made into pixels only if the frame is shown or written. The method never changes it:
+            # each step's pixels are a new tensor, and mosaic lays several out on a new one.
             yield Frame(mosaic(pixels.detach()), step=step)
             metrics = {"objective": float(objective.detach().mean())}
             metrics |= {term.text: float(v.detach().mean()) for term, v in zip(terms, values, strict=True)}

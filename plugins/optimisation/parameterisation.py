@@ -274,8 +274,11 @@ def _rotated(images: torch.Tensor, degrees: float) -> torch.Tensor:
 
 
 def mosaic(images: torch.Tensor, gap: int = 4) -> torch.Tensor:
-    """Bx3xHxW images laid out in a near-square grid with white gaps: one 1x3xH'xW' picture (a new tensor)."""
+    """Bx3xHxW images laid out in a near-square grid with white gaps: one 1x3xH'xW' picture (a new tensor, but
+    ``images`` itself when it holds one image)."""
     count, channels, height, width = images.shape
+    if count == 1:
+        return images
     columns = math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
     sheet = images.new_ones(
