@@ -229,7 +229,9 @@ def run_activation_max(ctx: RunContext) -> Iterator[Event]:
         shift = (0, 0)
         if jitter and step < steps:
             shift = tuple(int(s) for s in torch.randint(-jitter, jitter + 1, (2,), generator=ctx.generator))
-        rolled = torch.roll(image, shifts=shift, dims=(2, 3)).requires_grad_(True)
+        # Unshifted, the image itself (a new leaf on its storage): a roll by (0, 0) copies it, and its gradient.
+        rolled = torch.roll(image, shifts=shift, dims=(2, 3)) if shift != (0, 0) else image.detach()
+        rolled.requires_grad_(True)
         objective = unit_value(model, rolled, layer, index, unit)
         value = float(objective.detach())
         check_finite(model, description, step, value)
@@ -243,7 +245,8 @@ def run_activation_max(ctx: RunContext) -> Iterator[Event]:
         if step == steps:
             break
         (gradient,) = torch.autograd.grad(objective, rolled)
-        gradient = torch.roll(gradient, shifts=(-shift[0], -shift[1]), dims=(2, 3))
+        if shift != (0, 0):
+            gradient = torch.roll(gradient, shifts=(-shift[0], -shift[1]), dims=(2, 3))
         scale = float(gradient.abs().mean())
         check_finite(model, f"the gradient of {description}", step, scale)
         gradient = gradient / (scale + 1e-12)
