@@ -28,6 +28,10 @@ SCRIPTS = {
         "limit_s": 1800,
         "quick": ["--steps", "10", "--repeats", "1", "--formats", "onnx"],
     },
+    "interleaved_overhead": {
+        "limit_s": 1800,
+        "quick": ["--steps", "8", "--repeats", "1", "--formats", "pt", "--methods", "deepdream,class_model"],
+    },
     "streaming_cost": {"limit_s": 900, "quick": ["--windows", "1", "--window-s", "0.5"]},
     "feature_vis": {"limit_s": 900, "quick": ["--repeats", "1", "--steps", "32"]},
     "browser_viewer": {"limit_s": 900, "quick": ["--repeats", "1"]},
