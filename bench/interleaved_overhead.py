@@ -90,26 +90,14 @@ def bare_loop(method: str, model, params: dict) -> dict:
     import deepdream_overhead as dd
     import optimisation_overhead as oo
 
-    steps = params["steps"]
     if method == "deepdream":
         forward = dd.layer_function(model, dd.LAYER)
         with captured_step(dd) as got:
-            dd._bare_deepdream(model, forward, steps, params["octaves"])
+            dd._bare_deepdream(model, forward, params["steps"], params["octaves"])
         return got
+    run = oo.bare_loop(method, model, params.get("target"), params.get("size"))
     with captured_step(oo) as got:
-        if method == "class_model":
-            oo._bare_class_model(model, oo.logits_function(model), params["target"], steps)
-        elif method == "activation_max":
-            oo._bare_activation_max(model, dd.layers_function(model, [oo.UNIT_LAYER]), steps)
-        elif method == "inversion":
-            oo._bare_inversion(model, dd.layers_function(model, [oo.INVERSION_LAYER]), steps)
-        elif method == "feature_vis":
-            oo._bare_feature_vis(model, dd.layers_function(model, [oo.UNIT_LAYER]), params["size"], steps)
-        elif method == "style_transfer":
-            layers = list(dict.fromkeys([oo.CONTENT_LAYER, *oo.STYLE_LAYERS]))
-            oo._bare_style_transfer(model, dd.layers_function(model, layers), params["size"], steps)
-        else:
-            raise ValueError(f"no bare loop for {method!r}")
+        run(params["steps"])
     return got
 
 

@@ -161,12 +161,8 @@ def descend(
         image.clamp_(0.0, 1.0)
 
 
-def bare_class_model(model, forward: Function, target: int, steps: int) -> dict:
-    """``steps`` class-model steps in plain torch, set up and run in one fresh thread; rates, final score, image."""
-    return in_fresh_thread(lambda: _bare_class_model(model, forward, target, steps))
-
-
 def _bare_class_model(model, forward: Function, target: int, steps: int) -> dict:
+    """``steps`` class-model steps in plain torch; rates, final score, image."""
     normalise = normaliser(model)
     image = mean_colour(model).requires_grad_(True)
     optimiser = torch.optim.Adam([image], lr=CLASS_LR)
@@ -193,15 +189,11 @@ def gram(activation: torch.Tensor) -> torch.Tensor:
     return features @ features.T / features.shape[1]
 
 
-def bare_style_transfer(model, forward: Function, size: int, steps: int) -> dict:
-    """``steps`` Adam style-transfer steps in plain torch, set up and run in one fresh thread; rates, loss, image.
+def _bare_style_transfer(model, forward: Function, size: int, steps: int) -> dict:
+    """``steps`` Adam style-transfer steps in plain torch; rates, loss, image.
 
     ``forward`` returns the activations at ``CONTENT_LAYER`` and then at each of ``STYLE_LAYERS`` that differs.
     """
-    return in_fresh_thread(lambda: _bare_style_transfer(model, forward, size, steps))
-
-
-def _bare_style_transfer(model, forward: Function, size: int, steps: int) -> dict:
     from convlens.images import to_tensor
 
     normalise = normaliser(model)
@@ -240,12 +232,8 @@ def _bare_style_transfer(model, forward: Function, size: int, steps: int) -> dic
     return timed_loop(step, steps, lambda: image, final)
 
 
-def bare_activation_max(model, forward: Function, steps: int) -> dict:
-    """``steps`` regularised activation-maximisation steps in plain torch, in one fresh thread."""
-    return in_fresh_thread(lambda: _bare_activation_max(model, forward, steps))
-
-
 def _bare_activation_max(model, forward: Function, steps: int) -> dict:
+    """``steps`` regularised activation-maximisation steps in plain torch."""
     from convlens_plugins.optimisation.activation_max import PRESETS, regularise
 
     settings = PRESETS[UNIT_PRESET]
@@ -277,12 +265,8 @@ def _bare_activation_max(model, forward: Function, steps: int) -> dict:
     return timed_loop(step, steps, lambda: image, final)
 
 
-def bare_inversion(model, forward: Function, steps: int) -> dict:
-    """``steps`` Adam feature-inversion steps in plain torch, in one fresh thread."""
-    return in_fresh_thread(lambda: _bare_inversion(model, forward, steps))
-
-
 def _bare_inversion(model, forward: Function, steps: int) -> dict:
+    """``steps`` Adam feature-inversion steps in plain torch."""
     from convlens_plugins.optimisation.inversion import alpha_prior, tv_prior
 
     normalise = normaliser(model)
@@ -306,12 +290,8 @@ def _bare_inversion(model, forward: Function, steps: int) -> dict:
     return timed_loop(step, steps, lambda: image, final)
 
 
-def bare_feature_vis(model, forward: Function, size: int, steps: int) -> dict:
-    """``steps`` Lucid-style feature-visualisation steps in plain torch, in one fresh thread."""
-    return in_fresh_thread(lambda: _bare_feature_vis(model, forward, size, steps))
-
-
 def _bare_feature_vis(model, forward: Function, size: int, steps: int) -> dict:
+    """``steps`` Lucid-style feature-visualisation steps in plain torch."""
     from convlens_plugins.optimisation.parameterisation import FourierImage, robust_views
 
     normalise = normaliser(model)
@@ -446,23 +426,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bare_runner(method: str, model, target: int, size: int) -> Callable[[int], dict]:
+    """:func:`bare_loop` built in one fresh thread, each ``run(steps)`` then set up and run in another, as a job."""
+    run = in_fresh_thread(lambda: bare_loop(method, model, target, size))
+    return lambda steps: in_fresh_thread(lambda: run(steps))
+
+
+def bare_loop(method: str, model, target: int | None, size: int | None) -> Callable[[int], dict]:
     """``run(steps)``: the bare loop of ``method`` on ``model`` (``target`` for the class model, ``size`` for
-    style transfer), its torch callable built once here."""
+    style transfer and feature_vis) in the calling thread, its torch callable built once here."""
     if method == "class_model":
         logits = logits_function(model)
-        return lambda steps: bare_class_model(model, logits, target, steps)
+        return lambda steps: _bare_class_model(model, logits, target, steps)
     if method == "activation_max":
-        unit = in_fresh_thread(lambda: layers_function(model, [UNIT_LAYER]))
-        return lambda steps: bare_activation_max(model, unit, steps)
+        unit = layers_function(model, [UNIT_LAYER])
+        return lambda steps: _bare_activation_max(model, unit, steps)
     if method == "inversion":
-        code = in_fresh_thread(lambda: layers_function(model, [INVERSION_LAYER]))
-        return lambda steps: bare_inversion(model, code, steps)
+        code = layers_function(model, [INVERSION_LAYER])
+        return lambda steps: _bare_inversion(model, code, steps)
     if method == "feature_vis":
-        unit = in_fresh_thread(lambda: layers_function(model, [UNIT_LAYER]))
-        return lambda steps: bare_feature_vis(model, unit, size, steps)
-    layers = list(dict.fromkeys([CONTENT_LAYER, *STYLE_LAYERS]))
-    activations = in_fresh_thread(lambda: layers_function(model, layers))
-    return lambda steps: bare_style_transfer(model, activations, size, steps)
+        unit = layers_function(model, [UNIT_LAYER])
+        return lambda steps: _bare_feature_vis(model, unit, size, steps)
+    if method == "style_transfer":
+        activations = layers_function(model, list(dict.fromkeys([CONTENT_LAYER, *STYLE_LAYERS])))
+        return lambda steps: _bare_style_transfer(model, activations, size, steps)
+    raise ValueError(f"no bare loop for {method!r}")
 
 
 def chelsea_input(model) -> torch.Tensor:
