@@ -40,6 +40,8 @@ class TimedSink:
     frames: list[int] = field(default_factory=list)
     points: list[int] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
+    progress_at_frames: list[int | None] = field(default_factory=list)
+    """The job's step when each frame was sent (``None`` before its first ``Progress``)."""
     busy_s: float = 0.0
 
     def state(self, job) -> None:
@@ -47,6 +49,7 @@ class TimedSink:
 
     def frame(self, job, frame) -> None:
         self.frames.append(frame.step)
+        self.progress_at_frames.append(job.progress["step"] if job.progress else None)
         self.clock.now += self.frame_s
         self.busy_s += self.frame_s
 
@@ -60,17 +63,22 @@ class TimedSink:
         pass
 
 
-def run_job(tmp_path, default_model, sample_image, *, frame_s: float, stream_hz: float, budget: float):
-    """A job of ``STEPS`` steps of ``STEP_S`` each, a frame, metrics and progress at every one; its sink and
-    how long it ran on the clock."""
+def run_job(
+    tmp_path, default_model, sample_image, *, frame_s: float, stream_hz: float, budget: float, progress=True
+):
+    """A job of ``STEPS`` steps of ``STEP_S`` each, a frame, metrics and (unless not ``progress``) progress at
+    every one; its sink and how long it ran on the clock. Each step yields its frame and metrics halfway, as
+    the optimisation methods do between a step's forward and backward passes."""
     clock = Clock()
 
     def run(ctx):
         for step in range(1, STEPS + 1):
-            clock.now += STEP_S
+            clock.now += STEP_S / 2
             yield Frame(np.full((8, 8, 3), step % 256, np.uint8), step=step)
             yield Metrics({"value": float(step)}, step=step)
-            yield Progress(step, STEPS)
+            clock.now += STEP_S / 2
+            if progress:
+                yield Progress(step, STEPS)
 
     method = Method(name="steady", title="Steady", topic="tests", run=run)
     sink = TimedSink(clock, frame_s)
@@ -113,6 +121,23 @@ def test_cheap_sends_go_at_stream_hz(tmp_path, default_model, sample_image):
     # first): every 7th (7/64 s), and the last step's.
     sink, _ = run_job(tmp_path, default_model, sample_image, frame_s=0.0, stream_hz=10, budget=0.01)
     assert sink.frames == [*range(7, STEPS, 7), STEPS]
+
+
+def test_sends_wait_for_the_end_of_a_step(tmp_path, default_model, sample_image):
+    # A send halfway through a step (where the optimisation methods yield their frames) would leave the
+    # caches cold for the step's backward pass: once a job reports progress, its sends go out at step ends.
+    sink, _ = run_job(tmp_path, default_model, sample_image, frame_s=0.0, stream_hz=10, budget=0.01)
+    assert sink.progress_at_frames == sink.frames
+    assert sink.frames == [*range(7, STEPS, 7), STEPS]
+
+
+def test_a_job_without_progress_sends_at_its_other_events(tmp_path, default_model, sample_image):
+    sink, _ = run_job(
+        tmp_path, default_model, sample_image, frame_s=0.0, stream_hz=10, budget=0.01, progress=False
+    )
+    assert set(sink.progress_at_frames) == {None}
+    assert sink.frames == [*range(7, STEPS, 7), STEPS]
+    assert sink.points == list(range(1, STEPS + 1))
 
 
 def test_a_job_whose_sends_cost_more_than_the_budget_allows_still_sends_twice_a_second(

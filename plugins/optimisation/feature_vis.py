@@ -289,13 +289,22 @@ def run_feature_vis(ctx: RunContext) -> Iterator[Event]:
         total = objective.mean()
         if similarity is not None:
             total = total - params["diversity"] * similarity
-        check_finite(model, step, float(total.detach()))
+        total_value = float(total.detach())
+        check_finite(model, step, total_value)
         if is_shown(step, every, steps):
             # A tensor, made into pixels only if the frame is shown or written. The method never changes it:
             # each step's pixels are a new tensor, and mosaic lays several out on a new one.
             yield Frame(mosaic(pixels.detach()), step=step)
-            metrics = {"objective": float(objective.detach().mean())}
-            metrics |= {term.text: float(v.detach().mean()) for term, v in zip(terms, values, strict=True)}
+            # Without a diversity term the total is the objective's mean, and a lone unweighted term is the
+            # objective: their values are known, with no more ops on every step.
+            mean = total_value if similarity is None else float(objective.detach().mean())
+            metrics = {"objective": mean}
+            if len(terms) == 1 and terms[0].weight == 1.0:
+                metrics[terms[0].text] = mean
+            else:
+                metrics |= {
+                    term.text: float(v.detach().mean()) for term, v in zip(terms, values, strict=True)
+                }
             if similarity is not None:
                 metrics["similarity"] = float(similarity.detach())
                 metrics["diversity"] = -params["diversity"] * float(similarity.detach())

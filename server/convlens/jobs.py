@@ -58,6 +58,8 @@ class Outbox:
     sent_at: float = float("-inf")
     cost: float | None = None
     """Seconds a send takes, smoothed over the last few; ``None`` before the first."""
+    stepped: bool = False
+    """Whether the job has yielded ``Progress``: from then on sends fall due at step ends (see ``_handle``)."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -294,6 +296,7 @@ class JobManager:
             with job.outbox.lock:
                 job.progress = {"step": event.step, "total": event.total, "time": time.time()}
                 job.outbox.progress = True
+                job.outbox.stepped = True
         elif isinstance(event, ev.Metrics):
             values = {name: float(value) for name, value in event.values.items()}
             job.metrics = values
@@ -309,7 +312,13 @@ class JobManager:
             return
         else:
             raise TypeError(f"method {job.method!r} yielded {type(event).__name__}, not a convlens event")
-        if self.clock() - job.outbox.sent_at >= self._spacing(job.outbox):
+        # Once a job reports progress, its sends wait for the end of a step (its Progress event). Methods
+        # yield a step's frame and metrics between its forward and backward passes, and a send there leaves
+        # the caches cold for the backward pass. Other events send only once a send is twice overdue.
+        spacing = self._spacing(job.outbox)
+        if job.outbox.stepped and not isinstance(event, ev.Progress):
+            spacing *= 2
+        if self.clock() - job.outbox.sent_at >= spacing:
             self._send(job)
 
     def _send(self, job: Job) -> None:

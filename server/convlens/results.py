@@ -54,13 +54,13 @@ class Reel:
         self.last = image
         if index % self.stride:
             return
-        if hasattr(image, "detach") and image.is_floating_point():
+        if not isinstance(image, np.ndarray) and image.is_floating_point():
             image = image.detach().half()
         self.kept.append(image)
-        self.kept_bytes += _nbytes(image)
+        self.kept_bytes += image.nbytes
         while len(self.kept) > 1 and (len(self.kept) > self.max_frames or self.kept_bytes > self.max_bytes):
             self.kept = self.kept[::2]
-            self.kept_bytes = sum(_nbytes(frame) for frame in self.kept)
+            self.kept_bytes = sum(frame.nbytes for frame in self.kept)
             self.stride *= 2
 
     def frames(self) -> list[np.ndarray]:
@@ -69,10 +69,6 @@ class Reel:
         if (self.offered - 1) % self.stride and self.last is not None:
             frames.append(self.last)
         return [pixels_of(frame) for frame in frames]
-
-
-def _nbytes(image: np.ndarray | torch.Tensor) -> int:
-    return int(image.nbytes) if isinstance(image, np.ndarray) else image.numel() * image.element_size()
 
 
 @dataclass
