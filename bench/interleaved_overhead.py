@@ -7,9 +7,9 @@ every few steps (``--block``, 8), a fraction of a second, so drift falls on both
 
 The server is the real one, ``python -m convlens serve`` in its own process, watched over a websocket by one
 viewer (or nobody, ``--no-viewer``). This bench puts ``interleave/sitecustomize.py`` on the server's path. That
-file wraps ``convlens.runner.iterate``: after every 8th step of the job, once the job manager has handled the
-step's ``Progress`` event, it runs as many steps of the bare loop on the job's thread, with the same model
-object. These are the loops ``deepdream_overhead.py`` and ``optimisation_overhead.py`` write out in plain
+file wraps ``convlens.runner.iterate``: after every 8th step of the job (or the next without a send), once
+the job manager has handled the step's ``Progress`` event, it runs as many steps of the bare loop on the job's
+thread, with the same model object. These are the loops ``deepdream_overhead.py`` and ``optimisation_overhead.py`` write out in plain
 torch. The wrapper times both sides:
 
 - each bare step is timed alone;
@@ -25,9 +25,14 @@ Where the sides change matters:
 - Five of the methods yield a step's frame between its forward and its backward pass. A bare step run there
   (the first version of this bench) evicted the job's saved activations from the caches and made its backward
   pass slower: feature inversion measured 0.953 there and 0.989 at step boundaries.
-- A send's work on the sockets' threads and in the viewer goes on after the send. When the send ends a block,
-  that work falls on the bare steps after it, which favours convlens. With blocks of 8 that is about one
-  send in 8; the rest falls on the job's own next step.
+- A send's work on the sockets' threads and in the viewer goes on after the send (which the job manager makes
+  at the end of a step). Were the bare steps to start then, that work would fall on them. So a block of the
+  job's steps ends at the first step from the 8th on without a send, and that work falls on the job's own
+  next step.
+
+Jobs run 200 steps (``--steps``), about as many as the methods' defaults. A job's first steps cost more than
+its later ones (the viewer subscribing, the first sends), so shorter jobs show more overhead per step: with
+40-step jobs feature_vis measured 4-6%, with 200-step ones 3-4%.
 
 Per job, the ratio is (mean bare step) / (mean job step) over steps 2..N, which is convlens's it/s over the
 bare loop's. The job's final image is compared with the bare loop's; they are the same computation, so the
@@ -65,6 +70,8 @@ class JobClock:
 
     def __init__(self) -> None:
         self.bare_s = 0.0
+        self.sent_at = float("-inf")
+        """When the job manager last sent something to the viewers, on this clock."""
 
     def __call__(self) -> float:
         return time.perf_counter() - self.bare_s
@@ -110,7 +117,7 @@ def install(out_dir: str, block: int) -> None:
 
     clock, current = JobClock(), threading.local()
     original_iterate, original_init = runner.iterate, jobs.JobManager.__init__
-    original_execute = jobs.JobManager._execute
+    original_execute, original_send = jobs.JobManager._execute, jobs.JobManager._send
 
     def init(self, *args, **kwargs) -> None:
         original_init(self, *args, **{**kwargs, "clock": clock})
@@ -119,9 +126,15 @@ def install(out_dir: str, block: int) -> None:
         current.job_id = job.id
         original_execute(self, job)
 
+    def send(self, job) -> None:
+        outbox = job.outbox
+        if outbox.frame is not None or outbox.points or outbox.progress:
+            clock.sent_at = clock()
+        original_send(self, job)
+
     def iterate(method, ctx):
         loop = bare_loop(method.name, ctx.model, ctx.params)
-        marks, bare, difference = [], [], None
+        marks, bare, difference, due = [], [], None, False
         for event in original_iterate(method, ctx):
             if isinstance(event, Result):  # the job's final image against the bare loop's
                 final = to_uint8(event.images[method.name if method.name != "deepdream" else "dream"])
@@ -129,7 +142,12 @@ def install(out_dir: str, block: int) -> None:
             yield event
             if isinstance(event, Progress):  # handled by the job manager by now
                 marks.append(clock())
-                if event.step % block == 0 or event.step >= event.total:
+                due = due or event.step % block == 0
+                sent = (
+                    len(marks) > 1 and clock.sent_at > marks[-2]
+                )  # in this step: its after-work is the job's
+                if (due and not sent) or event.step >= event.total:
+                    due = False
                     while len(bare) < event.step:  # the bare loop catches up: as many steps as the job's
                         started = time.perf_counter()
                         loop["step"]()
@@ -141,6 +159,7 @@ def install(out_dir: str, block: int) -> None:
     runner.iterate = iterate
     jobs.JobManager.__init__ = init
     jobs.JobManager._execute = execute
+    jobs.JobManager._send = send
 
 
 # -- the driver -------------------------------------------------------------------------------------------
@@ -163,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated: " + ", ".join(METHODS))
     parser.add_argument("--formats", default="onnx,pt2,pt", help="comma-separated: onnx, pt2, pt")
-    parser.add_argument("--steps", type=int, default=40, help="steps a job (DeepDream: an octave, of 3)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=200,
+        help="steps a job, about as many as the methods' defaults (100-256); DeepDream's over its 3 octaves",
+    )
     parser.add_argument("--repeats", type=int, default=4, help="jobs per case")
     parser.add_argument(
         "--block", type=int, default=8, help="steps each side runs before the other takes its turn"
@@ -206,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
                     body, octaves = body_maker(method, dd.FORMATS[fmt], store, args.size)
 
                     def run(steps: int, body=body, octaves=octaves) -> dict:
-                        job = watched_job(server.url, viewer, body(steps), steps * octaves, args.job_timeout)
+                        per_octave = max(1, steps // octaves)
+                        job = watched_job(
+                            server.url, viewer, body(per_octave), per_octave * octaves, args.job_timeout
+                        )
                         times = json.loads(Path(out_dir, f"{job['job']}.json").read_text())
                         return {**job, **step_rates(times)}
 
@@ -263,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def body_maker(method: str, model_id: str, store, size: int) -> tuple[Callable[[int], dict], int]:
     """``body(steps)``, the ``POST /api/jobs`` body of ``method`` on ``model_id`` as the other benches make it,
-    and the octaves it runs (DeepDream's steps are per octave)."""
+    and the octaves it runs (DeepDream's ``steps`` parameter counts the steps of each octave)."""
     import deepdream_overhead as dd
     import optimisation_overhead as oo
     from live import in_fresh_thread

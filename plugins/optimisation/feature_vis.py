@@ -37,7 +37,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -238,6 +238,24 @@ def check_finite(model: Model, step: int, value: float) -> None:
         )
 
 
+def diversity_layer_of(params: dict[str, Any], model: Model) -> str | None:
+    """The layer whose Gram matrices keep a batch's images apart (``None`` for one image); ``BadInput`` if it
+    is not spatial."""
+    if params["batch"] < 2:
+        return None
+    layer = params["diversity_layer"] or model.suggest_layer()
+    if layer is None or len(model.layer(layer).shape) != 3:
+        raise BadInput("params.diversity_layer", f"needs a spatial layer (CxHxW), got {layer!r}")
+    return layer
+
+
+def check_params(params: dict[str, Any], model: Model) -> None:
+    """The objective's terms and the diversity layer against ``model``, when the run is requested."""
+    if params["objective"]:
+        parse_objective(params["objective"], model)
+    diversity_layer_of(params, model)
+
+
 def default_objective(ctx: RunContext) -> str:
     layer = ctx.model.suggest_layer()
     if layer:
@@ -250,13 +268,7 @@ def run_feature_vis(ctx: RunContext) -> Iterator[Event]:
     text = params["objective"] or default_objective(ctx)
     terms = parse_objective(text, model, ctx.generator)
     batch, steps, every = params["batch"], params["steps"], params["every"]
-    diversity_layer = None
-    if batch > 1:
-        diversity_layer = params["diversity_layer"] or model.suggest_layer()
-        if diversity_layer is None or len(model.layer(diversity_layer).shape) != 3:
-            raise BadInput(
-                "params.diversity_layer", f"needs a spatial layer (CxHxW), got {diversity_layer!r}"
-            )
+    diversity_layer = diversity_layer_of(params, model)
     height, width = working_size(model, params["size"])
     yield Log(
         f"feature visualisation of {' + '.join(f'{t.weight:g}×{t.text}' for t in terms)}: {batch} image(s) "
@@ -432,6 +444,7 @@ FEATURE_VIS = Method(
     topic="What a unit wants to see",
     run=run_feature_vis,
     params=PARAMS,
+    check=check_params,
     needs=frozenset({"gradients", "layers"}),
     description="Images optimised to raise a weighted sum of units (class logits, channels, neurons, layers, "
     "directions), parameterised as 1/f-scaled spectra in a decorrelated colour space and seen through random "

@@ -24,7 +24,6 @@ from .encode import EncodedFrame
 from .errors import BadInput, NotFound
 from .methods import Method
 from .models.base import Model
-from .params import validate
 from .results import Reel, RunRecord, write_result
 from .streaming import SLOWEST_SEND_S, STREAM_BUDGET, STREAM_HZ
 
@@ -191,7 +190,7 @@ class JobManager:
         raw_params = request.get("params") or {}
         if not isinstance(raw_params, dict):
             raise BadInput("params", "expected an object of parameter values")
-        params = validate(method.params, raw_params, model)
+        params = method.validate(raw_params, model)
         runner.resolve_pictures(method, params, self.get_image)  # an unknown style image fails the request
         seed = request.get("seed")
         if seed is None:

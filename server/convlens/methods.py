@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .events import Event
-from .params import Param
+from .params import Param, validate
 
 if TYPE_CHECKING:
     import torch
@@ -78,6 +78,10 @@ class Method:
     description: str = ""
     reference: str = ""
     tags: frozenset[str] = frozenset()
+    check: Callable[[dict[str, Any], Model], None] | None = None
+    """Checks the validated parameters against the model beyond what each :class:`Param` checks alone (an
+    objective naming layers, two parameters together), raising ``BadInput`` naming the field. Called when a run
+    is requested, so a wrong value is refused then (a 400) rather than failing the job once it runs."""
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(NEEDS)
@@ -90,6 +94,14 @@ class Method:
         if missing:
             return f"model {model.id!r} does not support {', '.join(missing)}"
         return None
+
+    def validate(self, raw: Mapping[str, Any] | None, model: Model) -> dict[str, Any]:
+        """The raw parameters checked against the declarations and ``model``, defaults filled in, then by
+        :attr:`check`; ``BadInput`` names the first wrong field."""
+        params = validate(self.params, raw, model)
+        if self.check is not None:
+            self.check(params, model)
+        return params
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -17,7 +17,6 @@ import numpy as np
 from .errors import BadInput
 from .events import Frame, Log, Metrics, Progress, Result
 from .methods import Method, RunContext
-from .params import validate
 
 if TYPE_CHECKING:
     from .events import Event
@@ -68,7 +67,7 @@ def prepare_run(
     from .images import to_float
 
     check_available(method, model)
-    params = validate(method.params, raw_params, model)
+    params = method.validate(raw_params, model)
     pictures = {name: to_float(picture) for name, picture in resolve_pictures(method, params, images).items()}
     seed_everything(seed)
     return RunContext(model=model, image=to_float(image), params=params, seed=seed, pictures=pictures)
