@@ -32,7 +32,7 @@ SCRIPTS = {
         "limit_s": 1800,
         "quick": [
             "--steps",
-            "16",
+            "48",
             "--block",
             "4",
             "--repeats",
