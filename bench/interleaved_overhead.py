@@ -126,11 +126,11 @@ def install(out_dir: str, block: int) -> None:
         current.job_id = job.id
         original_execute(self, job)
 
-    def send(self, job) -> None:
-        outbox = job.outbox
-        if outbox.frame is not None or outbox.points or outbox.progress:
+    def send(self, job) -> bool:
+        sent = original_send(self, job)
+        if sent:
             clock.sent_at = clock()
-        original_send(self, job)
+        return sent
 
     def iterate(method, ctx):
         loop = bare_loop(method.name, ctx.model, ctx.params)
@@ -143,9 +143,8 @@ def install(out_dir: str, block: int) -> None:
             if isinstance(event, Progress):  # handled by the job manager by now
                 marks.append(clock())
                 due = due or event.step % block == 0
-                sent = (
-                    len(marks) > 1 and clock.sent_at > marks[-2]
-                )  # in this step: its after-work is the job's
+                # A send in this step: its after-work is the job's, so the bare steps wait for the next.
+                sent = len(marks) > 1 and clock.sent_at > marks[-2]
                 if (due and not sent) or event.step >= event.total:
                     due = False
                     while len(bare) < event.step:  # the bare loop catches up: as many steps as the job's

@@ -319,7 +319,7 @@ def run_feature_vis(ctx: RunContext) -> Iterator[Event]:
                 }
             if similarity is not None:
                 metrics["similarity"] = float(similarity.detach())
-                metrics["diversity"] = -params["diversity"] * float(similarity.detach())
+                metrics["diversity"] = -params["diversity"] * metrics["similarity"]
             yield Metrics(metrics, step=step)
         if step == steps:
             break

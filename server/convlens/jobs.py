@@ -57,8 +57,6 @@ class Outbox:
     sent_at: float = float("-inf")
     cost: float | None = None
     """Seconds a send takes, smoothed over the last few; ``None`` before the first."""
-    stepped: bool = False
-    """Whether the job has yielded ``Progress``: from then on sends fall due at step ends (see ``_handle``)."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -295,7 +293,6 @@ class JobManager:
             with job.outbox.lock:
                 job.progress = {"step": event.step, "total": event.total, "time": time.time()}
                 job.outbox.progress = True
-                job.outbox.stepped = True
         elif isinstance(event, ev.Metrics):
             values = {name: float(value) for name, value in event.values.items()}
             job.metrics = values
@@ -315,13 +312,14 @@ class JobManager:
         # yield a step's frame and metrics between its forward and backward passes, and a send there leaves
         # the caches cold for the backward pass. Other events send only once a send is twice overdue.
         spacing = self._spacing(job.outbox)
-        if job.outbox.stepped and not isinstance(event, ev.Progress):
+        if job.progress is not None and not isinstance(event, ev.Progress):
             spacing *= 2
         if self.clock() - job.outbox.sent_at >= spacing:
             self._send(job)
 
-    def _send(self, job: Job) -> None:
-        """Send what the job's viewers have not seen yet: the newest frame, the metrics points, then progress.
+    def _send(self, job: Job) -> bool:
+        """Send what the job's viewers have not seen yet: the newest frame, the metrics points, then progress;
+        whether there was anything to send.
 
         The frame first: its pixels and JPEG are made before a message wakes the sockets' threads, which would
         take the GIL whenever a torch op lets go of it (a 128-px frame's pixels took 0.7 ms after the metrics
@@ -331,7 +329,7 @@ class JobManager:
         with outbox.lock:  # held while sending, so two threads' sends cannot interleave out of order
             outbox.sent_at = self.clock()
             if not (outbox.points or outbox.frame is not None or outbox.progress):
-                return
+                return False
             if outbox.frame is not None:
                 frame, outbox.frame = outbox.frame, None
                 self.sink.frame(job, frame)
@@ -343,6 +341,7 @@ class JobManager:
                 self.sink.progress(job)
             seconds = self.clock() - outbox.sent_at
             outbox.cost = seconds if outbox.cost is None else (outbox.cost + seconds) / 2
+        return True
 
     def _spacing(self, outbox: Outbox) -> float:
         """The least time from one send to the next: ``STREAM_HZ``'s, or more where sends as costly as the last
