@@ -17,6 +17,7 @@ import copy
 import json
 from pathlib import Path
 
+import captum.attr as captum_attr
 import numpy as np
 import pytest
 import torch
@@ -30,8 +31,6 @@ from convlens.models.module import ModuleModel
 from convlens.models.store import ModelStore
 from convlens_plugins.attribution.backprop_rules import DECONVNET, GUIDED_BACKPROP, UNIT_GRADIENT
 from convlens_plugins.attribution.guided_gradcam import GUIDED_GRADCAM
-
-captum_attr = pytest.importorskip("captum.attr")
 
 SIZE = 64
 MEAN = (0.5, 0.4, 0.3)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import captum.attr as captum_attr
 import numpy as np
 import pytest
 import torch
@@ -22,8 +23,6 @@ from convlens.events import Frame, Progress, Result
 from convlens.images import to_tensor
 from convlens.models.store import ModelStore
 from convlens_plugins.attribution.gradcam import GRADCAM
-
-captum_attr = pytest.importorskip("captum.attr")
 
 SIZE = 128
 """ResNet-18 files are exported at this input size: layer4 is 4x4, layer3 8x8."""

@@ -1,7 +1,13 @@
-"""Class model visualisation reaches a high class probability, streams its steps, is reproducible and refuses nonsense."""
+"""Class model visualisation reaches a high class probability, reports the objective it promises, streams its
+steps, is reproducible and refuses nonsense.
+
+The objective (score − λ·mean square of the normalised image) is recomputed here from the final image with a
+plain float64 forward of the tiny net's own module, never from the plugin's code.
+"""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -89,6 +95,35 @@ def test_score_rises_and_the_l2_weight_holds_the_image_back(convlens_run, tiny_m
     assert metric(held, "l2")[-1] < metric(free, "l2")[-1]
     values = of_type(free, Metrics)[-1].values
     assert values["objective"] == pytest.approx(values["score"])
+
+
+def test_the_reported_objective_is_the_score_minus_lambda_times_the_mean_square_of_the_normalised_image(
+    convlens_run, pixel_space, tiny_model, sample_image
+):
+    events = convlens_run(
+        CLASS_MODEL, tiny_model, sample_image, target=3, steps=5, init="noise", l2_weight=2.5, lr=0.05
+    )
+    result = events[-1]
+    assert isinstance(result, Result)
+    image = result.arrays["image"].transpose(2, 0, 1)[None].astype(np.float64)
+    mean, std = (
+        np.asarray(v, np.float64).reshape(1, 3, 1, 1) for v in (tiny_model.card.mean, tiny_model.card.std)
+    )
+    net = pixel_space(copy.deepcopy(tiny_model.module), tiny_model.card.mean, tiny_model.card.std).double()
+    with torch.no_grad():
+        logits = net(torch.from_numpy(image))[0].numpy()
+    score = logits[3]
+    probability = np.exp(logits[3] - logits.max()) / np.exp(logits - logits.max()).sum()
+    l2 = np.mean(((image - mean) / std) ** 2)
+    assert l2 > 0.01  # the image has left the mean colour, so λ's term counts
+    data = result.data
+    assert data["score"] == pytest.approx(score, rel=1e-5, abs=1e-6)
+    assert data["probability"] == pytest.approx(probability, rel=1e-5)
+    assert data["l2"] == pytest.approx(l2, rel=1e-5)
+    assert data["objective"] == pytest.approx(score - 2.5 * l2, rel=1e-5, abs=1e-6)
+    assert of_type(events, Metrics)[-1].values == {
+        k: data[k] for k in ("score", "probability", "l2", "objective")
+    }
 
 
 def test_missing_target_is_the_top_prediction_for_the_picture(convlens_run, tiny_model, sample_image):

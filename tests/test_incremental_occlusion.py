@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+import captum.attr as captum_attr
 import numpy as np
 import onnx
 import onnx.helper
@@ -233,7 +234,6 @@ def test_a_resnet18_gets_captums_map_incrementally(
     convlens_run, onnx_resnet, resnet18_with_statistics, sample_image
 ):
     """Random ResNet-18 at 96x96 (max pooling, strided residual blocks): Captum's map, with cropped pieces."""
-    captum_attr = pytest.importorskip("captum.attr")
     window, stride = 16, 8
     result = occlusion_result(
         convlens_run, onnx_resnet, sample_image, window=window, stride=stride, engine="incremental"

@@ -1,11 +1,18 @@
-"""Neural style transfer fits the style's Gram matrices, streams its steps, is reproducible and refuses nonsense."""
+"""Neural style transfer fits the style's Gram matrices, reports the losses it promises, streams its steps, is
+reproducible and refuses nonsense.
+
+The losses (content MSE, weighted per-layer Gram losses, total variation) are recomputed here from the final
+image with a plain float64 forward of the tiny net's own layers, never from the plugin's loss code.
+"""
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from convlens.errors import BadInput
@@ -83,6 +90,71 @@ def test_style_loss_is_zero_on_the_style_itself_and_the_gram_matrix_is_f_ft_over
     _, parts = loss(style_transfer.to_tensor(brick, (64, 64)))
     assert parts["style"] == pytest.approx(0.0, abs=1e-9)
     assert parts["content"] > 0
+
+
+def activations_of(net: torch.nn.Sequential, card, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Every layer's CxHxW activation for an HxWx3 image in [0, 1], normalised by ``card``, in float64."""
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in (card.mean, card.std))
+    x = (torch.from_numpy(image.transpose(2, 0, 1).copy())[None].double() - mean) / std
+    found = {}
+    with torch.no_grad():
+        for name, layer in net.named_children():
+            x = layer(x)
+            found[name] = x[0].numpy()
+    return found
+
+
+def gram_of(activation: np.ndarray) -> np.ndarray:
+    features = activation.reshape(activation.shape[0], -1)
+    return features @ features.T / features.shape[1]
+
+
+def test_the_reported_losses_are_the_promised_ones_of_the_final_image(tiny_model, sample_image):
+    """Content: mean squared error at one layer; style: Σ_l w_l Σ(G_l − A_l)²/(4 C_l²) with G = FFᵀ/M and the
+    weights of ``layer:weight`` normalised to sum 1; TV: mean |vertical step| + mean |horizontal step|; total:
+    their weighted sum."""
+    from skimage import data
+
+    content = sample_image[100:164, 150:214]  # at the working size: neither picture is resized
+    style = np.repeat(data.brick()[:64, :64, None], 3, axis=2)
+    params = {
+        "style": "brick-crop",
+        "content_layer": "conv2",
+        "style_layers": "relu1:3, conv3",
+        "content_weight": 2.0,
+        "style_weight": 50.0,
+        "tv_weight": 0.5,
+        "init": "noise",
+        "steps": 3,
+    }
+    ctx = prepare_run(STYLE_TRANSFER, tiny_model, content, params, images={"brick-crop": style}.__getitem__)
+    events = list(iterate(STYLE_TRANSFER, ctx))
+    result = events[-1]
+    assert isinstance(result, Result)
+    image = result.arrays["image"].astype(np.float64)
+
+    net = copy.deepcopy(tiny_model.module).double()
+    seen = activations_of(net, tiny_model.card, image)
+    wanted = activations_of(net, tiny_model.card, content.astype(np.float64) / 255)
+    styled = activations_of(net, tiny_model.card, style.astype(np.float64) / 255)
+    content_loss = np.mean((seen["conv2"] - wanted["conv2"]) ** 2)
+    layer_losses = {
+        name: np.sum((gram_of(seen[name]) - gram_of(styled[name])) ** 2) / (4 * seen[name].shape[0] ** 2)
+        for name in ("relu1", "conv3")
+    }
+    style_loss = 0.75 * layer_losses["relu1"] + 0.25 * layer_losses["conv3"]
+    tv = np.mean(np.abs(np.diff(image, axis=0))) + np.mean(np.abs(np.diff(image, axis=1)))
+    total = 2.0 * content_loss + 50.0 * style_loss + 0.5 * tv
+
+    assert (
+        min(content_loss, *layer_losses.values(), tv) > 1e-6
+    )  # no term is zero, so each comparison can fail
+    reported = result.data
+    assert reported["style_layers"] == pytest.approx({"relu1": 0.75, "conv3": 0.25})
+    assert reported["content"] == pytest.approx(content_loss, rel=1e-4)
+    assert reported["style"] == pytest.approx(style_loss, rel=1e-4)
+    assert reported["tv"] == pytest.approx(tv, rel=1e-4)
+    assert reported["total"] == pytest.approx(total, rel=1e-4)
 
 
 def test_streams_a_frame_and_metrics_every_kth_step_and_the_last(convlens_run, tiny_model, sample_image):

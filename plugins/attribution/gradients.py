@@ -39,7 +39,8 @@ BASELINES = ("black", "white", "grey", "blurred")
 RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 """Integration rules, named and placed as Captum's ``IntegratedGradients`` ``method`` places its points."""
 BLUR_SIGMA = 0.05
-"""The blurred baseline's Gaussian sigma, as a fraction of the image's longer side."""
+"""The blurred baseline's Gaussian sigma, as a fraction of the image's longer side; the kernel is cut at
+3 sigma and the edges are replicated."""
 NEGATIVE = np.array([0.23, 0.30, 0.75], dtype=np.float32)
 POSITIVE = np.array([0.71, 0.02, 0.15], dtype=np.float32)
 
@@ -334,7 +335,8 @@ INTEGRATED_GRADIENTS = Method(
             "black",
             BASELINES,
             title="Baseline",
-            help="The image of 'no evidence' the path starts from; blurred: the image under a Gaussian blur.",
+            help="The image of 'no evidence' the path starts from: black (0), white (1), grey (0.5), or blurred: "
+            "the image under a Gaussian blur of sigma 5 % of its longer side.",
         ),
         Choice(
             "method",

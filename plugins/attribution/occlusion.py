@@ -48,7 +48,8 @@ FILLS = ("grey", "zero", "mean", "blur")
 ENGINES = ("auto", "incremental", "full")
 GREY = 0.5
 BLUR_SIGMA_PER_WINDOW = 0.25
-"""The ``blur`` fill is the image under a Gaussian of sigma ``window / 4``: detail at the window's scale is gone."""
+"""The ``blur`` fill is the image under a Gaussian of sigma ``window / 4`` (cut at 4 sigma, edges mirrored):
+detail at the window's scale is gone."""
 PALETTE = np.array(
     [
         (0.12, 0.47, 0.71),

@@ -170,9 +170,11 @@ def invert(ctx: RunContext, layers: list[str], method: str) -> Iterator[Event | 
 
     final = images.detach()
     top = model.logits(final).argmax(axis=1)
-    for i, values in enumerate(parts):
-        values["psnr"] = psnr(final[i], original[0])
-        values["top_class"] = int(top[i])
+    # New dicts: the last step's are the values of a Metrics event already yielded.
+    parts = [
+        {**values, "psnr": psnr(final[i], original[0]), "top_class": int(top[i])}
+        for i, values in enumerate(parts)
+    ]
     yield {"images": final, "parts": parts, "original": original}
 
 

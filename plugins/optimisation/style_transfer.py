@@ -9,7 +9,8 @@ layers. Differences from the paper:
 
 - the content loss is the *mean* squared error of the activations, not half their summed square, so
   ``content_weight`` means the same at every working size;
-- a total-variation term (the mean absolute difference of neighbouring pixels) keeps the picture smooth;
+- a total-variation term (the mean absolute difference of vertically neighbouring pixels plus that of
+  horizontally neighbouring ones) keeps the picture smooth;
 - the image is optimised on its [0, 1] pixels and clipped to [0, 1] after each (outer) step, with Adam or
   L-BFGS (the paper's choice); an L-BFGS step is up to ``LBFGS_ITERATIONS`` evaluations, one frame each step.
 
