@@ -33,9 +33,11 @@ models: $(MODEL_FILES)
 $(MODEL_FILES) &: $(STAMP)
 	$(BIN)/python -m convlens.models.default models
 
-# Debian's Chromium drives the browser tests (Playwright cannot download its own browser here).
+# Debian's Chromium drives the browser tests (Playwright cannot download its own browser here); they look for
+# it the same way (convlens.testing.find_chromium): the one CONVLENS_CHROMIUM names, else chromium or
+# chromium-browser on the PATH.
 browser:
-	@command -v chromium >/dev/null || { \
+	@test -n "$$CONVLENS_CHROMIUM" || command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
 		SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 

@@ -29,7 +29,7 @@ from live import (
 )
 from live import write_summary as write_json
 
-from convlens.testing import CHROMIUM, CHROMIUM_ARGS
+from convlens.testing import CHROMIUM_ARGS, find_chromium
 
 MODEL = "efficientnet_lite0.onnx"
 STEPS = 2000
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"browser_viewer: style transfer {args.size} px; {machine_note()}; {stream_note()}", flush=True)
     runs: dict[str, list[float]] = {"page open": [], "no viewer": []}
     with convlens_server(ensure_models()) as server, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
+        browser = playwright.chromium.launch(executable_path=find_chromium(), args=list(CHROMIUM_ARGS))
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             for repeat in range(args.repeats):

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
+pytest_plugins = ["no_skips_in_ci"]
+
 REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO / "models"
 

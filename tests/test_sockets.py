@@ -1,13 +1,22 @@
-"""Socket.IO events through Flask-SocketIO's test client: subscribe, frames, progress, stop."""
+"""Socket.IO events through Flask-SocketIO's test client: subscribe, frames, progress, stop, unsubscribe."""
 
 from __future__ import annotations
 
 import io
+import threading
 import time
 
+import numpy as np
+import pytest
 from PIL import Image
 
+from convlens.errors import BadInput
+from convlens.events import Log, Result
+from convlens.methods import Method
 from convlens.models.default import DEFAULT_MODEL_ID as DEFAULT_MODEL
+
+ENDS = 120.0
+"""Seconds a job of a few steps is given to end: a hang guard, never reached when the job works."""
 
 
 def start(client, method: str, params: dict, model: str = DEFAULT_MODEL) -> str:
@@ -18,7 +27,23 @@ def start(client, method: str, params: dict, model: str = DEFAULT_MODEL) -> str:
     return answer.get_json()["id"]
 
 
-def collect(sio, job_id: str, until: set[str], timeout: float = 120.0, ack: bool = True) -> list[dict]:
+def server_job(app, job_id: str):
+    """The server's own record of the job (its ``ended`` event is set once viewers were sent its end)."""
+    return app.extensions["convlens"].jobs.get(job_id)
+
+
+def ended(app, job_id: str):
+    """The job, once it has ended and its final events were sent."""
+    job = server_job(app, job_id)
+    assert job.ended.wait(ENDS), f"job {job_id} did not end within {ENDS} s (state {job.state})"
+    return job
+
+
+def for_job(packets: list[dict], job_id: str) -> list[dict]:
+    return [p for p in packets if (p["args"][0].get("job") or p["args"][0].get("id")) == job_id]
+
+
+def collect(sio, job_id: str, until: set[str], timeout: float = ENDS, ack: bool = True) -> list[dict]:
     """Received events until one named in ``until`` arrives; frames are acknowledged like a browser does."""
     received: list[dict] = []
     deadline = time.monotonic() + timeout
@@ -58,20 +83,111 @@ def test_a_viewer_receives_frames_progress_metrics_and_done(client, socket_clien
     assert done["result"]["model"]["id"] == DEFAULT_MODEL
 
 
-def test_a_late_viewer_first_gets_the_latest_frame(client, socket_client):
+def test_a_late_viewer_first_gets_the_latest_frame_then_the_end(app, client, socket_client):
     job_id = start(client, "deepdream", {"steps": 3, "octaves": 1})
-    deadline = time.monotonic() + 120
-    while client.get(f"/api/jobs/{job_id}").get_json()["state"] != "done":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    ended(app, job_id)
     socket_client.emit("subscribe", {"job": job_id, "format": "png"}, callback=True)
     received = socket_client.get_received()
     names = [p["name"] for p in received]
-    assert names[:2] == ["job", "metrics_history"]
-    frame = next(p["args"][0] for p in received if p["name"] == "frame")
+    logs = names.count("log")
+    assert names == ["job", "metrics_history", *["log"] * logs, "frame", "done"], "the end is not replayed"
+    frame = received[-2]["args"][0]
     assert frame["seq"] == 2 and frame["mime"] == "image/png"
     history = received[1]["args"][0]["history"]
     assert len(history) == 3
+    done = received[-1]["args"][0]
+    assert done["job"] == job_id and done["result"]["method"] == "deepdream"
+    assert done["result"] == client.get(f"/api/jobs/{job_id}").get_json()["result"]
+
+
+@pytest.fixture
+def extra_methods(app, monkeypatch):
+    """``add(method)``: the server also offers ``method`` for the rest of the test."""
+    jobs = app.extensions["convlens"].jobs
+    added: dict[str, Method] = {}
+    installed = jobs.get_method
+    monkeypatch.setattr(jobs, "get_method", lambda name: added.get(name) or installed(name))
+    return lambda method: added.setdefault(method.name, method)
+
+
+def run_chatty(ctx):
+    for line in range(250):
+        yield Log(f"line {line}", level="info" if line % 2 else "warning")
+    yield Result(data={"lines": 250})
+
+
+def run_failing(ctx):
+    yield Log("going down")
+    raise BadInput("params.depth", "deeper than the model")
+
+
+def test_a_late_viewer_of_a_failed_job_gets_failed_with_its_error(app, client, socket_client, extra_methods):
+    extra_methods(Method(name="failing", title="Failing", topic="Tests", run=run_failing))
+    job_id = start(client, "failing", {})
+    ended(app, job_id)
+    assert socket_client.emit("subscribe", {"job": job_id}, callback=True)["ok"] is True
+    received = socket_client.get_received()
+    assert [p["name"] for p in received] == ["job", "metrics_history", "log", "failed"]
+    expected = {"error": "deeper than the model", "field": "params.depth"}
+    assert received[-1]["args"][0] == {"job": job_id, "error": expected}
+    assert client.get(f"/api/jobs/{job_id}").get_json()["error"] == expected
+
+
+def test_a_late_viewer_of_a_stopped_job_gets_stopped(app, client, socket_client):
+    job_id = start(client, "deepdream", {"steps": 300, "octaves": 1})
+    assert client.post(f"/api/jobs/{job_id}/stop").status_code == 200
+    assert ended(app, job_id).state == "stopped"
+    assert socket_client.emit("subscribe", {"job": job_id}, callback=True)["ok"] is True
+    received = socket_client.get_received()
+    assert received[0]["name"] == "job" and received[0]["args"][0]["state"] == "stopped"
+    assert received[-1] == {"name": "stopped", "args": [{"job": job_id}], "namespace": "/"}
+    assert [p["name"] for p in received].count("stopped") == 1
+
+
+def test_a_late_viewer_gets_exactly_the_last_200_log_lines_in_order(
+    app, client, socket_client, extra_methods
+):
+    extra_methods(Method(name="chatty", title="Chatty", topic="Tests", run=run_chatty))
+    job_id = start(client, "chatty", {})
+    ended(app, job_id)
+    assert socket_client.emit("subscribe", {"job": job_id}, callback=True)["ok"] is True
+    logs = [p["args"][0] for p in socket_client.get_received() if p["name"] == "log"]
+    assert logs == [
+        {"job": job_id, "level": "info" if line % 2 else "warning", "message": f"line {line}"}
+        for line in range(50, 250)
+    ]
+
+
+def test_webp_frames_arrive_as_webp_and_decode_to_the_frame(app, client, socket_client):
+    job_id = start(client, "deepdream", {"steps": 4, "octaves": 1})
+    assert socket_client.emit("subscribe", {"job": job_id, "format": "webp"}, callback=True)["ok"] is True
+    frames = [
+        p["args"][0] for p in collect(socket_client, job_id, {"done", "failed"}) if p["name"] == "frame"
+    ]
+    assert frames
+    for frame in frames:
+        picture = Image.open(io.BytesIO(frame["data"]))
+        assert frame["mime"] == "image/webp" and picture.format == "WEBP"
+        assert picture.size == (frame["width"], frame["height"])
+    # The newest frame, as WebP and as (lossless) PNG to two late viewers: the same picture.
+    late = {}
+    for fmt in ("webp", "png"):
+        viewer = app.extensions["socketio"].test_client(app, flask_test_client=client)
+        viewer.emit("subscribe", {"job": job_id, "format": fmt}, callback=True)
+        (late[fmt],) = (p["args"][0] for p in viewer.get_received() if p["name"] == "frame")
+        viewer.disconnect()
+    assert late["webp"]["mime"] == "image/webp" and late["webp"]["seq"] == late["png"]["seq"] == 3
+    webp, png = (block_means(Image.open(io.BytesIO(late[fmt]["data"]))) for fmt in ("webp", "png"))
+    assert webp.shape == png.shape and png.std() > 10
+    assert np.abs(webp - png).mean() < 3, "lossy in the details, but the same picture"
+
+
+def block_means(picture: Image.Image, block: int = 8) -> np.ndarray:
+    """The picture's RGB means over ``block``-pixel squares: what lossy coding keeps of it."""
+    pixels = np.asarray(picture.convert("RGB"), dtype=float)
+    rows, columns = (size // block * block for size in pixels.shape[:2])
+    squares = pixels[:rows, :columns].reshape(rows // block, block, columns // block, block, 3)
+    return squares.mean(axis=(1, 3))
 
 
 def test_stop_over_the_socket(client, socket_client):
@@ -84,22 +200,91 @@ def test_stop_over_the_socket(client, socket_client):
     assert client.get(f"/api/jobs/{job_id}").get_json()["state"] == "stopped"
 
 
-def test_pause_and_resume_over_the_socket(client, socket_client):
+class HeldInPause(threading.Event):
+    """A job's ``resume_event`` that tells (``settled``) when the job's thread waits on it, or has ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.set()
+        self.settled = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self.is_set():
+            self.settled.set()
+        return super().wait(timeout)
+
+
+@pytest.fixture
+def held_in_pause(app, monkeypatch):
+    """``held_in_pause(job_id)`` waits until the job's thread is held in its pause; it fails if the job ends
+    instead. Each job started during the test can be watched so."""
+    jobs = app.extensions["convlens"].jobs
+    start_task = jobs.start_task
+
+    def start_watched(run, job):
+        job.resume_event = HeldInPause()
+
+        def run_then_settle(job):
+            try:
+                run(job)
+            finally:
+                job.resume_event.settled.set()
+
+        return start_task(run_then_settle, job)
+
+    monkeypatch.setattr(jobs, "start_task", start_watched)
+
+    def wait(job_id: str):
+        job = server_job(app, job_id)
+        assert job.resume_event.settled.wait(ENDS), f"job {job_id} neither paused nor ended in {ENDS} s"
+        assert not job.ended.is_set(), "the job ran to its end through the pause"
+        return job
+
+    return wait
+
+
+def test_pause_holds_the_job_until_resume(app, client, socket_client, held_in_pause):
     job_id = start(client, "deepdream", {"steps": 30, "octaves": 1})
     socket_client.emit("subscribe", {"job": job_id}, callback=True)
     collect(socket_client, job_id, {"frame"})
-    socket_client.emit("pause", {"job": job_id}, callback=True)
-    collect(socket_client, job_id, {"job"})
-    deadline = time.monotonic() + 30
-    while client.get(f"/api/jobs/{job_id}").get_json()["state"] != "paused":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    frames_when_paused = client.get(f"/api/jobs/{job_id}").get_json()["frames"]
-    time.sleep(1.0)
-    assert client.get(f"/api/jobs/{job_id}").get_json()["frames"] <= frames_when_paused + 1
+    assert socket_client.emit("pause", {"job": job_id}, callback=True)["job"]["state"] == "paused"
+    job = held_in_pause(job_id)
+    assert job.state == "paused" and 1 <= job.frames < 30
+    assert client.get(f"/api/jobs/{job_id}").get_json()["state"] == "paused"
     socket_client.emit("resume", {"job": job_id}, callback=True)
-    collect(socket_client, job_id, {"done"})
+    events = collect(socket_client, job_id, {"done"})
+    states = [p["args"][0]["state"] for p in events if p["name"] == "job"]
+    assert states[-2:] == ["running", "done"]
     assert client.get(f"/api/jobs/{job_id}").get_json()["frames"] == 30
+
+
+def acknowledge_all(sio, job_id: str) -> None:
+    """Takes what the viewer was sent, acknowledging each frame, until it has no frame in flight."""
+    while frames := [p for p in sio.get_received() if p["name"] == "frame"]:
+        for frame in frames:
+            sio.emit("frame_ack", {"job": job_id, "seq": frame["args"][0]["seq"]})
+
+
+def test_an_unsubscribed_viewer_gets_nothing_more(app, client, held_in_pause):
+    socketio = app.extensions["socketio"]
+    leaver, stayer = (socketio.test_client(app, flask_test_client=client) for _ in range(2))
+    job_id = start(client, "deepdream", {"steps": 30, "octaves": 1})
+    for viewer in (leaver, stayer):
+        assert viewer.emit("subscribe", {"job": job_id}, callback=True)["ok"] is True
+    collect(leaver, job_id, {"frame"})
+    # Unsubscribed while the job is held in a pause: nothing of the job can be on its way to the viewer.
+    stayer.emit("pause", {"job": job_id}, callback=True)
+    held_in_pause(job_id)
+    for viewer in (leaver, stayer):
+        acknowledge_all(viewer, job_id)  # ready for the next frame, had they still wanted it
+    assert leaver.emit("unsubscribe", {"job": job_id}, callback=True) == {"ok": True}
+    stayer.emit("resume", {"job": job_id}, callback=True)
+    ended(app, job_id)
+    after = stayer.get_received()
+    assert {"job", "frame", "progress", "done"} <= {p["name"] for p in for_job(after, job_id)}
+    assert leaver.get_received() == [], "an unsubscribed viewer was still sent the job's events"
+    leaver.disconnect()
+    stayer.disconnect()
 
 
 def test_bad_socket_requests_are_answered_not_crashed(socket_client):

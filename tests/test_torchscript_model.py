@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from convlens.errors import BadInput
 from convlens.models import torchscript
 from convlens.models.base import ModelCard
+from convlens.models.efficientnet_lite import build_efficientnet_lite0
 from convlens.models.torchscript import TorchScriptModel
 
 SIZE = 64
@@ -392,8 +393,7 @@ def test_a_frozen_module_has_logits_and_no_layers(tmp_path):
 
 
 def test_traced_efficientnet_lite0_has_its_blocks_as_layers(tmp_path):
-    efficientnet_lite = pytest.importorskip("convlens.models.efficientnet_lite")
-    module = efficientnet_lite.build_efficientnet_lite0(pretrained=False).eval()
+    module = build_efficientnet_lite0(pretrained=False).eval()
     path = save(module, "traced", tmp_path / "efficientnet_lite0.pt", torch.rand(2, 3, SIZE, SIZE))
     model = TorchScriptModel("efficientnet_lite0.pt", path, ModelCard(title="lite0", input_size=(SIZE, SIZE)))
     names = model.layer_names()

@@ -86,6 +86,8 @@ class Job:
     outbox: Outbox = field(default_factory=Outbox, repr=False)
     stop_requested: threading.Event = field(default_factory=threading.Event, repr=False)
     resume_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    ended: threading.Event = field(default_factory=threading.Event, repr=False)
+    """Set once the job is done, failed or stopped, after its viewers were sent the final state."""
 
     def __post_init__(self) -> None:
         self.resume_event.set()
@@ -380,6 +382,7 @@ class JobManager:
         job.finished = time.time()
         job.reel = Reel()  # written, or not to be
         self._set_state(job, state)
+        job.ended.set()
 
     def _set_state(self, job: Job, state: str) -> None:
         self._send(job)  # a state change comes after every event before it

@@ -24,6 +24,17 @@ def room(job_id: str) -> str:
     return f"job:{job_id}"
 
 
+def final_event(job: Job) -> tuple[str, dict[str, Any]] | None:
+    """The event that ends a finished job's stream (``done``, ``failed`` or ``stopped``); ``None`` before."""
+    if job.state == "done":
+        return "done", {"job": job.id, "result": job.result}
+    if job.state == "failed":
+        return "failed", {"job": job.id, "error": job.error}
+    if job.state == "stopped":
+        return "stopped", {"job": job.id}
+    return None
+
+
 class RoomEvents:
     """A job's events as Socket.IO messages to its room; frames go through the per-viewer relay."""
 
@@ -33,12 +44,9 @@ class RoomEvents:
 
     def state(self, job: Job) -> None:
         self.socketio.emit("job", job.to_json(), to=room(job.id))
-        if job.state == "done":
-            self.socketio.emit("done", {"job": job.id, "result": job.result}, to=room(job.id))
-        elif job.state == "failed":
-            self.socketio.emit("failed", {"job": job.id, "error": job.error}, to=room(job.id))
-        elif job.state == "stopped":
-            self.socketio.emit("stopped", {"job": job.id}, to=room(job.id))
+        final = final_event(job)
+        if final is not None:
+            self.socketio.emit(*final, to=room(job.id))
 
     def frame(self, job: Job, frame: EncodedFrame) -> None:
         self.relay.publish(job.id, frame)
@@ -90,6 +98,11 @@ def register(socketio: SocketIO, services: Services) -> None:
         for line in job.logs[-200:]:
             socketio.emit("log", {"job": job.id, **line}, to=request.sid)
         relay.subscribe(job.id, request.sid, fmt, latest=job.latest_frame)
+        # A job that ended before the viewer joined its room sent its final event to the others only. Read
+        # after joining: a job ending meanwhile may send it twice, never not at all.
+        final = final_event(job)
+        if final is not None:
+            socketio.emit(*final, to=request.sid)
         return {"ok": True, "job": job.to_json()}
 
     @socketio.on("unsubscribe")

@@ -15,6 +15,8 @@ torch; the fixtures do.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,8 +36,22 @@ TINY_INPUT_SIZE = (64, 64)
 TINY_CLASSES = 10
 
 
-CHROMIUM = "/usr/bin/chromium"
-"""Debian's Chromium: what the browser tests and the browser bench drive (Playwright cannot download its own)."""
+CHROMIUM_NAMES = ("chromium", "chromium-browser")
+"""The commands looked for on the ``PATH``: Debian's and Ubuntu's names for Chromium."""
+
+
+def find_chromium() -> str | None:
+    """The Chromium the browser tests and the browser bench drive (Playwright cannot download its own), or ``None``.
+
+    ``CONVLENS_CHROMIUM`` names it; otherwise it is the first of :data:`CHROMIUM_NAMES` on the ``PATH``, as
+    ``make browser`` looks for it before installing Debian's.
+    """
+    named = os.environ.get("CONVLENS_CHROMIUM")
+    if named:
+        return shutil.which(named)
+    return next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+
+
 CHROMIUM_ARGS = (
     "--headless",
     "--no-sandbox",

@@ -5,6 +5,7 @@ The server fixture is ``live_server`` from ``tests/conftest.py``: ``python -m co
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,6 @@ import pytest
 from convlens import testing
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = Path(testing.CHROMIUM)
 CHROMIUM_ARGS = list(testing.CHROMIUM_ARGS)
 WEB_INDEX = REPO / "web" / "dist" / "index.html"
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -31,16 +31,20 @@ def web_dist() -> Path:
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
-    if not CHROMIUM.is_file():
-        pytest.skip(
-            f"{CHROMIUM} is missing: install Debian's chromium (`make browser`) to run the browser tests"
+    """Chromium, found as `make browser` finds it; without one the tests skip, and under CI=true fail."""
+    chromium = testing.find_chromium()
+    if chromium is None:
+        named = os.environ.get("CONVLENS_CHROMIUM")
+        where = (
+            f"CONVLENS_CHROMIUM={named!r}" if named else " or ".join(testing.CHROMIUM_NAMES) + " on the PATH"
         )
+        pytest.skip(f"no Chromium ({where}): `make browser` installs Debian's chromium")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.fail("the Python package `playwright` is missing: pip install playwright", pytrace=False)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 
