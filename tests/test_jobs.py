@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from convlens.config import Config
 from convlens.events import Frame, Metrics, Progress
 from convlens.jobs import JobManager
 from convlens.methods import Method
@@ -80,23 +81,29 @@ def run_job(
             if progress:
                 yield Progress(step, STEPS)
 
-    method = Method(name="steady", title="Steady", topic="tests", run=run)
     sink = TimedSink(clock, frame_s)
+    started = clock.now
+    run_on_clock(
+        tmp_path, default_model, sample_image, run, sink, clock, stream_hz=stream_hz, stream_budget=budget
+    )
+    return sink, clock.now - started
+
+
+def run_on_clock(tmp_path, model, image, run, sink, clock, **options) -> None:
+    """Runs a job of the method ``run`` to its end, here and now, with a ``JobManager(**options)`` on ``clock``."""
+    method = Method(name="on_clock", title="On the clock", topic="tests", run=run)
     jobs = JobManager(
-        get_model=lambda _: default_model,
+        get_model=lambda _: model,
         get_method=lambda _: method,
-        get_image=lambda _: sample_image,
+        get_image=lambda _: image,
         sink=sink,
         start_task=lambda task, job: task(job),  # run the job here, now
         results_dir=tmp_path,
-        stream_hz=stream_hz,
-        stream_budget=budget,
         clock=clock,
+        **options,
     )
-    started = clock.now
-    job = jobs.submit({"method": "steady", "model": default_model.id, "image": "chelsea"})
+    job = jobs.submit({"method": method.name, "model": model.id, "image": "chelsea"})
     assert job.state == "done", job.error
-    return sink, clock.now - started
 
 
 def test_costly_sends_take_at_most_the_budgets_share_of_the_job(tmp_path, default_model, sample_image):
@@ -147,3 +154,48 @@ def test_a_job_whose_sends_cost_more_than_the_budget_allows_still_sends_twice_a_
     sink, elapsed = run_job(tmp_path, default_model, sample_image, frame_s=1 / 32, stream_hz=10, budget=0.01)
     assert len(sink.frames) >= elapsed / SLOWEST_SEND_S - 1
     assert sink.frames[-1] == STEPS
+
+
+@pytest.mark.parametrize(
+    ("hz", "sent"),
+    [
+        ("4", [*range(16, STEPS, 16), STEPS]),  # 16 steps of 1/64 s are the 1/4 s between two sends
+        ("0", list(range(1, STEPS + 1))),  # 0: a send at every step
+    ],
+)
+def test_stream_hz_from_the_environment_spaces_a_jobs_sends(
+    tmp_path, default_model, sample_image, monkeypatch, hz, sent
+):
+    monkeypatch.setenv("CONVLENS_STREAM_HZ", hz)
+    config = Config()  # as `convlens serve` makes it
+    sink, _ = run_job(
+        tmp_path,
+        default_model,
+        sample_image,
+        frame_s=0.0,
+        stream_hz=config.stream_hz,
+        budget=config.stream_budget,
+    )
+    assert sink.frames == sent
+    assert sink.steps == sent
+
+
+def test_between_two_steps_a_send_waits_until_it_is_twice_overdue(tmp_path, default_model, sample_image):
+    # At 10 sends a second a send is due 0.1 s after the last. Once a job has reported progress, the frames it
+    # yields between two steps (here 46 of them, 1/64 s apart, after step 1) go out only when a send is 0.2 s
+    # overdue: at the 13th frame (13/64 s is the first multiple of 1/64 s at or past 0.2 s), the 26th, the
+    # 39th. Seven frames later (7/64 s, past 0.1 s but short of 0.2 s) none is sent at a frame, but the end of
+    # step 2 sends the 46th.
+    clock = Clock()
+
+    def run(ctx):
+        yield Progress(1, 2)
+        for frame in range(1, 47):
+            clock.now += STEP_S
+            yield Frame(np.full((8, 8, 3), frame, np.uint8), step=frame)
+        yield Progress(2, 2)
+
+    sink = TimedSink(clock, frame_s=0.0)
+    run_on_clock(tmp_path, default_model, sample_image, run, sink, clock, stream_hz=10, stream_budget=0)
+    assert sink.frames == [13, 26, 39, 46]
+    assert sink.progress_at_frames == [1, 1, 1, 2], "the 46th went out with step 2"

@@ -91,12 +91,15 @@ def colormap_table(name: str):
 
 
 def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
+    """The query argument ``name`` as an integer from ``minimum`` to ``maximum``; ``default`` when absent."""
     text = request.args.get(name)
     if text is None:
         return default
-    if not text.strip().isdigit() or not minimum <= int(text) <= maximum:
+    # ASCII digits only: str.isdigit() takes "１２" and "²", and int() refuses a string of over 4300 digits.
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 9 and minimum <= int(digits) <= maximum):
         raise BadInput(name, f"expected an integer from {minimum} to {maximum}, got {text!r}")
-    return int(text)
+    return int(digits)
 
 
 @blueprint.get("/methods")
@@ -127,11 +130,9 @@ def image_file(image_id: str):
     if model_id is not None:
         pixels = to_uint8(resize(pixels, services().models.get(model_id).input_size))
     picture = Image.fromarray(pixels)
-    size = request.args.get("size")
-    if size is not None:
-        if not size.isdigit() or not 8 <= int(size) <= 4096:
-            raise BadInput("size", f"expected an integer from 8 to 4096, got {size!r}")
-        picture.thumbnail((int(size), int(size)))
+    size = _int_arg("size", 0, 8, 4096)  # 0: no ?size=, the picture as it is
+    if size:
+        picture.thumbnail((size, size))
     buffer = io.BytesIO()
     picture.save(buffer, "PNG", compress_level=1)
     buffer.seek(0)

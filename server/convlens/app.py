@@ -56,7 +56,7 @@ def create_app(config: Config | None = None) -> Flask:
         max_http_buffer_size=config.max_upload_bytes,
     )
 
-    models = ModelStore(config.models_dirs)
+    models = ModelStore(config.models_dirs, default_dir=config.default_models_dir)
     if config.ensure_default_model:
         models.ensure_default(log=lambda message: log.warning(message))
     pm = get_plugin_manager()
@@ -84,7 +84,11 @@ def create_app(config: Config | None = None) -> Flask:
 
 
 def _allow_embedding(app: Flask, origins: str | list[str]) -> None:
-    """Let other sites load the custom elements' script and read the API (a module script is fetched with CORS)."""
+    """Let other sites load the custom elements' script and use the API (a module script is fetched with CORS).
+
+    An embedded view's JSON POST (``<convlens-compare>`` starting its jobs) is preceded by the browser's preflight
+    ``OPTIONS``, whose answer must also allow the ``Content-Type`` header.
+    """
 
     @app.after_request
     def add_cors(response):
@@ -94,6 +98,11 @@ def _allow_embedding(app: Flask, origins: str | list[str]) -> None:
         elif origin and origin in origins:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers.add("Vary", "Origin")
+        else:
+            return response
+        if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
         return response
 
 
