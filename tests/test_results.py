@@ -7,17 +7,60 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from convlens.encode import EncodedFrame
 from convlens.events import Frame, held, to_uint8
 from convlens.images import to_image, to_pixels
-from convlens.results import Reel
+from convlens.results import Reel, RunRecord, write_result
+
+BITS = 11
+"""A barcode frame tells apart 2**11 = 2048 frames."""
 
 
 def numbered(index: int) -> np.ndarray:
     """A 4x4 frame whose pixels are its index (mod 256)."""
     return np.full((4, 4, 3), index % 256, dtype=np.uint8)
+
+
+def barcode(index: int) -> np.ndarray:
+    """An 8x88 frame showing ``index`` in binary: eleven 8x8 squares, white for a 1, most significant first.
+
+    Black and white survive the GIF's palette, so each frame read back says which frame of the run it is.
+    """
+    bits = np.array([(index >> bit) & 1 for bit in reversed(range(BITS))], np.uint8)
+    grey = np.kron(bits[None, :], np.ones((8, 8), np.uint8)) * 255
+    return np.stack([grey] * 3, axis=2)
+
+
+def gif_of_a_run(out_dir, run_length: int) -> tuple[list[int], dict]:
+    """The frames of a ``run_length``-frame run written as the server and the CLI write it, read back from
+    the GIF by their barcodes; and ``result.json``'s content."""
+    reel = Reel()
+    for index in range(run_length):
+        reel.add(barcode(index))
+    record = RunRecord("a_method", "a_model", "0" * 64, "onnx", "chelsea", {}, 0, [], {}, {})
+    summary = write_result(out_dir, record, {}, reel.frames())
+    shown = []
+    for picture in ImageSequence.Iterator(Image.open(out_dir / summary["animation"])):
+        squares = np.asarray(picture.convert("L"), dtype=float).reshape(8, BITS, 8).mean(axis=(0, 2))
+        shown.append(int("".join("1" if square > 127 else "0" for square in squares), 2))
+    return shown, summary
+
+
+def test_a_long_runs_gif_holds_250_to_500_of_its_frames_evenly_spaced_first_and_last_included(tmp_path):
+    # The README: every frame up to 500; past that every other one, then every 4th, ..., the last one included.
+    run_length = 1239
+    shown, summary = gif_of_a_run(tmp_path, run_length)
+    assert 250 <= len(shown) <= 500 and summary["frames"] == len(shown)
+    assert shown[0] == 0 and shown[-1] == run_length - 1
+    gaps = np.diff(shown)
+    assert (gaps[:-1] == gaps[0]).all() and 0 < gaps[-1] <= gaps[0], gaps
+
+
+def test_a_gif_of_a_run_of_500_frames_holds_every_one(tmp_path):
+    shown, _ = gif_of_a_run(tmp_path, 500)
+    assert shown == list(range(500))
 
 
 def test_a_reel_keeps_every_frame_up_to_its_limit():

@@ -14,9 +14,12 @@ mean-subtracted input space:
   approximation) is at or below the ``θ_c_pct`` percentile is set to zero.
 
 ``preset`` offers the four hyper-parameter sets of the paper's Table 1 (decay, blur width, blur every, norm
-pct, contribution pct): 1) 0, 0.5, 4, 50, 0; 2) 0.3, 0, 0, 20, 0; 3) 0.0001, 1.0, 4, 0, 0; 4) 0, 0.5, 4, 0,
-90. Checked against the authors' toolbox (deep-visualization-toolbox, ``doc/running-optimize-image.md``),
-which gives Table 1 as four ``optimize_image.py`` command lines in the table's order. Those lines also set
+pct, contribution pct; "–": off, 0 here): 1) 0, 0.5, 4, 50, –; 2) 0.3, 0, 0, 20, –; 3) 0.0001, 1.0, 4, –, –;
+4) 0, 0.5, 4, –, 90; as the authors' Deep Visualization Toolbox documents them
+(``yosinski/deep-visualization-toolbox``, ``doc/running-optimize-image.md``: four ``optimize_image.py``
+command lines in the table's order, ``--decay``, ``--blur-radius``, ``--blur-every``,
+``--small-norm-percentile``, ``--px-abs-benefit-percentile``); ``tests/test_activation_max.py`` holds that
+table and checks each preset against it. Those lines also set
 500, 750, 1000 and 1000 iterations and a learning-rate policy (a constant rate for sets 2 and 3; for 1 and 4
 one scaled so the unit would rise by 2 per step under a linear model); here ``steps`` and ``lr`` stay the
 run's own (see below).
