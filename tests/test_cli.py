@@ -8,7 +8,11 @@ import os
 import subprocess
 import sys
 
+import matplotlib
+import numpy as np
+import torch
 from PIL import Image
+from torch import nn
 
 
 def convlens(*args: str, models_dir) -> subprocess.CompletedProcess:
@@ -71,6 +75,72 @@ def test_run_saliency_on_an_image_file(models_dir, tmp_path):
     result = json.loads((tmp_path / "s" / "result.json").read_text())
     assert result["model"]["id"] == "efficientnet_lite0.onnx"
     assert result["image"] == "cat.jpg"
+
+
+class SmallNet(nn.Module):
+    """Two strided convolutions and a linear layer: a classifier of 5 classes that runs in milliseconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 5, stride=2), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2), nn.ReLU()
+        )
+        self.classifier = nn.Linear(8, 5)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(images).mean(dim=(2, 3)))
+
+
+def test_run_saliency_writes_the_map_and_array_of_the_gradient_computed_by_autograd(models_dir, tmp_path):
+    from skimage import data
+
+    torch.manual_seed(0)
+    net = SmallNet().eval()
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    picture = data.chelsea()  # the sample the CLI loads by name
+    height, width = picture.shape[:2]
+    small_models = tmp_path / "small_models"
+    small_models.mkdir()
+    torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, height, width)), str(small_models / "small.pt"))
+    card = {"title": "small", "input_size": [height, width], "mean": mean, "std": std}  # no resizing
+    (small_models / "small.pt.json").write_text(json.dumps(card))
+
+    out = tmp_path / "saliency"
+    # The checkout's models/ second: it holds the default model, so nothing is written into small_models.
+    answer = subprocess.run(
+        [
+            sys.executable, "-m", "convlens", "--models-dir", str(small_models), "--models-dir", str(models_dir),
+            "run", "saliency", "--model", "small.pt", "--image", "chelsea", "--out", str(out),
+        ],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert answer.returncode == 0, answer.stderr
+
+    # The oracle: max over channels of |d class score / d picture|, by autograd on the module itself.
+    image = torch.from_numpy(picture.astype(np.float32) / 255).permute(2, 0, 1)[None].requires_grad_(True)
+    logits = net((image - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))[0]
+    target = int(logits.argmax())
+    (gradient,) = torch.autograd.grad(logits[target], image)
+    expected = gradient.abs().amax(dim=1)[0].numpy()
+
+    result = json.loads((out / "result.json").read_text())
+    assert result["data"]["target"] == target
+    assert result["arrays"]["attribution"] == "attribution.npy"
+    attribution = np.load(out / "attribution.npy")
+    assert attribution.shape == (height, width)
+    np.testing.assert_allclose(attribution, expected, rtol=1e-4, atol=1e-6 * expected.max())
+
+    # The map PNG: the array divided by its 99th percentile, clipped to 1, as grey levels...
+    scaled = np.minimum(expected / np.percentile(expected, 99), 1.0)
+    grey = np.asarray(Image.open(out / result["files"]["map"]).convert("RGB")).astype(int)
+    assert grey.shape == (height, width, 3) and grey.std() > 10
+    assert np.abs(grey[..., 0] - np.floor(scaled * 255 + 0.5)).max() <= 1
+    # ...and the saliency PNG: that map coloured with matplotlib's inferno, 0.7 over the picture.
+    coloured = 0.7 * matplotlib.colormaps["inferno"](scaled)[..., :3] + 0.3 * picture / 255
+    shown = np.asarray(Image.open(out / result["files"]["saliency"]).convert("RGB")).astype(int)
+    assert shown.shape == (height, width, 3)
+    # Within a level, and one step of the 256-colour table (inferno's largest is 5 levels, 3.5 at 0.7).
+    assert np.abs(shown - coloured * 255).max() <= 4.5
 
 
 def test_bad_input_exits_non_zero_with_the_field(models_dir, tmp_path):

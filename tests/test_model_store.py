@@ -73,15 +73,8 @@ def store_images() -> torch.Tensor:
     return torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
 
 
-def formats() -> list:
-    """Every file of the fixture directory, the TorchScript one only once its backend exists."""
-    try:
-        import convlens.models.torchscript  # noqa: F401
-
-        torchscript = "resnet18.pt"
-    except ImportError:
-        torchscript = pytest.param("resnet18.pt", marks=pytest.mark.skip("no TorchScript backend yet"))
-    return ["resnet18.onnx", "resnet18.pt2", torchscript]
+FORMATS = ["resnet18.onnx", "resnet18.pt2", "resnet18.pt"]
+"""Every file of the fixture directory: one per backend."""
 
 
 def test_ids_are_file_names_and_a_stem_means_onnx_first(store: ModelStore):
@@ -103,7 +96,7 @@ def test_card_fields_and_labels_file_are_read(store: ModelStore):
     assert store.get("resnet18.onnx").to_json()["num_classes"] == 1000
 
 
-@pytest.mark.parametrize("model_id", formats())
+@pytest.mark.parametrize("model_id", FORMATS)
 def test_logits_of_every_format_match_the_eager_module(store, store_eager, store_images, model_id):
     expected = store_eager.forward(store_images).logits.detach()
     model = store.get(model_id)
@@ -129,7 +122,7 @@ def test_a_batch_of_five_goes_through_logits_in_chunks(store, store_eager):
         assert relative_error(logits, expected) < 1e-3
 
 
-@pytest.mark.parametrize("model_id", formats())
+@pytest.mark.parametrize("model_id", FORMATS)
 def test_layers_are_module_paths_with_the_eager_shapes(store, store_eager, model_id):
     eager_shapes = {layer.name: layer.shape for layer in store_eager.layers()}
     layers = store.get(model_id).layers()
@@ -310,20 +303,20 @@ def test_loading_is_once_per_model_even_from_many_threads(store_dir: Path):
     assert len(loaded) == 3 and all(model is loaded[0] for model in loaded)
 
 
-def test_ensure_default_writes_into_the_first_folder_only_when_missing(tmp_path: Path, monkeypatch):
+def test_ensure_default_writes_into_convlens_own_folder_never_a_named_one(tmp_path: Path, monkeypatch):
     import convlens.models.default as default
 
     calls = []
     monkeypatch.setattr(default, "ensure_default_models", lambda directory, log: calls.append(directory))
-    first, second = tmp_path / "a", tmp_path / "b"
-    second.mkdir()
-    store = ModelStore([first, second])
+    own, named = tmp_path / "own", tmp_path / "named"
+    named.mkdir()
+    store = ModelStore([named], default_dir=own)
     store.ensure_default(log=print)
-    assert calls == [first]
-    for suffix in (".onnx", ".pt2", ".pt"):
-        (second / f"{default.DEFAULT_MODEL_STEM}{suffix}").write_bytes(b"")
-    store.ensure_default(log=print)
-    assert calls == [first]
+    assert calls == [own]
+    assert ModelStore([named]).ensure_default(log=print) is None and calls == [own], (
+        "no own folder: no writes"
+    )
+    (named / f"{default.DEFAULT_MODEL_STEM}.onnx").write_bytes(b"")
     assert store.default_id == f"{default.DEFAULT_MODEL_STEM}.onnx"
 
 
@@ -358,7 +351,7 @@ def hidden_forward(model, images: torch.Tensor, logits: bool):
     return result, gradient
 
 
-@pytest.mark.parametrize("model_id", [*formats(), "eager"])
+@pytest.mark.parametrize("model_id", [*FORMATS, "eager"])
 def test_layers_without_logits_are_the_same_activations_and_gradients(
     store, store_eager, store_images, model_id
 ):
@@ -373,7 +366,7 @@ def test_layers_without_logits_are_the_same_activations_and_gradients(
     assert relative_error(cut_gradient, full_gradient) <= 1e-6
 
 
-@pytest.mark.parametrize("model_id", [*formats(), "eager"])
+@pytest.mark.parametrize("model_id", [*FORMATS, "eager"])
 def test_no_logits_and_no_layers_is_a_bad_layers_input(store, store_eager, store_images, model_id):
     model = store_eager if model_id == "eager" else store.get(model_id)
     with pytest.raises(BadInput) as caught:

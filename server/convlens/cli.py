@@ -51,11 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--models-dir",
         action="append",
         type=Path,
-        help="a folder of model files (repeatable; default: ./models of the checkout)",
+        help="a folder of model files to serve too (repeatable; only read, never written to)",
+    )
+    # Also after the command's name (`convlens models --models-dir DIR`); the folders of both places count.
+    command_options = argparse.ArgumentParser(add_help=False)
+    command_options.add_argument(
+        "--models-dir", dest="command_models_dirs", action="append", type=Path, help=argparse.SUPPRESS
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="serve the web UI and API")
+    serve = commands.add_parser("serve", parents=[command_options], help="serve the web UI and API")
     serve.add_argument("--host", default=os.environ.get("CONVLENS_HOST", "127.0.0.1"))
     serve.add_argument(
         "--port", type=int, default=int(os.environ.get("PORT", os.environ.get("CONVLENS_PORT", 5000)))
@@ -63,15 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--debug", action="store_true")
     serve.set_defaults(handler=cmd_serve)
 
-    models = commands.add_parser("models", help="list the models")
+    models = commands.add_parser("models", parents=[command_options], help="list the models")
     models.add_argument("--json", action="store_true", help="machine-readable output")
     models.set_defaults(handler=cmd_models)
 
-    methods = commands.add_parser("methods", help="list the analysis methods and their parameters")
+    methods = commands.add_parser(
+        "methods", parents=[command_options], help="list the analysis methods and their parameters"
+    )
     methods.add_argument("--json", action="store_true", help="machine-readable output")
     methods.set_defaults(handler=cmd_methods)
 
-    run = commands.add_parser("run", help="run a method without the server and write its results")
+    run = commands.add_parser(
+        "run", parents=[command_options], help="run a method without the server and write its results"
+    )
     run.add_argument("method")
     run.add_argument("--model", default=None, help="model id (file name) or stem; default: the default model")
     run.add_argument("--image", required=True, help="a sample's name (chelsea) or an image file")
@@ -91,8 +100,9 @@ def _config(args: argparse.Namespace):
     from .config import Config
 
     config = Config()
-    if args.models_dir:
-        config.models_dirs = list(args.models_dir)
+    models_dirs = [*(args.models_dir or []), *(getattr(args, "command_models_dirs", None) or [])]
+    if models_dirs:
+        config.models_dirs = models_dirs
     return config
 
 
@@ -100,7 +110,7 @@ def _store(args: argparse.Namespace):
     from .models.store import ModelStore
 
     config = _config(args)
-    store = ModelStore(config.models_dirs)
+    store = ModelStore(config.models_dirs, default_dir=config.default_models_dir)
     store.ensure_default(log=lambda message: print(message, file=sys.stderr))
     return store
 

@@ -1,4 +1,10 @@
-"""Server and CLI settings, from arguments or ``CONVLENS_*`` environment variables."""
+"""Server and CLI settings, from arguments or ``CONVLENS_*`` environment variables.
+
+convlens keeps its own files (the default model, results, uploads) in its home: in a source checkout the checkout
+(``models/``, ``var/``); installed, a per-user data folder (``platformdirs.user_data_dir("convlens")``:
+``models/``, ``results/``, ``uploads/``); ``CONVLENS_HOME`` names another. A folder a user names to find models
+in is only read, never written to.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +16,44 @@ from .errors import BadInput
 from .images import MAX_PIXELS, MAX_UPLOAD_BYTES
 from .streaming import STREAM_BUDGET, STREAM_HZ
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-"""The checkout convlens runs from (``server/convlens`` is two levels down)."""
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parents[1]
+"""The checkout convlens runs from (``server/convlens`` is two levels down), when it runs from one."""
+IN_CHECKOUT = PACKAGE_DIR.parent.name == "server" and (REPO_ROOT / "pyproject.toml").is_file()
+"""Whether convlens runs from a source checkout (``make run``, an editable install) rather than an installed wheel."""
 
 
-def _default_models_dirs() -> list[Path]:
-    value = os.environ.get("CONVLENS_MODELS_DIRS")
+def home() -> Path:
+    """convlens' own folder: ``CONVLENS_HOME``, else the checkout, else the per-user data folder."""
+    value = os.environ.get("CONVLENS_HOME")
     if value:
-        return [Path(part) for part in value.split(os.pathsep) if part]
-    return [REPO_ROOT / "models"]
+        return Path(value)
+    if IN_CHECKOUT:
+        return REPO_ROOT
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("convlens", appauthor=False))
+
+
+def _user_models_dirs() -> list[Path]:
+    value = os.environ.get("CONVLENS_MODELS_DIRS")
+    return [Path(part) for part in value.split(os.pathsep) if part] if value else []
+
+
+def _default_data_dir() -> Path:
+    value = os.environ.get("CONVLENS_DATA_DIR")
+    if value:
+        return Path(value)
+    # A checkout keeps its results beside its models in the ignored var/; elsewhere they are the home's.
+    return REPO_ROOT / "var" if home() == REPO_ROOT else home()
+
+
+def _default_web_dist() -> Path:
+    value = os.environ.get("CONVLENS_WEB_DIST")
+    if value:
+        return Path(value)
+    installed = PACKAGE_DIR / "web_dist"
+    return installed if installed.is_dir() else REPO_ROOT / "web" / "dist"
 
 
 def _origins(value: str) -> str | list[str]:
@@ -46,13 +81,13 @@ def _env_number(name: str, default: float, kind: type = float):
 
 @dataclass
 class Config:
-    models_dirs: list[Path] = field(default_factory=_default_models_dirs)
-    data_dir: Path = field(
-        default_factory=lambda: Path(os.environ.get("CONVLENS_DATA_DIR", REPO_ROOT / "var"))
-    )
-    web_dist: Path = field(
-        default_factory=lambda: Path(os.environ.get("CONVLENS_WEB_DIST", REPO_ROOT / "web" / "dist"))
-    )
+    models_dirs: list[Path] = field(default_factory=_user_models_dirs)
+    """The user's folders of model files (``--models-dir``, ``CONVLENS_MODELS_DIRS``), searched after
+    ``default_models_dir`` and never written to."""
+    default_models_dir: Path | None = field(default_factory=lambda: home() / "models")
+    """convlens' own folder of models, where the default model is written on first use; ``None``: none."""
+    data_dir: Path = field(default_factory=_default_data_dir)
+    web_dist: Path = field(default_factory=_default_web_dist)
     max_upload_bytes: int = _env_number("CONVLENS_MAX_UPLOAD_BYTES", MAX_UPLOAD_BYTES, int)
     max_pixels: int = _env_number("CONVLENS_MAX_PIXELS", MAX_PIXELS, int)
     max_running_jobs: int = _env_number("CONVLENS_MAX_RUNNING_JOBS", 2, int)

@@ -29,6 +29,11 @@ class Frame:
     step: int | None = None
     label: str = "main"
 
+    def __post_init__(self) -> None:
+        # Checked where the plugin yields it, so a wrong frame fails the job with what was wrong, not with a
+        # numpy error when the frame is made into pixels later on another thread.
+        check_frame_image(self.image)
+
     def pixels(self) -> np.ndarray:
         """The frame as HxWx3 uint8."""
         return pixels_of(self.image)
@@ -68,6 +73,32 @@ class Result:
 
 
 Event = Frame | Progress | Metrics | Log | Result
+
+
+def check_frame_image(image: object) -> None:
+    """``TypeError`` or ``ValueError`` saying what is wrong unless ``image`` is what a :class:`Frame` shows: an
+    HxW, HxWx3 or HxWx4 array, uint8 or float (or bool), or a float 1x3xHxW or 3xHxW tensor."""
+    if hasattr(image, "detach") and hasattr(image, "is_floating_point"):
+        shape = tuple(image.shape)
+        if not image.is_floating_point():
+            raise TypeError(f"a Frame's tensor must be float in [0, 1], got {image.dtype}")
+        if not ((len(shape) == 3 and shape[0] == 3) or (len(shape) == 4 and shape[:2] == (1, 3))):
+            raise ValueError(f"a Frame's tensor must be 1x3xHxW or 3xHxW, got shape {list(shape)}")
+        if 0 in shape:
+            raise ValueError(f"a Frame's image is empty: shape {list(shape)}")
+        return
+    if isinstance(image, str | bytes) or image is None:
+        raise TypeError(f"a Frame's image must be an array or an image tensor, got {type(image).__name__}")
+    array = image if isinstance(image, np.ndarray) else np.asarray(image)
+    if array.dtype != np.uint8 and array.dtype.kind not in "fb":
+        raise TypeError(
+            f"a Frame's image must be uint8 (0-255) or float in [0, 1], got dtype {array.dtype}"
+            f" (from {type(image).__name__})"
+        )
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise ValueError(f"a Frame's image must be HxW, HxWx3 or HxWx4, got shape {list(array.shape)}")
+    if array.size == 0:
+        raise ValueError(f"a Frame's image is empty: shape {list(array.shape)}")
 
 
 def pixels_of(image: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadInput, TooLarge
 from .events import to_uint8
@@ -58,7 +58,10 @@ def skimage_samples(titles: Mapping[str, str]) -> list[SampleImage]:
 def decode_image(
     data: bytes, field: str = "file", max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
-    """HxWx3 uint8 from encoded bytes, or ``BadInput`` naming ``field``: empty, too big, not an image, truncated, a bomb."""
+    """HxWx3 uint8 from encoded bytes, or ``BadInput`` naming ``field``: empty, too big, not an image, truncated, a bomb.
+
+    The pixels stand as a viewer shows them: a photo's EXIF orientation (a phone's, held sideways) is applied.
+    """
     if not data:
         raise BadInput(field, "the file is empty")
     if len(data) > max_bytes:
@@ -73,7 +76,7 @@ def decode_image(
                         field, f"the image is {width}x{height} pixels; the limit is {max_pixels} pixels"
                     )
                 probe.load()
-                image = probe.convert("RGB")
+                image = ImageOps.exif_transpose(probe).convert("RGB")
     except BadInput:  # the pixel cap's TooLarge, a ValueError that the last clause would call corrupt
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:

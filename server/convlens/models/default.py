@@ -3,7 +3,8 @@
 The files are generated from the eager model (:mod:`convlens.models.efficientnet_lite`) on first use rather
 than committed. Importing this module is cheap; torch and onnx are imported only when something is written.
 
-Run ``python -m convlens.models.default [MODELS_DIR]`` to write whatever is missing.
+Run ``python -m convlens.models.default [MODELS_DIR]`` to write whatever is missing, by default into convlens'
+own models folder (``Config.default_models_dir``: the checkout's ``models/``, or installed, the per-user one).
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from ..config import Config
 
-        models_dir = Config().models_dirs[0]
+        models_dir = Config().default_models_dir
     written = ensure_default_models(models_dir)
     if not written:
         print(f"convlens: the default model files are already in {models_dir}")

@@ -2,7 +2,9 @@
 
 A model's id is its file name (``efficientnet_lite0.onnx``); a bare stem (``efficientnet_lite0``) means the
 first of its ``.onnx``, ``.pt2`` and ``.pt`` files. A card, ``<file name>.json`` or else ``<stem>.json``
-beside the file, supplies what the file does not say: title, input size, normalisation, labels.
+beside the file, supplies what the file does not say: title, input size, normalisation, labels. The default
+model's files with no card beside them (written into a per-user folder, or found in a user's) get the card
+convlens ships.
 """
 
 from __future__ import annotations
@@ -26,12 +28,22 @@ STEM_PREFERENCE = (".onnx", ".pt2", ".pt")
 
 CARD_FIELDS = ("title", "input_size", "mean", "std", "labels", "default_layer")
 
+_PACKAGE = Path(__file__).resolve().parents[1]
+SHIPPED_CARDS = _PACKAGE / "data" if (_PACKAGE / "data").is_dir() else _PACKAGE.parents[1] / "models"
+"""Where the default model's card and labels ship: an installed package's ``data/`` (the wheel copies them from
+``models/``), else the source checkout's ``models/``."""
+
 
 class ModelStore:
-    """Model files in ``dirs`` (earlier folders win on equal file names), loaded lazily and cached."""
+    """Model files in ``default_dir`` and ``dirs`` (earlier folders win on equal file names), loaded lazily and
+    cached. ``default_dir`` is convlens' own folder, the only one :meth:`ensure_default` writes into."""
 
-    def __init__(self, dirs: Sequence[str | Path]) -> None:
-        self.dirs = [Path(directory) for directory in dirs]
+    def __init__(self, dirs: Sequence[str | Path], default_dir: str | Path | None = None) -> None:
+        self.default_dir = Path(default_dir) if default_dir is not None else None
+        self.dirs: list[Path] = []
+        for directory in [*([self.default_dir] if self.default_dir else []), *map(Path, dirs)]:
+            if not any(_same(directory, seen) for seen in self.dirs):
+                self.dirs.append(directory)
         self._models: dict[str, Model] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -96,16 +108,15 @@ class ModelStore:
         return model
 
     def ensure_default(self, log: Callable[[str], None] = print) -> None:
-        """Write the default model's files into the first folder unless some folder already has them all."""
-        from .default import DEFAULT_MODEL_STEM, ensure_default_models
+        """Write the default model's files missing from ``default_dir``; never into a folder of ``dirs``."""
+        from .default import ensure_default_models
 
-        if not self.dirs:
-            return
-        files = self.files()
-        wanted = [f"{DEFAULT_MODEL_STEM}{suffix}" for suffix in STEM_PREFERENCE]
-        if all(name in files for name in wanted):
-            return
-        ensure_default_models(self.dirs[0], log)
+        if self.default_dir is not None:
+            ensure_default_models(self.default_dir, log)
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a == b or (a.exists() and b.exists() and a.samefile(b))
 
 
 def load_model(path: str | Path, card: ModelCard | None = None, model_id: str | None = None) -> Model:
@@ -168,10 +179,16 @@ def _backend(path: Path) -> type[Model]:
 
 
 def card_path(model_path: Path) -> Path | None:
-    """``<file name>.json`` beside the model, else ``<stem>.json``, else ``None``."""
+    """``<file name>.json`` beside the model, else ``<stem>.json``, else for the default model's files the card
+    in :data:`SHIPPED_CARDS`, else ``None``."""
+    from .default import DEFAULT_MODEL_STEM
+
     for candidate in (model_path.with_name(f"{model_path.name}.json"), model_path.with_suffix(".json")):
         if candidate.is_file():
             return candidate
+    shipped = SHIPPED_CARDS / f"{DEFAULT_MODEL_STEM}.json"
+    if model_path.stem == DEFAULT_MODEL_STEM and shipped.is_file():
+        return shipped
     return None
 
 
