@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
+from convlens import testing
+from local import REPO, free_port
+
 pytest_plugins = ["no_skips_in_ci"]
 
-REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO / "models"
 
 
@@ -197,12 +199,6 @@ def socket_client(app, client):
         sio.disconnect()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def start_server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """Starts ``python -m convlens serve`` subprocesses on free ports: ``start_server(env={...})`` → base URL."""
@@ -261,3 +257,23 @@ def start_server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 def live_server(start_server) -> str:
     """One real server on 127.0.0.1 for the session; its base URL."""
     return start_server()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """Chromium, found as `make browser` finds it; without one the tests skip, and under CI=true fail."""
+    chromium = testing.find_chromium()
+    if chromium is None:
+        named = os.environ.get("CONVLENS_CHROMIUM")
+        where = (
+            f"CONVLENS_CHROMIUM={named!r}" if named else " or ".join(testing.CHROMIUM_NAMES) + " on the PATH"
+        )
+        pytest.skip(f"no Chromium ({where}): `make browser` installs Debian's chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the Python package `playwright` is missing: pip install playwright", pytrace=False)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=list(testing.CHROMIUM_ARGS))
+        yield browser
+        browser.close()

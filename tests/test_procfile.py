@@ -18,8 +18,8 @@ import requests
 import socketio
 from PIL import Image
 
-from conftest import REPO, free_port
 from convlens.models.default import DEFAULT_MODEL_ID
+from local import REPO, free_port
 
 ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 

@@ -27,8 +27,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import REPO, free_port
-from convlens import testing
+from local import REPO, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -232,24 +231,18 @@ def test_the_installed_server_keeps_its_files_in_the_per_user_folder(installed: 
 
 
 @pytest.mark.browser
-def test_the_installed_page_renders_in_chromium(server: Server):
-    from playwright.sync_api import sync_playwright
-
-    chromium = testing.find_chromium()
-    assert chromium, "no Chromium: `make browser` installs Debian's chromium"
+def test_the_installed_page_renders_in_chromium(server: Server, browser):
     errors: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=list(testing.CHROMIUM_ARGS))
-        try:
-            page = browser.new_page()
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(server.url + "/")
-            # <convlens-app> drew its model picker from the API: the page's script ran and reached the server.
-            page.get_by_test_id("model-select").locator('option[value="efficientnet_lite0.onnx"]').wait_for(
-                state="attached", timeout=60_000
-            )
-        finally:
-            browser.close()
+    page = browser.new_page()
+    try:
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.url + "/")
+        # <convlens-app> drew its model picker from the API: the page's script ran and reached the server.
+        page.get_by_test_id("model-select").locator('option[value="efficientnet_lite0.onnx"]').wait_for(
+            state="attached", timeout=60_000
+        )
+    finally:
+        page.close()
     assert not errors, errors
 
 

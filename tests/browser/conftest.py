@@ -1,11 +1,10 @@
 """Headless Chromium (Debian's, driven by Playwright) on the built web front end.
 
-The server fixture is ``live_server`` from ``tests/conftest.py``: ``python -m convlens serve`` on a free port.
+The server fixture is ``live_server`` and the browser ``browser``, both from ``tests/conftest.py``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,26 +26,6 @@ def web_dist() -> Path:
             f"{WEB_INDEX} is missing: run `make web` (cd web && npm ci && npm run build) first", pytrace=False
         )
     return WEB_INDEX.parent
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
-    """Chromium, found as `make browser` finds it; without one the tests skip, and under CI=true fail."""
-    chromium = testing.find_chromium()
-    if chromium is None:
-        named = os.environ.get("CONVLENS_CHROMIUM")
-        where = (
-            f"CONVLENS_CHROMIUM={named!r}" if named else " or ".join(testing.CHROMIUM_NAMES) + " on the PATH"
-        )
-        pytest.skip(f"no Chromium ({where}): `make browser` installs Debian's chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the Python package `playwright` is missing: pip install playwright", pytrace=False)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
