@@ -36,6 +36,75 @@ class LayerInfo:
         return {"name": self.name, "op": self.op, "shape": list(self.shape)}
 
 
+@dataclass(frozen=True)
+class ConvInfo:
+    """A 2-D convolution as its file records it.
+
+    ``name`` is the layer (:meth:`Model.layers`) whose value is the convolution's output where the file records
+    one; ``weight_name`` the parameter or initialiser holding its weight, ``shape`` that weight's shape (out
+    channels, in channels / groups, kernel height, kernel width). ``padding`` is (top, left, bottom, right), or
+    the file's ``"same"``/``"valid"`` rule where the amounts depend on the input's size. ``bn_folded``: whether
+    a BatchNorm was folded into the weight (``None`` where the file cannot say).
+    """
+
+    name: str
+    weight_name: str
+    shape: tuple[int, int, int, int]
+    groups: int = 1
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] | str = (0, 0, 0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    bn_folded: bool | None = False
+
+    @property
+    def in_channels(self) -> int:
+        return self.shape[1] * self.groups
+
+    @property
+    def depthwise(self) -> bool:
+        """One input channel per filter, every input channel its own group (MobileNet's depthwise conv)."""
+        return self.groups > 1 and self.shape[1] == 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "weight_name": self.weight_name,
+            "shape": list(self.shape),
+            "groups": self.groups,
+            "stride": list(self.stride),
+            "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
+            "dilation": list(self.dilation),
+            "depthwise": self.depthwise,
+            "bn_folded": self.bn_folded,
+        }
+
+
+def torch_padding(
+    padding: Any, kernel: Sequence[int], dilation: Sequence[int]
+) -> tuple[int, int, int, int] | str:
+    """``nn.Conv2d``'s ``padding`` (ints, or ``"same"``/``"valid"``) as (top, left, bottom, right).
+
+    ``"same"`` is resolved as torch pads it at stride 1: the total split with the odd pixel at the end.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding != "same":
+            return padding
+        totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
+        return (totals[0] // 2, totals[1] // 2, totals[0] - totals[0] // 2, totals[1] - totals[1] // 2)
+    pad_h, pad_w = (int(padding), int(padding)) if isinstance(padding, int) else (int(p) for p in padding)
+    return (pad_h, pad_w, pad_h, pad_w)
+
+
+def pair(value: Any) -> tuple[int, int]:
+    """An int or a 1- or 2-long sequence as (height, width)."""
+    if isinstance(value, int):
+        return (value, value)
+    values = [int(v) for v in value]
+    return (values[0], values[-1])
+
+
 @dataclass
 class ModelCard:
     """What the file alone does not say: a title, input size, normalisation and labels."""
@@ -131,6 +200,27 @@ class Model(ABC):
         if not spatial:
             return None
         return spatial[min(len(spatial) - 1, int(depth * len(spatial)))].name
+
+    # -- weights -----------------------------------------------------------------------------------
+    def conv_layers(self) -> list[ConvInfo]:
+        """The model's 2-D convolutions whose weights the file holds, in file order (none by default)."""
+        return []
+
+    def conv_layer(self, name: str) -> ConvInfo:
+        """The convolution ``name``; a name that is no convolution of this model is a ``BadInput``."""
+        for conv in self.conv_layers():
+            if conv.name == name:
+                return conv
+        raise BadInput("layer", f"{name!r} is not a convolution of model {self.id!r}")
+
+    def conv_weight(self, name: str) -> np.ndarray:
+        """The weight of convolution ``name`` as stored in the file: float32, (out, in / groups, kh, kw)."""
+        weight = self._read_conv_weight(self.conv_layer(name))
+        return np.array(weight, dtype=np.float32, copy=True)
+
+    def _read_conv_weight(self, conv: ConvInfo) -> np.ndarray:
+        """The weight of ``conv``, one of :meth:`conv_layers`; formats that list convolutions read it."""
+        raise BadInput("layer", f"model {self.id!r} cannot read its convolution weights")
 
     # -- computation -------------------------------------------------------------------------------
     def normalise(self, images: torch.Tensor) -> torch.Tensor:

@@ -7,14 +7,23 @@ not overwritten by a later in-place operator.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import fx
+from torch.fx.operator_schemas import normalize_function
 
 from ..errors import BadInput
-from .base import ModelCard
-from .fx_taps import GraphModel
+from .base import ConvInfo, ModelCard, pair, torch_padding
+from .fx_taps import GraphModel, nn_module_scopes
+
+_CONVOLUTIONS = {
+    torch.ops.aten.conv2d.default,
+    torch.ops.aten.conv2d.padding,
+    torch.ops.aten.convolution.default,
+}
 
 
 class ExportedModel(GraphModel):
@@ -26,6 +35,47 @@ class ExportedModel(GraphModel):
         super().__init__(model_id, path, card)
         graph_module = _load(self.path)
         self._set_graph(graph_module, _input_dims(graph_module, self.path.name))
+
+    def conv_layers(self) -> list[ConvInfo]:
+        """Each 2-D convolution whose weight is a parameter of the program, named by its module scope."""
+        convs: dict[str, ConvInfo] = {}
+        for node in self.graph_module.graph.nodes:
+            if node.op != "call_function" or node.target not in _CONVOLUTIONS:
+                continue
+            normalised = normalize_function(
+                node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True
+            )
+            arguments = normalised.kwargs if normalised is not None else {}
+            weight = arguments.get("weight")
+            scopes = nn_module_scopes(node)
+            if arguments.get("transposed") or getattr(weight, "op", None) != "get_attr" or not scopes:
+                continue
+            shape = tuple(_attribute(self.graph_module, weight.target).shape)
+            if len(shape) != 4:
+                continue
+            dilation = pair(arguments.get("dilation", 1))
+            name = scopes[-1][0]
+            convs.setdefault(
+                name,
+                ConvInfo(
+                    name,
+                    str(weight.target),
+                    shape,
+                    int(arguments.get("groups", 1)),
+                    pair(arguments.get("stride", 1)),
+                    torch_padding(arguments.get("padding", 0), shape[2:], dilation),
+                    dilation,
+                ),
+            )
+        return list(convs.values())
+
+    def _read_conv_weight(self, conv: ConvInfo) -> np.ndarray:
+        return _attribute(self.graph_module, conv.weight_name).detach().cpu().numpy()
+
+
+def _attribute(graph_module: fx.GraphModule, target: str) -> torch.Tensor:
+    """The parameter or buffer a ``get_attr`` node reads (``layer1.0.conv1.weight``)."""
+    return functools.reduce(getattr, target.split("."), graph_module)
 
 
 def _load(path: Path) -> fx.GraphModule:

@@ -13,10 +13,11 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import BadInput
-from .base import Forward, LayerInfo, Model, ModelCard
+from .base import ConvInfo, Forward, LayerInfo, Model, ModelCard, pair, torch_padding
 from .rectifiers import RectifierMode
 
 
@@ -69,6 +70,24 @@ class ModuleModel(Model):
             for name, module in self._modules.items()
             if name in shapes
         ]
+
+    def conv_layers(self) -> list[ConvInfo]:
+        return [
+            ConvInfo(
+                name,
+                f"{name}.weight",
+                tuple(module.weight.shape),
+                module.groups,
+                pair(module.stride),
+                torch_padding(module.padding, module.kernel_size, module.dilation),
+                pair(module.dilation),
+            )
+            for name, module in self._modules.items()
+            if isinstance(module, torch.nn.Conv2d)
+        ]
+
+    def _read_conv_weight(self, conv: ConvInfo) -> np.ndarray:
+        return self._modules[conv.name].weight.detach().cpu().numpy()
 
     def forward(
         self,

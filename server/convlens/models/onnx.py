@@ -17,7 +17,7 @@ import torch
 from torch import fx
 
 from ..errors import BadInput
-from .base import ModelCard
+from .base import ConvInfo, ModelCard
 from .fx_taps import GraphModel, Scope, TapPoint, layer_points, short_class_name
 
 TORCH_OPSET = 17
@@ -39,6 +39,7 @@ class OnnxModel(GraphModel):
         self._input_name = graph_input.name
         self._input_dtype = _numpy_dtype(graph_input)
         self._scopes = _module_scopes(proto)
+        self._convs = _conv_layers(proto, self._scopes)
         converted = _for_onnx2torch(proto, self.path.name)
         self._names = {
             out: (node.name or out, node.op_type) for node in converted.graph.node for out in node.output
@@ -62,6 +63,14 @@ class OnnxModel(GraphModel):
     def _node_fallback(self, node: fx.Node) -> tuple[str, str] | None:
         tensor = self._tensor_of.get(node.name)
         return self._names.get(tensor) if tensor else None
+
+    def conv_layers(self) -> list[ConvInfo]:
+        return list(self._convs)
+
+    def _read_conv_weight(self, conv: ConvInfo) -> np.ndarray:
+        # Read from the file again rather than kept since loading: the weights are wanted rarely, and the
+        # onnx2torch module already holds a copy of every one in memory.
+        return _constant_values(_read(self.path), {conv.weight_name}, self.path.parent)[conv.weight_name]
 
     def logits(self, images: torch.Tensor | np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Forward-only logits through ONNX Runtime (the onnx2torch module if Runtime cannot run the file)."""
@@ -223,17 +232,93 @@ def _bypass_initialiser_identities(proto) -> None:
                     node.input[index] = renamed[name]
 
 
-def _constant_values(proto) -> dict[str, np.ndarray]:
-    """The graph's initialisers and Constant-node tensors, by name."""
+def _constant_values(
+    proto, names: set[str] | None = None, base_dir: Path | None = None
+) -> dict[str, np.ndarray]:
+    """The graph's initialisers and Constant-node tensors, by name (only ``names``, when given)."""
     from onnx import numpy_helper
 
-    values = {initialiser.name: numpy_helper.to_array(initialiser) for initialiser in proto.graph.initializer}
+    directory = str(base_dir or "")
+    values = {
+        initialiser.name: numpy_helper.to_array(initialiser, directory)
+        for initialiser in proto.graph.initializer
+        if names is None or initialiser.name in names
+    }
     for node in proto.graph.node:
-        if node.op_type == "Constant":
+        if node.op_type == "Constant" and (names is None or node.output[0] in names):
             for attribute in node.attribute:
                 if attribute.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(attribute.t)
+                    values[node.output[0]] = numpy_helper.to_array(attribute.t, directory)
     return values
+
+
+FUSED_BATCHNORM = "FuseBatchNorm"
+"""In the rewrite rules onnxscript's optimiser records on a node it made (``torch.onnx.export``'s default)."""
+REWRITE_RULES = "pkg.onnxscript.rewriter.rule_name"
+
+
+def _conv_layers(proto, scopes: dict[str, list[Scope]]) -> list[ConvInfo]:
+    """The 2-D Conv nodes whose weight is an initialiser or a Constant, with their attributes.
+
+    A Conv's name is the innermost module scope of its output, the name :meth:`layers` gives that tensor:
+    a BatchNorm folded into it lends its own (``bn1``, not ``conv1``). ``bn_folded`` is true where the
+    exporter's optimiser records folding one, false where a BatchNormalization node reads the output, and
+    unknown (``None``) otherwise, as another exporter may fold without saying so.
+    """
+    import onnx.helper
+
+    shapes = {initialiser.name: tuple(initialiser.dims) for initialiser in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            shapes[node.output[0]] = tuple(node.attribute[0].t.dims)
+    aliases = {
+        node.output[0]: node.input[0]
+        for node in proto.graph.node
+        if node.op_type == "Identity" and node.input[0] in shapes
+    }
+    normalised = {
+        name for node in proto.graph.node if node.op_type == "BatchNormalization" for name in node.input[:1]
+    }
+    convs = []
+    for node in proto.graph.node:
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        weight = aliases.get(node.input[1], node.input[1])
+        shape = shapes.get(weight)
+        if shape is None or len(shape) != 4:
+            continue
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        props = {prop.key: prop.value for prop in node.metadata_props}
+        node_scopes = scopes.get(node.output[0])
+        if FUSED_BATCHNORM in props.get(REWRITE_RULES, ""):
+            folded = True
+        else:
+            folded = False if node.output[0] in normalised else None
+        convs.append(
+            ConvInfo(
+                node_scopes[-1][0] if node_scopes else node.name or node.output[0],
+                weight,
+                tuple(int(d) for d in shape),
+                int(attributes.get("group", 1)),
+                tuple(int(v) for v in attributes.get("strides", (1, 1))),
+                _onnx_padding(attributes),
+                tuple(int(v) for v in attributes.get("dilations", (1, 1))),
+                folded,
+            )
+        )
+    return convs
+
+
+def _onnx_padding(attributes: dict) -> tuple[int, int, int, int] | str:
+    """ONNX ``pads`` (begin then end: top, left, bottom, right), or ``same`` for ``auto_pad`` SAME_*."""
+    auto_pad = attributes.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    if auto_pad.startswith("SAME"):
+        return "same"
+    if auto_pad == "VALID":
+        return (0, 0, 0, 0)
+    pads = [int(v) for v in attributes.get("pads", (0, 0, 0, 0))]
+    return tuple(pads) if len(pads) == 4 else (0, 0, 0, 0)
 
 
 def _convert(proto, file_name: str) -> fx.GraphModule:

@@ -30,6 +30,7 @@ inlined away) has no layers, but its rectifiers can still take other backward ru
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -39,10 +40,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import BadInput
-from .base import Forward, LayerInfo, Model, ModelCard
+from .base import ConvInfo, Forward, LayerInfo, Model, ModelCard, pair, torch_padding
 from .rectifiers import rectify_script
 
 log = logging.getLogger(__name__)
@@ -342,6 +344,50 @@ def tapped_graph(
     return graph
 
 
+# Where ``stride``, ``padding``, ``dilation`` and ``groups`` sit among each convolution operator's inputs.
+_CONV_ARGUMENTS = {
+    "aten::conv2d": (3, 4, 5, 6),
+    "aten::_convolution": (3, 4, 5, 8),
+    "aten::convolution": (3, 4, 5, 8),
+}
+
+
+def _constant(value: torch._C.Value):
+    """The value of a constant input, or of a list of constants; ``None`` where the graph computes it."""
+    node = value.node()
+    if node.kind() == "prim::Constant":
+        return value.toIValue()
+    if node.kind() == "prim::ListConstruct" and all(
+        v.node().kind() == "prim::Constant" for v in node.inputs()
+    ):
+        return [v.toIValue() for v in node.inputs()]
+    return None
+
+
+def conv_calls(module: torch.jit.ScriptModule) -> list[tuple[str, str, tuple]]:
+    """``(module path, weight attribute, (stride, padding, dilation, groups))`` of each 2-D convolution of
+    ``module``'s forward whose weight is a submodule's parameter and whose settings are constants.
+
+    Read off the inlined graph: a traced module keeps these settings only as the operator's constant inputs.
+    """
+    graph = module.inlined_graph
+    root = next(iter(graph.inputs()))
+    found: dict[str, tuple[str, str, tuple]] = {}
+    for node in _all_nodes(graph.block()):
+        positions = _CONV_ARGUMENTS.get(node.kind())
+        if positions is None:
+            continue
+        inputs = list(node.inputs())
+        weight = inputs[1].node()
+        if weight.kind() != "prim::GetAttr" or (node.kind() != "aten::conv2d" and _constant(inputs[6])):
+            continue  # a computed weight, or a transposed convolution
+        path = _module_path(weight.input(), root)
+        settings = tuple(_constant(inputs[i]) for i in positions)
+        if path and None not in settings:
+            found.setdefault(f"{path}.{weight.s('name')}", (path, weight.s("name"), settings))
+    return list(found.values())
+
+
 # -- the model ------------------------------------------------------------------------------------------
 class TorchScriptModel(Model):
     """A ``torch.jit.save`` file, traced or scripted; layers are its submodules that return one tensor."""
@@ -384,6 +430,29 @@ class TorchScriptModel(Model):
                 acts = self.forward(torch.zeros(1, 3, *self.input_size), names).activations
             self._layers = [LayerInfo(name, self._ops[name], tuple(acts[name].shape[1:])) for name in names]
         return self._layers
+
+    def conv_layers(self) -> list[ConvInfo]:
+        convs = []
+        for path, attribute, (stride, padding, dilation, groups) in conv_calls(self.module):
+            weight = _attribute(self.module, f"{path}.{attribute}")
+            if weight.dim() != 4:
+                continue
+            kernel = tuple(weight.shape[2:])
+            convs.append(
+                ConvInfo(
+                    path,
+                    f"{path}.{attribute}",
+                    tuple(weight.shape),
+                    int(groups),
+                    pair(stride),
+                    torch_padding(padding, kernel, pair(dilation)),
+                    pair(dilation),
+                )
+            )
+        return convs
+
+    def _read_conv_weight(self, conv: ConvInfo) -> np.ndarray:
+        return _attribute(self.module, conv.weight_name).detach().cpu().numpy()
 
     def forward(
         self,
@@ -439,6 +508,11 @@ class TorchScriptModel(Model):
                 if device != self._device:
                     self.module.to(device)
                     self._device = device
+
+
+def _attribute(module: torch.jit.ScriptModule, dotted: str) -> torch.Tensor:
+    """The tensor at a dotted path (``layer1.0.conv1.weight``); ScriptModules have no ``get_submodule``."""
+    return functools.reduce(getattr, dotted.split("."), module)
 
 
 def _load(path: Path) -> torch.jit.ScriptModule:

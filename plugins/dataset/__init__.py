@@ -1,0 +1,13 @@
+"""Built-in topic "What the network has learned": views of a model's weights and of its codes over a data set."""
+
+from __future__ import annotations
+
+from convlens import hookimpl
+from convlens.methods import Method
+
+from .filters import FILTERS
+
+
+@hookimpl
+def register_methods() -> list[Method]:
+    return [FILTERS]
