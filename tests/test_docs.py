@@ -25,7 +25,7 @@ def writing_a_plugin_section(path: Path) -> str:
 
 
 def test_hookspecs_are_found():
-    assert HOOKS == ["register_methods", "register_sample_images"]
+    assert HOOKS == ["register_datasets", "register_methods", "register_sample_images"]
 
 
 @pytest.mark.parametrize("hook", HOOKS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from urllib.parse import quote
 
 from flask import Blueprint, current_app, jsonify, request, send_file
 from PIL import Image
@@ -29,7 +30,7 @@ def bad_input(error: BadInput):
 
 @blueprint.errorhandler(RequestEntityTooLarge)
 def too_large(_error):
-    limit = services().config.max_upload_bytes
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
     return jsonify({"error": f"the request is larger than the {limit}-byte limit", "field": "file"}), 413
 
 
@@ -129,14 +130,7 @@ def image_file(image_id: str):
     model_id = request.args.get("model")
     if model_id is not None:
         pixels = to_uint8(resize(pixels, services().models.get(model_id).input_size))
-    picture = Image.fromarray(pixels)
-    size = _int_arg("size", 0, 8, 4096)  # 0: no ?size=, the picture as it is
-    if size:
-        picture.thumbnail((size, size))
-    buffer = io.BytesIO()
-    picture.save(buffer, "PNG", compress_level=1)
-    buffer.seek(0)
-    return send_file(buffer, mimetype="image/png", max_age=3600)
+    return _png(pixels, _int_arg("size", 0, 8, 4096))  # 0: no ?size=, the picture as it is
 
 
 @blueprint.post("/images")
@@ -150,6 +144,62 @@ def upload_image():
     return jsonify(
         {"id": image_id, "title": title, "width": width, "height": height, "url": f"/api/images/{image_id}"}
     ), 201
+
+
+@blueprint.get("/datasets")
+def list_datasets():
+    return jsonify(services().datasets.list())
+
+
+@blueprint.post("/datasets")
+def upload_dataset():
+    """A zip of images (multipart field ``file``) unpacked into the uploads folder → 201 and the data set."""
+    upload = request.files.get("file")
+    if upload is None:
+        raise BadInput("file", "send the zip as multipart form data in a field named 'file'")
+    dataset = services().datasets.add_zip(upload.read(), upload.filename or "")
+    return jsonify({**dataset.to_json(), "skipped": dataset.skipped()}), 201
+
+
+MAX_PAGE = 1000
+
+
+@blueprint.get("/datasets/<dataset_id>")
+def dataset_detail(dataset_id: str):
+    """The data set's count, labels and skipped files, and a page of its items (``?offset=``, ``?limit=``)."""
+    dataset = services().datasets.get(dataset_id)
+    items = dataset.items()
+    offset = _int_arg("offset", 0, 0, len(items))
+    limit = _int_arg("limit", 100, 1, MAX_PAGE)
+    base = f"/api/datasets/{quote(dataset.id, safe='')}/items"
+    page = [
+        {"index": index, "key": item.key, "label": item.label, "url": f"{base}/{index}"}
+        for index, item in enumerate(items[offset : offset + limit], start=offset)
+    ]
+    return jsonify(
+        {**dataset.to_json(), "skipped": dataset.skipped(), "offset": offset, "limit": limit, "items": page}
+    )
+
+
+@blueprint.get("/datasets/<dataset_id>/items/<index>")
+def dataset_item(dataset_id: str, index: str):
+    """Item ``index`` as PNG, scaled down to fit ``?size=N`` × N when given (thumbnails)."""
+    dataset = services().datasets.get(dataset_id)
+    if not (index.isascii() and index.isdigit() and len(index) <= 9 and int(index) < len(dataset)):
+        raise NotFound("index", f"data set {dataset.id!r} has items 0 to {len(dataset) - 1}, not {index!r}")
+    size = _int_arg("size", 0, 8, 4096)
+    return _png(dataset.load(int(index)), size)
+
+
+def _png(pixels, size: int = 0):
+    """HxWx3 uint8 as a PNG answer, scaled down to fit ``size``×``size`` when ``size`` is given."""
+    picture = Image.fromarray(pixels)
+    if size:
+        picture.thumbnail((size, size))
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG", compress_level=1)
+    buffer.seek(0)
+    return send_file(buffer, mimetype="image/png", max_age=3600)
 
 
 @blueprint.post("/jobs")

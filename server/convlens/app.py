@@ -9,11 +9,14 @@ from pathlib import Path
 from flask import Flask, abort, request, send_from_directory
 from flask_socketio import SocketIO
 
+from . import runner
 from .config import Config
+from .dataset_zip import ZipLimits
+from .datasets import DatasetLibrary
 from .image_library import ImageLibrary
 from .jobs import JobManager
 from .models.store import ModelStore
-from .plugins import MethodRegistry, get_plugin_manager, sample_images
+from .plugins import MethodRegistry, get_plugin_manager, registered_datasets, sample_images
 from .streaming import FrameRelay
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,7 @@ class Services:
     models: ModelStore
     methods: MethodRegistry
     images: ImageLibrary
+    datasets: DatasetLibrary
     jobs: JobManager
     relay: FrameRelay
     socketio: SocketIO
@@ -36,13 +40,21 @@ def build_library(pm, config: Config) -> ImageLibrary:
     return ImageLibrary(sample_images(pm), config.uploads_dir, config.max_upload_bytes, config.max_pixels)
 
 
+def build_dataset_library(pm, config: Config) -> DatasetLibrary:
+    limits = ZipLimits(
+        config.max_dataset_zip_bytes, config.max_dataset_members, config.max_dataset_unpacked_bytes
+    )
+    return DatasetLibrary(registered_datasets(pm), config.datasets_dirs, config.dataset_uploads_dir, limits)
+
+
 def create_app(config: Config | None = None) -> Flask:
     """A convlens app; its SocketIO object is ``app.extensions["socketio"]``."""
     from . import api, sockets
 
     config = config or Config()
     app = Flask(__name__, static_folder=None)
-    app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes + 64 * 1024
+    # The larger of the two uploads' caps; each endpoint checks its own.
+    app.config["MAX_CONTENT_LENGTH"] = max(config.max_upload_bytes, config.max_dataset_zip_bytes) + 64 * 1024
     app.json.sort_keys = False
     socketio = SocketIO(
         app,
@@ -62,11 +74,14 @@ def create_app(config: Config | None = None) -> Flask:
     pm = get_plugin_manager()
     methods = MethodRegistry(pm)
     images = build_library(pm, config)
+    datasets = build_dataset_library(pm, config)
     relay = FrameRelay(lambda sid, message: socketio.emit("frame", message, to=sid))
     jobs = JobManager(
         get_model=models.get,
         get_method=methods.get,
         get_image=images.get,
+        get_dataset=datasets.get,
+        features=runner.feature_store(config.features_dir),
         sink=sockets.RoomEvents(socketio, relay),
         start_task=socketio.start_background_task,
         results_dir=config.results_dir,
@@ -75,7 +90,7 @@ def create_app(config: Config | None = None) -> Flask:
         stream_hz=config.stream_hz,
         stream_budget=config.stream_budget,
     )
-    app.extensions["convlens"] = Services(config, models, methods, images, jobs, relay, socketio)
+    app.extensions["convlens"] = Services(config, models, methods, images, datasets, jobs, relay, socketio)
     app.register_blueprint(api.blueprint)
     sockets.register(socketio, app.extensions["convlens"])
     _serve_web(app, config.web_dist)

@@ -53,10 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="a folder of model files to serve too (repeatable; only read, never written to)",
     )
+    parser.add_argument(
+        "--datasets-dir",
+        action="append",
+        type=Path,
+        help="a folder whose sub-folders are data sets (repeatable; only read, never written to)",
+    )
     # Also after the command's name (`convlens models --models-dir DIR`); the folders of both places count.
     command_options = argparse.ArgumentParser(add_help=False)
     command_options.add_argument(
         "--models-dir", dest="command_models_dirs", action="append", type=Path, help=argparse.SUPPRESS
+    )
+    command_options.add_argument(
+        "--datasets-dir", dest="command_datasets_dirs", action="append", type=Path, help=argparse.SUPPRESS
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -78,12 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--json", action="store_true", help="machine-readable output")
     methods.set_defaults(handler=cmd_methods)
 
+    datasets = commands.add_parser("datasets", parents=[command_options], help="list the data sets")
+    datasets.add_argument("--json", action="store_true", help="machine-readable output")
+    datasets.set_defaults(handler=cmd_datasets)
+
     run = commands.add_parser(
         "run", parents=[command_options], help="run a method without the server and write its results"
     )
     run.add_argument("method")
     run.add_argument("--model", default=None, help="model id (file name) or stem; default: the default model")
-    run.add_argument("--image", required=True, help="a sample's name (chelsea) or an image file")
+    run.add_argument(
+        "--image", help="a sample's name (chelsea) or an image file; default with --dataset: the first sample"
+    )
+    run.add_argument(
+        "--dataset", help="a data set's id (see `convlens datasets`), for the method's dataset parameter"
+    )
     run.add_argument(
         "--param", action="append", default=[], metavar="KEY=VALUE", help="a method parameter (repeatable)"
     )
@@ -103,7 +121,16 @@ def _config(args: argparse.Namespace):
     models_dirs = [*(args.models_dir or []), *(getattr(args, "command_models_dirs", None) or [])]
     if models_dirs:
         config.models_dirs = models_dirs
+    datasets_dirs = [*(args.datasets_dir or []), *(getattr(args, "command_datasets_dirs", None) or [])]
+    config.datasets_dirs = [*config.datasets_dirs, *datasets_dirs]
     return config
+
+
+def _datasets(args: argparse.Namespace):
+    from .app import build_dataset_library
+    from .plugins import get_plugin_manager
+
+    return build_dataset_library(get_plugin_manager(), _config(args))
 
 
 def _store(args: argparse.Namespace):
@@ -174,6 +201,28 @@ def _bounds(param: dict[str, Any]) -> str:
     return ""
 
 
+def cmd_datasets(args: argparse.Namespace) -> int:
+    listing = _datasets(args).list()
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    for dataset in listing:
+        if "error" in dataset:
+            print(f"{dataset['id']:<24} error: {dataset['error']}")
+            continue
+        labels = f"{len(dataset['labels'])} labels" if dataset["labels"] else "unlabelled"
+        print(f"{dataset['id']:<24} {dataset['count']:>7} images  {labels:<12} {dataset['title']}")
+    return 0
+
+
+def _with_dataset(method, raw_params: dict[str, Any], dataset_id: str) -> dict[str, Any]:
+    """``raw_params`` with ``--dataset`` as the value of the method's (first) ``dataset`` parameter."""
+    names = [p.name for p in method.params if p.kind == "dataset"]
+    if not names:
+        raise BadInput("dataset", f"method {method.name!r} takes no data set")
+    return {**raw_params, names[0]: dataset_id}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from . import events as ev
     from . import runner
@@ -186,12 +235,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_threads()
     method = get_methods().get(args.method)
     raw_params = parse_assignments(method.params, args.param)
+    if args.dataset is not None:
+        raw_params = _with_dataset(method, raw_params, args.dataset)
+    elif args.image is None:
+        raise BadInput("image", "give --image (a sample's name or an image file), or --dataset")
     store = _store(args)
     model = store.get(args.model or store.default_id)
     library = build_library(get_plugin_manager(), _config(args))
-    image_id, pixels = library.resolve(args.image)
+    image_id, pixels = library.resolve(args.image or next(iter(library.samples)))
     ctx = runner.prepare_run(
-        method, model, pixels, raw_params, args.seed, images=lambda name: library.resolve(name)[1]
+        method,
+        model,
+        pixels,
+        raw_params,
+        args.seed,
+        images=lambda name: library.resolve(name)[1],
+        datasets=_datasets(args).get,
+        features=runner.feature_store(_config(args).features_dir),
     )
     predictions = model.predict(ctx.model_input(), k=5)
     reel, metrics, final = Reel(), {}, ev.Result()

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .dataset_zip import MAX_MEMBERS, MAX_UNPACKED_BYTES, MAX_ZIP_BYTES
 from .errors import BadInput
 from .images import MAX_PIXELS, MAX_UPLOAD_BYTES
 from .streaming import STREAM_BUDGET, STREAM_HZ
@@ -37,6 +38,11 @@ def home() -> Path:
 
 def _user_models_dirs() -> list[Path]:
     value = os.environ.get("CONVLENS_MODELS_DIRS")
+    return [Path(part) for part in value.split(os.pathsep) if part] if value else []
+
+
+def _user_datasets_dirs() -> list[Path]:
+    value = os.environ.get("CONVLENS_DATASETS_DIRS")
     return [Path(part) for part in value.split(os.pathsep) if part] if value else []
 
 
@@ -86,10 +92,18 @@ class Config:
     ``default_models_dir`` and never written to."""
     default_models_dir: Path | None = field(default_factory=lambda: home() / "models")
     """convlens' own folder of models, where the default model is written on first use; ``None``: none."""
+    datasets_dirs: list[Path] = field(default_factory=lambda: [home() / "datasets", *_user_datasets_dirs()])
+    """Folders whose sub-folders are data sets (``datasets/`` beside convlens' ``models/``, ``--datasets-dir``,
+    ``CONVLENS_DATASETS_DIRS``); only read."""
     data_dir: Path = field(default_factory=_default_data_dir)
     web_dist: Path = field(default_factory=_default_web_dist)
     max_upload_bytes: int = _env_number("CONVLENS_MAX_UPLOAD_BYTES", MAX_UPLOAD_BYTES, int)
     max_pixels: int = _env_number("CONVLENS_MAX_PIXELS", MAX_PIXELS, int)
+    max_dataset_zip_bytes: int = _env_number("CONVLENS_MAX_DATASET_ZIP_BYTES", MAX_ZIP_BYTES, int)
+    max_dataset_members: int = _env_number("CONVLENS_MAX_DATASET_MEMBERS", MAX_MEMBERS, int)
+    max_dataset_unpacked_bytes: int = _env_number(
+        "CONVLENS_MAX_DATASET_UNPACKED_BYTES", MAX_UNPACKED_BYTES, int
+    )
     max_running_jobs: int = _env_number("CONVLENS_MAX_RUNNING_JOBS", 2, int)
     jpeg_quality: int = 85
     stream_hz: float = _env_number("CONVLENS_STREAM_HZ", STREAM_HZ)
@@ -106,5 +120,15 @@ class Config:
         return self.data_dir / "results"
 
     @property
+    def features_dir(self) -> Path:
+        """The feature store's folder (:mod:`convlens.features`): a data set's codes, computed once."""
+        return self.data_dir / "features"
+
+    @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
+
+    @property
+    def dataset_uploads_dir(self) -> Path:
+        """Where uploaded zips are unpacked, one folder each."""
+        return self.data_dir / "uploads" / "datasets"

@@ -14,6 +14,7 @@ import pluggy
 from . import PROJECT_NAME
 
 if TYPE_CHECKING:
+    from .datasets import Dataset
     from .images import SampleImage
     from .methods import Method
 
@@ -36,4 +37,13 @@ def register_sample_images() -> list[SampleImage]:
 
     Each is a :class:`convlens.images.SampleImage`: an id, a title and a ``load()``
     returning HxWx3 uint8 pixels.
+    """
+
+
+@hookspec
+def register_datasets() -> list[Dataset]:
+    """Return data sets to offer to methods that take one (a ``dataset`` parameter).
+
+    Each is a :class:`convlens.datasets.Dataset`: an id, a title, its items (key and label) in a stable order,
+    ``load(index)`` returning HxWx3 uint8 pixels, and a fingerprint that changes with its content.
     """

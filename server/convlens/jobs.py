@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from .methods import Method
 from .models.base import Model
 from .results import Reel, RunRecord, write_result
 from .streaming import SLOWEST_SEND_S, STREAM_BUDGET, STREAM_HZ
+
+if TYPE_CHECKING:
+    from .features import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +155,8 @@ class JobManager:
         get_model: Callable[[str], Model],
         get_method: Callable[[str], Method],
         get_image: Callable[[str], np.ndarray],
+        get_dataset: runner.DatasetSource | None = None,
+        features: FeatureStore | None = None,
         sink: JobEvents,
         start_task: Callable[..., Any],
         results_dir: Path,
@@ -165,6 +170,8 @@ class JobManager:
         self.get_model = get_model
         self.get_method = get_method
         self.get_image = get_image
+        self.get_dataset = get_dataset
+        self.features = features
         self.sink = sink
         self.start_task = start_task
         self.results_dir = Path(results_dir)
@@ -192,6 +199,7 @@ class JobManager:
             raise BadInput("params", "expected an object of parameter values")
         params = method.validate(raw_params, model)
         runner.resolve_pictures(method, params, self.get_image)  # an unknown style image fails the request
+        runner.resolve_datasets(method, params, self.get_dataset)  # so does an unknown data set
         seed = request.get("seed")
         if seed is None:
             seed = secrets.randbelow(2**31)
@@ -249,7 +257,16 @@ class JobManager:
         method = self.get_method(job.method)
         model = self.get_model(job.model)
         image = self.get_image(job.image)
-        ctx = runner.prepare_run(method, model, image, job.params, job.seed, images=self.get_image)
+        ctx = runner.prepare_run(
+            method,
+            model,
+            image,
+            job.params,
+            job.seed,
+            images=self.get_image,
+            datasets=self.get_dataset,
+            features=self.features,
+        )
         job.predictions = model.predict(ctx.model_input(), k=5)
         self.sink.state(job)
         final: ev.Result | None = None

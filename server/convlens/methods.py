@@ -14,6 +14,8 @@ from .params import Param, validate
 if TYPE_CHECKING:
     import torch
 
+    from .datasets import Dataset
+    from .features import FeatureStore
     from .models.base import Model
 
 NEEDS = ("gradients", "layers", "relu_rules")
@@ -32,7 +34,8 @@ class RunContext:
 
     ``image`` is the chosen picture, HxWx3 float32 in [0, 1] at its own size;
     ``params`` are validated, defaults filled in; ``pictures`` holds the pixels of each
-    ``image`` parameter by its name (HxWx3 float32 in [0, 1]). Randomness comes from ``rng``
+    ``image`` parameter by its name (HxWx3 float32 in [0, 1]); ``datasets`` the
+    :class:`convlens.datasets.Dataset` of each ``dataset`` parameter by its name. Randomness comes from ``rng``
     (numpy) and ``generator`` (torch), both seeded from ``seed``: several jobs run
     at once in one process, so the global torch RNG is not reproducible per run.
     """
@@ -42,6 +45,9 @@ class RunContext:
     params: dict[str, Any]
     seed: int = 0
     pictures: dict[str, np.ndarray] = field(default_factory=dict)
+    datasets: dict[str, Dataset] = field(default_factory=dict)
+    features: FeatureStore | None = None
+    """Where a data set's codes are computed once and kept (:mod:`convlens.features`); set by the runner."""
     rng: np.random.Generator = field(init=False)
     generator: torch.Generator = field(init=False)
 

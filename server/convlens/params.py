@@ -17,7 +17,7 @@ from .errors import BadInput
 if TYPE_CHECKING:
     from .models.base import Model
 
-KINDS = ("int", "float", "bool", "choice", "string", "layer", "class", "image")
+KINDS = ("int", "float", "bool", "choice", "string", "layer", "class", "image", "dataset")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class Param:
     ``kind`` is one of ``int``, ``float``, ``bool``, ``choice``, ``string``,
     ``layer`` (a named layer of the model), ``class`` (an output class index) or
     ``image`` (the id of a sample or upload: a second picture, such as a style image;
-    the method finds its pixels in ``ctx.pictures[name]``).
+    the method finds its pixels in ``ctx.pictures[name]``) or ``dataset`` (the id of a data set; the method finds
+    the :class:`convlens.datasets.Dataset` in ``ctx.datasets[name]``).
     A ``default`` of ``None`` with ``nullable`` means "let the method decide"
     (the top predicted class, the model's suggested layer).
     ``channel_of`` names the ``layer`` parameter an ``int`` indexes the channels of (the units of a flat
@@ -118,11 +119,13 @@ class Param:
         elif self.kind == "bool":
             if not isinstance(value, bool):
                 raise BadInput(field, f"expected true or false, got {value!r}")
-        elif self.kind in ("string", "layer", "image"):
+        elif self.kind in ("string", "layer", "image", "dataset"):
             if not isinstance(value, str):
                 raise BadInput(field, f"expected a string, got {value!r}")
             if self.kind == "image" and not value:
                 raise BadInput(field, "expected an image id (a sample or an upload)")
+            if self.kind == "dataset" and not value:
+                raise BadInput(field, "expected a data set id (see GET /api/datasets)")
         if self.kind == "choice" and value not in self.choices:
             raise BadInput(field, f"expected one of {list(self.choices)}, got {value!r}")
         if self.minimum is not None and value < self.minimum:
@@ -183,6 +186,11 @@ def Layer(name: str = "layer", **kw: Any) -> Param:  # noqa: N802
 def Picture(name: str, default: str | None = None, **kw: Any) -> Param:  # noqa: N802
     """An image of the server's library (a sample id or an upload id); its pixels are ``ctx.pictures[name]``."""
     return Param(name, "image", default, **kw)
+
+
+def Dataset(name: str = "dataset", default: str | None = "skimage_crops", **kw: Any) -> Param:  # noqa: N802
+    """A data set of the server's library (:mod:`convlens.datasets`); the object is ``ctx.datasets[name]``."""
+    return Param(name, "dataset", default, **kw)
 
 
 def ClassIndex(name: str = "target", **kw: Any) -> Param:  # noqa: N802

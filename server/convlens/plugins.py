@@ -13,6 +13,7 @@ from .errors import NotFound
 from .methods import Method
 
 if TYPE_CHECKING:
+    from .datasets import Dataset
     from .images import SampleImage
 
 ONLY_PLUGINS_ENV = "CONVLENS_PLUGINS"
@@ -47,6 +48,11 @@ def get_plugin_manager() -> pluggy.PluginManager:
 def sample_images(pm: pluggy.PluginManager) -> list[SampleImage]:
     """Every sample image the plugins of ``pm`` register, in registration order."""
     return [sample for batch in pm.hook.register_sample_images() for sample in batch or []]
+
+
+def registered_datasets(pm: pluggy.PluginManager) -> list[Dataset]:
+    """Every data set the plugins of ``pm`` register, in registration order."""
+    return [dataset for batch in pm.hook.register_datasets() for dataset in batch or []]
 
 
 class MethodRegistry:

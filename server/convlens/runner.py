@@ -8,8 +8,10 @@ two events by closing the iterator, which closes the method's generator too.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,7 +21,9 @@ from .events import Frame, Log, Metrics, Progress, Result
 from .methods import Method, RunContext
 
 if TYPE_CHECKING:
+    from .datasets import Dataset
     from .events import Event
+    from .features import FeatureStore
     from .models.base import Model
 
 EVENT_TYPES = (Frame, Progress, Metrics, Log, Result)
@@ -48,6 +52,9 @@ def seed_everything(seed: int) -> None:
 ImageSource = Callable[[str], np.ndarray]
 """Pixels (HxWx3 uint8) of an image id; raises :class:`BadInput` (``NotFound``) for an unknown one."""
 
+DatasetSource = Callable[[str], "Dataset"]
+"""The data set of an id; raises :class:`BadInput` (``NotFound``) for an unknown one."""
+
 
 def prepare_run(
     method: Method,
@@ -56,10 +63,14 @@ def prepare_run(
     raw_params: Mapping[str, Any] | None,
     seed: int = 0,
     images: ImageSource | None = None,
+    datasets: DatasetSource | None = None,
+    features: FeatureStore | None = None,
 ) -> RunContext:
     """The context ``method.run`` receives: parameters validated against ``model``, ``image`` as float32 in [0, 1].
 
-    ``images`` resolves ``image`` parameters (default: the installed plugins' sample images). Raises
+    ``images`` resolves ``image`` parameters (default: the installed plugins' sample images), ``datasets`` the
+    ``dataset`` parameters (default: the installed plugins' data sets); ``features`` is the feature store their
+    codes are kept in (default: the one in convlens' data folder, :func:`default_feature_store`). Raises
     :class:`BadInput` naming the model (status 422) or ``params.<name>``. Also seeds the global
     generators; :func:`iterate` seeds them again just before the method starts, since a job may wait
     between the two.
@@ -69,8 +80,34 @@ def prepare_run(
     check_available(method, model)
     params = method.validate(raw_params, model)
     pictures = {name: to_float(picture) for name, picture in resolve_pictures(method, params, images).items()}
+    chosen = resolve_datasets(method, params, datasets)
+    if chosen and features is None:
+        features = default_feature_store()
     seed_everything(seed)
-    return RunContext(model=model, image=to_float(image), params=params, seed=seed, pictures=pictures)
+    return RunContext(
+        model=model,
+        image=to_float(image),
+        params=params,
+        seed=seed,
+        pictures=pictures,
+        datasets=chosen,
+        features=features,
+    )
+
+
+def default_feature_store() -> FeatureStore:
+    """The feature store in convlens' data folder (``Config().features_dir``)."""
+    from .config import Config
+
+    return feature_store(Config().features_dir)
+
+
+@functools.cache
+def feature_store(root: Path) -> FeatureStore:
+    """The one store of this process under ``root``: its locks keep two jobs from computing the same codes."""
+    from .features import FeatureStore
+
+    return FeatureStore(root)
 
 
 def resolve_pictures(
@@ -96,6 +133,31 @@ def samples_only() -> ImageSource:
     from .plugins import get_plugin_manager, sample_images
 
     return ImageLibrary(sample_images(get_plugin_manager())).get
+
+
+def resolve_datasets(
+    method: Method, params: Mapping[str, Any], datasets: DatasetSource | None = None
+) -> dict[str, Dataset]:
+    """The data set of every ``dataset`` parameter that has a value; an unknown id is ``BadInput`` naming it."""
+    wanted = {p.name: params[p.name] for p in method.params if p.kind == "dataset" and params.get(p.name)}
+    if not wanted:
+        return {}
+    source = datasets or registered_datasets_only()
+    chosen = {}
+    for name, dataset_id in wanted.items():
+        try:
+            chosen[name] = source(dataset_id)
+        except BadInput as error:
+            raise BadInput(f"params.{name}", error.reason) from None
+    return chosen
+
+
+def registered_datasets_only() -> DatasetSource:
+    """The installed plugins' data sets, for runs outside a server (tests, notebooks)."""
+    from .datasets import DatasetLibrary
+    from .plugins import get_plugin_manager, registered_datasets
+
+    return DatasetLibrary(registered_datasets(get_plugin_manager())).get
 
 
 def iterate(method: Method, ctx: RunContext) -> Iterator[Event]:

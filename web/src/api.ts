@@ -26,7 +26,8 @@ export interface ModelDetail extends ModelInfo {
   sha256: string;
 }
 
-export type ParamType = "int" | "float" | "bool" | "choice" | "string" | "layer" | "class" | "image";
+export type ParamType =
+  "int" | "float" | "bool" | "choice" | "string" | "layer" | "class" | "image" | "dataset";
 
 export interface ParamSchema {
   name: string;
@@ -72,6 +73,16 @@ export interface ImageInfo {
   url: string;
   width?: number;
   height?: number;
+}
+
+/** A data set, as `GET /api/datasets` lists it; `error` instead of the rest for one that cannot be read. */
+export interface DatasetInfo {
+  id: string;
+  title: string;
+  source: string;
+  count?: number;
+  labels?: string[];
+  error?: string;
 }
 
 export type JobState = "queued" | "running" | "paused" | "done" | "failed" | "stopped";
@@ -214,6 +225,10 @@ export class ApiClient {
 
   images(): Promise<ImageInfo[]> {
     return this.get("/api/images");
+  }
+
+  datasets(): Promise<DatasetInfo[]> {
+    return this.get("/api/datasets");
   }
 
   /** The top-`k` classes of `image` as `model` sees it (resized to its input). */

@@ -5,6 +5,7 @@
 import {
   ApiClient,
   ApiError,
+  type DatasetInfo,
   type FieldError,
   type Job,
   type JobRequest,
@@ -246,11 +247,21 @@ export class ConvlensApp extends HTMLElement {
       }
       if (generation !== this.generation) return;
     }
+    let datasets: DatasetInfo[] = [];
+    if (method.params.some((param) => param.type === "dataset")) {
+      try {
+        datasets = await this.api.datasets();
+      } catch {
+        datasets = [];
+      }
+      if (generation !== this.generation) return;
+    }
     this.form = new ParamForm(method.params, {
       layers: model.layers ?? [],
       defaultLayer: model.default_layer,
       labels,
       images: this.images.list(),
+      datasets,
     });
     replaceChildren(this.formSlot, this.form.element);
     this.runButton.disabled = false;

@@ -2,7 +2,7 @@
 // The server validates again; its errors come back by field ("params.steps") and
 // are shown next to that field.
 
-import type { FieldError, ImageInfo, LayerInfo, ParamSchema, Prediction } from "./api";
+import type { DatasetInfo, FieldError, ImageInfo, LayerInfo, ParamSchema, Prediction } from "./api";
 import { ClassChoiceError, ClassPicker } from "./class-picker";
 import { h } from "./dom";
 
@@ -15,6 +15,8 @@ export interface ParamFormContext {
   idPrefix?: string;
   /** The server's images, offered by an `image` parameter (a second picture, such as a style image). */
   images?: ImageInfo[];
+  /** The server's data sets, offered by a `dataset` parameter; only fetched when a method has one. */
+  datasets?: DatasetInfo[];
 }
 
 interface Field {
@@ -245,6 +247,27 @@ function buildControl(
       );
       return { control: select, read: readSelect(select, param, "choose an image") };
     }
+    case "dataset": {
+      // One that cannot be read is shown with its reason, but cannot be chosen.
+      const datasets = context.datasets ?? [];
+      const select = h(
+        "select",
+        { id, name: param.name, "data-testid": testid },
+        param.nullable && h("option", { value: "" }, "none"),
+        ...datasets.map((dataset) =>
+          h(
+            "option",
+            {
+              value: dataset.id,
+              selected: dataset.id === param.default,
+              disabled: dataset.error !== undefined,
+            },
+            datasetLabel(dataset),
+          ),
+        ),
+      );
+      return { control: select, read: readSelect(select, param, "choose a data set") };
+    }
     default: {
       const input = h("input", {
         id,
@@ -293,4 +316,12 @@ function classControl(
     }
   };
   return { control: picker.element, read, picker };
+}
+
+/** "Digits · 1797 images · 10 labels", or the reason a data set cannot be used. */
+function datasetLabel(dataset: DatasetInfo): string {
+  const title = dataset.title || dataset.id;
+  if (dataset.error !== undefined) return `${title} (${dataset.error})`;
+  const labels = dataset.labels?.length ? ` · ${dataset.labels.length} labels` : "";
+  return `${title} · ${dataset.count ?? 0} images${labels}`;
 }
