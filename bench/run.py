@@ -46,6 +46,7 @@ SCRIPTS = {
     "streaming_cost": {"limit_s": 900, "quick": ["--windows", "1", "--window-s", "0.5"]},
     "feature_vis": {"limit_s": 900, "quick": ["--repeats", "1", "--steps", "32"]},
     "browser_viewer": {"limit_s": 900, "quick": ["--repeats", "1"]},
+    "feature_store": {"limit_s": 1800, "quick": ["--images", "200"]},
 }
 """Script name → time limit and the arguments of a quick run."""
 

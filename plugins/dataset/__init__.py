@@ -5,9 +5,11 @@ from __future__ import annotations
 from convlens import hookimpl
 from convlens.methods import Method
 
+from .code_map import CODE_MAP
 from .filters import FILTERS
+from .neighbours import NEIGHBOURS
 
 
 @hookimpl
 def register_methods() -> list[Method]:
-    return [FILTERS]
+    return [FILTERS, NEIGHBOURS, CODE_MAP]

@@ -106,10 +106,13 @@ def to_float(image: np.ndarray) -> np.ndarray:
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """HxWx3 float32 in [0, 1] resized to ``size`` = (height, width) with antialiasing."""
     height, width = size
-    array = to_float(image)
-    if array.shape[:2] == (height, width):
-        return array
-    pil = Image.fromarray((array * 255.0 + 0.5).astype(np.uint8))
+    image = np.asarray(image)
+    if image.shape[:2] == (height, width):
+        return to_float(image)
+    # uint8 goes to PIL as it is: through float and back gives the same bytes, at two passes' cost (a third
+    # of a feature-store image's decode-and-resize time).
+    pixels = image if image.dtype == np.uint8 else (to_float(image) * 255.0 + 0.5).astype(np.uint8)
+    pil = Image.fromarray(pixels)
     return np.asarray(pil.resize((width, height), Image.BICUBIC), dtype=np.float32) / 255.0
 
 
