@@ -8,8 +8,9 @@ from convlens.methods import Method
 from .code_map import CODE_MAP
 from .filters import FILTERS
 from .neighbours import NEIGHBOURS
+from .patches import PATCHES
 
 
 @hookimpl
 def register_methods() -> list[Method]:
-    return [FILTERS, NEIGHBOURS, CODE_MAP]
+    return [FILTERS, NEIGHBOURS, PATCHES, CODE_MAP]

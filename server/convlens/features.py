@@ -213,11 +213,13 @@ class FeatureStore:
         *,
         top_k: int = 0,
         batch_size: int = 32,
+        on_top: Callable[[TopActivations], None] | None = None,
     ) -> Generator[Progress, None, Features]:
         """Yield :class:`Progress` (images done of all) as batches finish; return the :class:`Features`.
 
         ``layer`` defaults to :func:`penultimate_layer`; ``top_k`` > 0 also keeps per channel the k best
-        positions. A store already complete yields one ``Progress`` and returns at once.
+        positions, and ``on_top`` is given that accumulator before the pass, so a view can draw the best so far
+        at each ``Progress``. A store already complete yields one ``Progress`` and returns at once.
         """
         layer = layer or penultimate_layer(model)
         shape = model.layer(layer).shape
@@ -244,6 +246,8 @@ class FeatureStore:
                     if top_file.exists()
                     else (TopActivations(top_k, shape[0]), 0)
                 )
+                if on_top is not None:
+                    on_top(top)
             start = min(codes_done, top_done)
             engine = _engine_of(folder)
             if start < total:
