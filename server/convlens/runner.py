@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import BadInput
-from .events import Frame, Log, Metrics, Progress, Result
+from .events import Frame, Log, Metrics, Points, Progress, Result
 from .methods import Method, RunContext
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .features import FeatureStore
     from .models.base import Model
 
-EVENT_TYPES = (Frame, Progress, Metrics, Log, Result)
+EVENT_TYPES = (Frame, Points, Progress, Metrics, Log, Result)
 
 
 def check_available(method: Method, model: Model) -> None:
@@ -114,17 +114,7 @@ def resolve_pictures(
     method: Method, params: Mapping[str, Any], images: ImageSource | None = None
 ) -> dict[str, np.ndarray]:
     """The pixels of every ``image`` parameter that has a value; an unknown id is ``BadInput`` naming it."""
-    wanted = {p.name: params[p.name] for p in method.params if p.kind == "image" and params.get(p.name)}
-    if not wanted:
-        return {}
-    source = images or samples_only()
-    pictures = {}
-    for name, image_id in wanted.items():
-        try:
-            pictures[name] = source(image_id)
-        except BadInput as error:
-            raise BadInput(f"params.{name}", error.reason) from None
-    return pictures
+    return _resolve(method, params, "image", lambda: images or samples_only())
 
 
 def samples_only() -> ImageSource:
@@ -139,17 +129,24 @@ def resolve_datasets(
     method: Method, params: Mapping[str, Any], datasets: DatasetSource | None = None
 ) -> dict[str, Dataset]:
     """The data set of every ``dataset`` parameter that has a value; an unknown id is ``BadInput`` naming it."""
-    wanted = {p.name: params[p.name] for p in method.params if p.kind == "dataset" and params.get(p.name)}
+    return _resolve(method, params, "dataset", lambda: datasets or registered_datasets_only())
+
+
+def _resolve(
+    method: Method, params: Mapping[str, Any], kind: str, source: Callable[[], Callable[[str], Any]]
+):
+    """What each ``kind`` parameter with a value names, by ``source()`` (made only when one has a value)."""
+    wanted = {p.name: params[p.name] for p in method.params if p.kind == kind and params.get(p.name)}
     if not wanted:
         return {}
-    source = datasets or registered_datasets_only()
-    chosen = {}
-    for name, dataset_id in wanted.items():
+    lookup = source()
+    found = {}
+    for name, value in wanted.items():
         try:
-            chosen[name] = source(dataset_id)
+            found[name] = lookup(value)
         except BadInput as error:
             raise BadInput(f"params.{name}", error.reason) from None
-    return chosen
+    return found
 
 
 def registered_datasets_only() -> DatasetSource:
