@@ -51,9 +51,12 @@ def _rgb(pixels: np.ndarray) -> np.ndarray:
 class ArrayDataset(Dataset):
     """A data set whose items are made in memory by ``make()`` → (keys, labels, ``load(index)``), on first use."""
 
-    def __init__(self, id: str, title: str, source: str, version_of: str, make: Callable) -> None:
+    def __init__(
+        self, id: str, title: str, source: str, version_of: str, make: Callable, recipe: str = ""
+    ) -> None:
         self.id, self.title, self.source = id, title, source
         self._version_of = version_of
+        self._recipe = recipe
         self._make = make
         self._lock = threading.Lock()
         self._contents: tuple[list[DatasetItem], Callable[[int], np.ndarray]] | None = None
@@ -74,30 +77,40 @@ class ArrayDataset(Dataset):
 
     def fingerprint(self) -> str:
         # The content follows from the package's data and this module's constants.
-        text = f"{self.id}:{self._version_of} {version(self._version_of)}:{CROP_PHOTOS}{CROP_FRACTIONS}"
-        text += f"{CROPS_PER_SCALE}:{CROP_SIZE}:{CROP_SEED}"
+        text = f"{self.id}:{self._version_of} {version(self._version_of)}:{self._recipe}"
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def crop_boxes(height: int, width: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
-    """(top, left, side) of each crop of a ``height``×``width`` photograph: :data:`CROPS_PER_SCALE` per scale."""
+def crop_boxes(
+    height: int, width: int, rng: np.random.Generator, per_scale: int = CROPS_PER_SCALE
+) -> list[tuple[int, int, int]]:
+    """(top, left, side) of each crop of a ``height``×``width`` photograph: ``per_scale`` per scale."""
     boxes = []
     for fraction in CROP_FRACTIONS:
         side = max(1, round(min(height, width) * fraction))
-        tops = rng.integers(0, height - side + 1, CROPS_PER_SCALE)
-        lefts = rng.integers(0, width - side + 1, CROPS_PER_SCALE)
+        tops = rng.integers(0, height - side + 1, per_scale)
+        lefts = rng.integers(0, width - side + 1, per_scale)
         boxes += [(int(top), int(left), side) for top, left in zip(tops, lefts, strict=True)]
     return boxes
 
 
-def _make_crops():
+def photo_crops(per_scale: int = CROPS_PER_SCALE, id: str = "skimage_crops") -> ArrayDataset:
+    """Seeded crops of scikit-image's photographs, ``per_scale`` at each of :data:`CROP_FRACTIONS` a photograph
+    (the built-in ``skimage_crops`` has 75: 3,000 crops; the benches take more)."""
+    recipe = f"{CROP_PHOTOS}{CROP_FRACTIONS}{per_scale}:{CROP_SIZE}:{CROP_SEED}"
+    title = f"Crops of scikit-image's photographs ({len(CROP_PHOTOS) * len(CROP_FRACTIONS) * per_scale})"
+    make = lambda: _make_crops(per_scale)  # noqa: E731
+    return ArrayDataset(id, title, "scikit-image", "scikit-image", make, recipe)
+
+
+def _make_crops(per_scale: int):
     from skimage import data
 
     rng = np.random.default_rng(CROP_SEED)
     photos = {name: _rgb(getattr(data, name)()) for name in CROP_PHOTOS}
     items, boxes = [], []
     for name, photo in photos.items():
-        for top, left, side in crop_boxes(*photo.shape[:2], rng):
+        for top, left, side in crop_boxes(*photo.shape[:2], rng, per_scale):
             items.append(DatasetItem(f"{name}/{top}_{left}_{side}", name))
             boxes.append((name, top, left, side))
 
@@ -131,13 +144,7 @@ def _make_lfw():
 def _builtin() -> tuple[Dataset, ...]:
     # One object each per process, so the server, the CLI and the fixtures make their pixels once.
     return (
-        ArrayDataset(
-            "skimage_crops",
-            "Crops of scikit-image's photographs",
-            "scikit-image",
-            "scikit-image",
-            _make_crops,
-        ),
+        photo_crops(),
         ArrayDataset(
             "digits", "Handwritten digits (scikit-learn)", "scikit-learn", "scikit-learn", _make_digits
         ),
