@@ -47,6 +47,8 @@ SCRIPTS = {
     "feature_vis": {"limit_s": 900, "quick": ["--repeats", "1", "--steps", "32"]},
     "browser_viewer": {"limit_s": 900, "quick": ["--repeats", "1"]},
     "feature_store": {"limit_s": 1800, "quick": ["--images", "200"]},
+    "code_map": {"limit_s": 2400, "quick": ["--images", "2000", "--repeats", "1"]},
+    "code_map_fps": {"limit_s": 900, "quick": ["--repeats", "1", "--seconds", "3"]},
 }
 """Script name → time limit and the arguments of a quick run."""
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from convlens.errors import BadInput
-from convlens.events import Event, Frame, Log, Metrics, Progress, Result
+from convlens.events import Event, Frame, Log, Metrics, Points, Progress, Result
 from convlens.images import resize
 from convlens.methods import Method, RunContext
 from convlens.params import Bool, Choice, Dataset, Float, Int, Layer
@@ -384,6 +384,8 @@ def run(ctx: RunContext) -> Iterator[Event]:
                         yield Metrics(
                             {"kl_divergence": float(snapshot.kl_divergence)}, step=snapshot.iteration
                         )
+                    # The points first: the page draws them itself, before this thread has drawn the frame.
+                    yield Points(snapshot.positions, step=snapshot.iteration)
                     yield Frame(
                         draw_map(thumbnails.tiles, snapshot.positions, FRAME_SIZE),
                         step=snapshot.iteration,
@@ -400,6 +402,7 @@ def run(ctx: RunContext) -> Iterator[Event]:
             positions = pca_layout(codes, seed=ctx.seed)
         thumbnails.wait()
         yield Progress(total, total)
+        yield Points(positions, step=steps)
         picture = draw_map(thumbnails.tiles, positions, params["size"])
         yield Frame(
             draw_map(thumbnails.tiles, positions, FRAME_SIZE), step=steps, label=_label(method, steps, steps)

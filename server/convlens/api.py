@@ -10,7 +10,7 @@ from flask import Blueprint, current_app, jsonify, request, send_file
 from PIL import Image
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import colormaps
+from . import atlas, colormaps
 from .errors import BadInput, NotFound
 from .events import to_uint8
 from .images import resize, to_tensor
@@ -189,6 +189,40 @@ def dataset_item(dataset_id: str, index: str):
         raise NotFound("index", f"data set {dataset.id!r} has items 0 to {len(dataset) - 1}, not {index!r}")
     size = _int_arg("size", 0, 8, 4096)
     return _png(dataset.load(int(index)), size)
+
+
+@blueprint.get("/datasets/<dataset_id>/atlas")
+def dataset_atlas(dataset_id: str):
+    """A PNG sprite sheet of items ``offset`` to ``offset + limit`` (:mod:`convlens.atlas`), each fitted into
+    ``size`` x ``size``; its layout in the ``X-Atlas-Columns``, ``X-Atlas-Count`` headers and ``atlas.json``."""
+    data, where = _atlas(dataset_id)
+    answer = send_file(io.BytesIO(data), mimetype="image/png", max_age=3600)
+    answer.headers["X-Atlas-Columns"] = str(where["columns"])
+    answer.headers["X-Atlas-Count"] = str(where["count"])
+    answer.headers["Access-Control-Expose-Headers"] = "X-Atlas-Columns, X-Atlas-Count"
+    return answer
+
+
+@blueprint.get("/datasets/<dataset_id>/atlas.json")
+def dataset_atlas_layout(dataset_id: str):
+    """The layout of the same request's atlas: ``columns``, ``rows``, ``count``, ``total``, each item's label."""
+    dataset = services().datasets.get(dataset_id)
+    return jsonify(atlas.layout(dataset, *_atlas_args(dataset)))
+
+
+def _atlas_args(dataset) -> tuple[int, int, int]:
+    total = len(dataset)
+    return (
+        _int_arg("size", 32, 8, 128),
+        _int_arg("offset", 0, 0, max(0, total - 1)),
+        _int_arg("limit", atlas.MAX_ITEMS, 1, atlas.MAX_ITEMS),
+    )
+
+
+def _atlas(dataset_id: str):
+    dataset = services().datasets.get(dataset_id)
+    cache = current_app.extensions.setdefault("convlens_atlases", atlas.AtlasCache())
+    return cache.png(dataset, *_atlas_args(dataset))
 
 
 def _png(pixels, size: int = 0):

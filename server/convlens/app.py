@@ -75,6 +75,7 @@ def create_app(config: Config | None = None) -> Flask:
     methods = MethodRegistry(pm)
     images = build_library(pm, config)
     datasets = build_dataset_library(pm, config)
+    images.datasets = datasets  # so a data set's image can be a job's picture (dataset:<id>:<index>)
     relay = FrameRelay(lambda sid, message: socketio.emit("frame", message, to=sid))
     jobs = JobManager(
         get_model=models.get,

@@ -242,6 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = _store(args)
     model = store.get(args.model or store.default_id)
     library = build_library(get_plugin_manager(), _config(args))
+    library.datasets = _datasets(args)  # so --image dataset:<id>:<index> names a data set's image
     image_id, pixels = library.resolve(args.image or next(iter(library.samples)))
     ctx = runner.prepare_run(
         method,

@@ -64,6 +64,23 @@ class Log:
 
 
 @dataclass
+class Points:
+    """Where N things lie now, e.g. an embedding's points while it is optimised: ``positions`` is N x 2.
+
+    Kept as the method's positions at the time it yields them (a float32 copy), so it may go on moving its own.
+    Viewers get the newest of each ``label`` at the jobs' pace, like frames.
+    """
+
+    positions: np.ndarray
+    step: int | None = None
+    label: str = "main"
+
+    def __post_init__(self) -> None:
+        # Checked where the plugin yields it, so a wrong array fails the job with what was wrong.
+        self.positions = points_array(self.positions)
+
+
+@dataclass
 class Result:
     """The method's final output: named images, raw arrays (saved as ``.npy``) and JSON-serialisable data."""
 
@@ -72,7 +89,7 @@ class Result:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-Event = Frame | Progress | Metrics | Log | Result
+Event = Frame | Points | Progress | Metrics | Log | Result
 
 
 def check_frame_image(image: object) -> None:
@@ -99,6 +116,23 @@ def check_frame_image(image: object) -> None:
         raise ValueError(f"a Frame's image must be HxW, HxWx3 or HxWx4, got shape {list(array.shape)}")
     if array.size == 0:
         raise ValueError(f"a Frame's image is empty: shape {list(array.shape)}")
+
+
+def points_array(positions: object) -> np.ndarray:
+    """``positions`` as a C-order little-endian float32 N x 2 copy; ``TypeError`` or ``ValueError`` saying what is
+    wrong unless it is a non-empty N x 2 array of finite real numbers (an array, a list, or a CPU tensor)."""
+    if isinstance(positions, str | bytes | dict) or positions is None:
+        raise TypeError(f"a Points' positions must be an N x 2 array, got {type(positions).__name__}")
+    if hasattr(positions, "detach"):
+        positions = positions.detach().cpu().numpy()
+    array = np.asarray(positions)
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"a Points' positions must be real numbers, got dtype {array.dtype}")
+    if array.ndim != 2 or array.shape[1] != 2 or array.shape[0] == 0:
+        raise ValueError(f"a Points' positions must be N x 2 with N >= 1, got shape {list(array.shape)}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"a Points' positions must be finite; {int((~np.isfinite(array)).sum())} are not")
+    return np.array(array, dtype="<f4", order="C")
 
 
 def pixels_of(image: np.ndarray | torch.Tensor) -> np.ndarray:

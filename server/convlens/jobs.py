@@ -44,6 +44,7 @@ class JobEvents(Protocol):
     def frame(self, job: Job, frame: EncodedFrame) -> None: ...
     def progress(self, job: Job) -> None: ...
     def metrics(self, job: Job, points: list[dict[str, Any]]) -> None: ...
+    def positions(self, job: Job, points: ev.Points) -> None: ...
     def log(self, job: Job, level: str, message: str) -> None: ...
 
 
@@ -57,6 +58,8 @@ class Outbox:
     frame: EncodedFrame | None = None
     progress: bool = False
     points: list[dict[str, Any]] = field(default_factory=list)
+    positions: dict[str, ev.Points] = field(default_factory=dict)
+    """The newest :class:`~convlens.events.Points` of each label not yet sent (latest wins, like the frame)."""
     sent_at: float = float("-inf")
     cost: float | None = None
     """Seconds a send takes, smoothed over the last few; ``None`` before the first."""
@@ -84,6 +87,8 @@ class Job:
     finished: float | None = None
     frames: int = 0
     latest_frame: EncodedFrame | None = field(default=None, repr=False)
+    latest_points: dict[str, ev.Points] = field(default_factory=dict, repr=False)
+    """The newest Points of each label, for a viewer who subscribes late."""
     reel: Reel = field(default_factory=Reel, repr=False)
     """The frames for the run's GIF."""
     outbox: Outbox = field(default_factory=Outbox, repr=False)
@@ -307,6 +312,10 @@ class JobManager:
             job.reel.add(frame.image)
             with job.outbox.lock:
                 job.outbox.frame = frame
+        elif isinstance(event, ev.Points):
+            job.latest_points[event.label] = event
+            with job.outbox.lock:
+                job.outbox.positions[event.label] = event
         elif isinstance(event, ev.Progress):
             # The server's clock at the step, so a viewer can show the run's own it/s, not its receipt times.
             with job.outbox.lock:
@@ -337,7 +346,8 @@ class JobManager:
             self._send(job)
 
     def _send(self, job: Job) -> bool:
-        """Send what the job's viewers have not seen yet: the newest frame, the metrics points, then progress;
+        """Send what the job's viewers have not seen yet: the newest frame, the newest Points of each label, the
+        metrics points, then progress;
         whether there was anything to send.
 
         The frame first: its pixels and JPEG are made before a message wakes the sockets' threads, which would
@@ -347,11 +357,15 @@ class JobManager:
         outbox = job.outbox
         with outbox.lock:  # held while sending, so two threads' sends cannot interleave out of order
             outbox.sent_at = self.clock()
-            if not (outbox.points or outbox.frame is not None or outbox.progress):
+            if not (outbox.points or outbox.positions or outbox.frame is not None or outbox.progress):
                 return False
             if outbox.frame is not None:
                 frame, outbox.frame = outbox.frame, None
                 self.sink.frame(job, frame)
+            if outbox.positions:
+                positions, outbox.positions = outbox.positions, {}
+                for points in positions.values():
+                    self.sink.positions(job, points)
             if outbox.points:
                 points, outbox.points = outbox.points, []
                 self.sink.metrics(job, points)

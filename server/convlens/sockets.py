@@ -17,6 +17,7 @@ from .streaming import FrameRelay
 
 if TYPE_CHECKING:
     from .app import Services
+    from .events import Points
     from .jobs import Job
 
 
@@ -33,6 +34,22 @@ def final_event(job: Job) -> tuple[str, dict[str, Any]] | None:
     if job.state == "stopped":
         return "stopped", {"job": job.id}
     return None
+
+
+def points_message(job: Job, points: Points) -> dict[str, Any]:
+    """A ``points`` event: the N x 2 positions as binary little-endian float32, x0, y0, x1, y1, ...
+
+    Binary, not a JSON list: 10,000 points are 80 kB this way and about three times that as text, and the page
+    reads them straight into a ``Float32Array`` for WebGL.
+    """
+    positions = points.positions
+    return {
+        "job": job.id,
+        "step": points.step,
+        "label": points.label,
+        "n": len(positions),
+        "data": positions.tobytes(),
+    }
 
 
 class RoomEvents:
@@ -58,6 +75,9 @@ class RoomEvents:
         """The points since the last send, oldest first; ``step`` and ``values`` repeat the newest."""
         newest = points[-1]
         self.socketio.emit("metrics", {"job": job.id, **newest, "points": points}, to=room(job.id))
+
+    def positions(self, job: Job, points: Points) -> None:
+        self.socketio.emit("points", points_message(job, points), to=room(job.id))
 
     def log(self, job: Job, level: str, message: str) -> None:
         self.socketio.emit("log", {"job": job.id, "level": level, "message": message}, to=room(job.id))
@@ -98,6 +118,8 @@ def register(socketio: SocketIO, services: Services) -> None:
         for line in job.logs[-200:]:
             socketio.emit("log", {"job": job.id, **line}, to=request.sid)
         relay.subscribe(job.id, request.sid, fmt, latest=job.latest_frame)
+        for points in list(job.latest_points.values()):
+            socketio.emit("points", points_message(job, points), to=request.sid)
         # A job that ended before the viewer joined its room sent its final event to the others only. Read
         # after joining: a job ending meanwhile may send it twice, never not at all.
         final = final_event(job)

@@ -94,6 +94,8 @@ export class ConvlensApp extends HTMLElement {
     this.recent = h("ol", { class: "recent", "data-testid": "recent" });
     this.jobView = h("convlens-job-view", { "data-testid": "job-view" });
     this.jobView.addEventListener("convlens-end", () => void this.refreshRecent());
+    // A click on a code map opens that data-set image in the single-image views.
+    this.jobView.addEventListener("convlens-open-image", (event) => this.openImage(event.detail.image));
     this.loadError = h("p", { class: "error banner", role: "alert", hidden: true });
     this.compareLink = h(
       "a",
@@ -185,6 +187,15 @@ export class ConvlensApp extends HTMLElement {
     }
     this.showJobFromUrl();
     void this.refreshRecent();
+  }
+
+  /** Chooses `image` (e.g. `dataset:digits:12`) and keeps it in the URL's `?image=`. */
+  private openImage(image: string): void {
+    this.images.select(image);
+    const url = new URL(location.href);
+    url.searchParams.set("image", image);
+    history.replaceState(history.state, "", url);
+    this.images.element.scrollIntoView({ block: "nearest" });
   }
 
   /** The comparison page, for the chosen model and image. */

@@ -52,6 +52,12 @@ export class ImagePicker {
   }
 
   select(id: string): void {
+    // A data set's image (a click on the code map, or ?image=dataset:<id>:<index>) joins the list when chosen.
+    if (id.startsWith("dataset:") && !this.images.some((candidate) => candidate.id === id)) {
+      const url = `/api/images/${encodeURIComponent(id)}`;
+      this.images = [...this.images, { id, title: id.slice("dataset:".length), source: "dataset", url }];
+      this.render();
+    }
     const image = this.images.find((candidate) => candidate.id === id);
     if (!image) return;
     this.selected = id;

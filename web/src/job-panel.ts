@@ -48,6 +48,7 @@ export class JobPanel {
   private readonly chartEmptyEl: HTMLElement;
   private readonly resultsEl: HTMLElement;
   private readonly attributionEl: HTMLElement;
+  private readonly codeMapEl: HTMLElement;
   private readonly logEl: HTMLOListElement;
   private readonly buttons: Record<Control, HTMLButtonElement>;
 
@@ -95,6 +96,7 @@ export class JobPanel {
     this.chartEmptyEl = h("div", { class: "empty muted" }, "no metrics yet");
     this.resultsEl = h("div", { class: "results", "data-testid": "results", hidden: true });
     this.attributionEl = h("section", { class: "attribution", "data-testid": "attribution", hidden: true });
+    this.codeMapEl = h("section", { class: "code-map", "data-testid": "code-map", hidden: true });
     this.logEl = h("ol", { class: "log", "data-testid": "log" });
 
     this.element = h(
@@ -125,6 +127,7 @@ export class JobPanel {
           ),
         ),
       ),
+      this.codeMapEl,
       this.attributionEl,
       this.resultsEl,
       h("details", { open: true }, h("summary", {}, "Log"), this.logEl),
@@ -243,6 +246,12 @@ export class JobPanel {
     if (state === "done") this.completeProgress();
     if (result || state === "done") this.setResults(result);
     this.chartEmptyEl.textContent = "no metrics reported";
+  }
+
+  /** The interactive code map (a data set's images at their streamed points), above the results. */
+  showCodeMap(view: HTMLElement): void {
+    replaceChildren(this.codeMapEl, h("h3", {}, "Code map"), view);
+    this.codeMapEl.hidden = false;
   }
 
   /** The interactive view of a finished attribution map (or nothing), above the result links. */

@@ -15,10 +15,12 @@ import {
   TERMINAL_STATES,
 } from "./api";
 import { AttributionOverlay, isAttributionResult } from "./attribution-view";
+import type { ConvlensCodeMap } from "./code-map";
 import { replaceChildren, sheet } from "./dom";
 import { type FrameEvent, FramePainter } from "./frame-painter";
 import { type Control, idlePanel, JobPanel } from "./job-panel";
 import { MetricsChart, type MetricsPoint } from "./metrics-chart";
+import { parseNpy } from "./npy";
 import css from "./styles/job-view.css?inline";
 import legendCss from "./styles/legend.css?inline";
 import theme from "./styles/theme.css?inline";
@@ -65,6 +67,7 @@ export class ConvlensJobView extends HTMLElement {
   private ended = false;
   private subscribed = false;
   private overlay: AttributionOverlay | null = null;
+  private codeMap: ConvlensCodeMap | null = null;
 
   constructor() {
     super();
@@ -108,6 +111,7 @@ export class ConvlensJobView extends HTMLElement {
     this.ended = false;
     this.subscribed = false;
     this.overlay = null;
+    this.codeMap = null;
     if (!this.jobId) {
       replaceChildren(this.root, idlePanel());
       return;
@@ -169,6 +173,22 @@ export class ConvlensJobView extends HTMLElement {
     socket.on("frame", (payload: FrameEvent) => {
       if (mine(payload)) this.painter?.push(payload);
     });
+    // An embedding's points, x0, y0, x1, y1, … as little-endian float32 (the newest; the server paces them).
+    socket.on(
+      "points",
+      (payload: { job: string; step: number | null; n: number; data: ArrayBuffer | ArrayBufferView }) => {
+        if (!mine(payload)) return;
+        const data = payload.data;
+        const bytes =
+          data instanceof ArrayBuffer
+            ? data
+            : data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength);
+        this.showCodeMap(panel)?.setPositions(
+          new Float32Array(bytes as ArrayBuffer, 0, 2 * payload.n),
+          payload.step,
+        );
+      },
+    );
     socket.on("progress", (payload: { job: string; step: number; total: number; time?: number }) => {
       if (mine(payload)) panel.setProgress(payload.step, payload.total, payload.time);
     });
@@ -227,9 +247,42 @@ export class ConvlensJobView extends HTMLElement {
     });
   }
 
+  /** The job's code map, made when it is first needed (a code_map job, or any job that sends points). */
+  private showCodeMap(panel: JobPanel): ConvlensCodeMap | null {
+    if (this.codeMap) return this.codeMap;
+    const dataset = this.job?.params?.dataset;
+    if (typeof dataset !== "string") return null;
+    const map = document.createElement("convlens-code-map");
+    map.setAttribute("dataset", dataset);
+    if (this.server) map.setAttribute("server", this.server);
+    this.codeMap = map;
+    panel.showCodeMap(map);
+    return map;
+  }
+
+  /** A finished code map's final layout (positions.npy) and, when snapped, its grid (grid_positions.npy). */
+  private async loadCodeMap(panel: JobPanel, result: JobResult): Promise<void> {
+    const urls = (result as { array_urls?: Record<string, string> }).array_urls ?? {};
+    const map = this.showCodeMap(panel);
+    if (!map || !urls.positions) return;
+    const read = async (url: string, accept?: string[]) => {
+      const answer = await fetch(`${this.server}${url}`);
+      if (!answer.ok) throw new Error(`${url}: HTTP ${answer.status}`);
+      return parseNpy(await answer.arrayBuffer(), accept).data;
+    };
+    try {
+      map.setPositions(await read(urls.positions));
+      if (urls.grid_positions) map.setGrid(await read(urls.grid_positions, ["<f4", "<i4"]));
+      map.dataset.final = "loaded";
+    } catch (error) {
+      panel.addLog("error", `the code map could not be loaded: ${String(error)}`);
+    }
+  }
+
   private applyJob(panel: JobPanel, job: Job): void {
     this.job = job;
     panel.setJob(job);
+    if (job.method === "code_map") this.showCodeMap(panel);
     this.dispatchEvent(new CustomEvent("convlens-job", { detail: job, bubbles: true, composed: true }));
     if (TERMINAL_STATES.has(job.state)) this.end(panel, job.state, job.result, job.error);
     else panel.setState(job.state);
@@ -239,6 +292,10 @@ export class ConvlensJobView extends HTMLElement {
     if (this.job) this.job = { ...this.job, state, result: result ?? this.job.result, error };
     panel.setState(state, describe(error));
     panel.ended(state, result);
+    if (state === "done" && result && this.codeMap && !this.codeMap.dataset.final) {
+      this.codeMap.dataset.final = "loading";
+      void this.loadCodeMap(panel, result);
+    }
     if (state === "done" && !this.overlay && isAttributionResult(result)) {
       this.overlay = new AttributionOverlay(new ApiClient(this.server), result);
       panel.showAttribution(this.overlay.element);

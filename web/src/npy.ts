@@ -21,8 +21,8 @@ function headerField(header: string, name: string, pattern: string): string {
   return match[1];
 }
 
-/** The shape and values of a .npy file's bytes. */
-export function parseNpy(buffer: ArrayBuffer): NpyArray {
+/** The shape and values of a .npy file's bytes; `accept` `["<f4", "<i4"]` also reads int32 (as floats). */
+export function parseNpy(buffer: ArrayBuffer, accept: readonly string[] = ["<f4"]): NpyArray {
   const bytes = new Uint8Array(buffer);
   if (bytes.length < 10 || MAGIC.some((byte, i) => bytes[i] !== byte)) {
     throw new NpyError("the file does not start with \\x93NUMPY");
@@ -48,7 +48,7 @@ export function parseNpy(buffer: ArrayBuffer): NpyArray {
   );
 
   const descr = headerField(header, "descr", "['\"]([^'\"]*)['\"]");
-  if (descr !== "<f4") throw new NpyError(`dtype ${descr}, expected <f4`);
+  if (!accept.includes(descr)) throw new NpyError(`dtype ${descr}, expected ${accept.join(" or ")}`);
   const fortran = headerField(header, "fortran_order", "(True|False)");
   if (fortran !== "False") throw new NpyError("Fortran (column-major) order");
   const shapeText = headerField(header, "shape", "\\(([^)]*)\\)");
@@ -67,6 +67,7 @@ export function parseNpy(buffer: ArrayBuffer): NpyArray {
     );
   }
   const data = new Float32Array(count);
-  for (let i = 0; i < count; i++) data[i] = view.getFloat32(dataStart + 4 * i, true);
+  if (descr === "<i4") for (let i = 0; i < count; i++) data[i] = view.getInt32(dataStart + 4 * i, true);
+  else for (let i = 0; i < count; i++) data[i] = view.getFloat32(dataStart + 4 * i, true);
   return { shape, data };
 }
