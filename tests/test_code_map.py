@@ -172,7 +172,7 @@ def test_a_data_set_too_small_for_the_perplexity_names_it_before_any_forward_pas
     assert error.value.field == "params.perplexity"
     with pytest.raises(BadInput) as error:
         list(run_code_map(tiny_model, one, tmp_path / "store", method="pca"))
-    assert error.value.field == "dataset"
+    assert error.value.field == "params.dataset"
     assert not any((tmp_path / "store").rglob("*.npy"))
     # Three times the perplexity in neighbours is enough: 10 images take perplexity 3.
     assert isinstance(list(run_code_map(tiny_model, few, tmp_path / "store", perplexity=3.0))[-1], Result)
@@ -214,3 +214,27 @@ def test_the_pca_layout_is_the_codes_first_two_principal_components(tiny_model, 
     assert np.allclose(found * signs, expected, atol=1e-3 * np.abs(expected).max())
     assert result.data["method"] == "pca" and result.data["kl_divergence"] is None
     assert len(of_type(list(run_code_map(tiny_model, crops, tmp_path, method="pca")), Frame)) == 1
+
+
+def test_a_job_on_a_data_set_too_small_for_its_perplexity_is_refused_when_requested(client):
+    jobs_before = client.get("/api/jobs").get_json()
+    body = {
+        "method": "code_map",
+        "model": "efficientnet_lite0.onnx",
+        "image": "chelsea",
+        "params": {"dataset": "lfw_faces", "perplexity": 70},  # 200 images take perplexity 66 at most
+    }
+    answer = client.post("/api/jobs", json=body)
+    assert answer.status_code == 400, answer.get_json()
+    assert answer.get_json()["field"] == "params.perplexity"
+    assert "at most 66.3" in answer.get_json()["error"]
+    assert client.get("/api/jobs").get_json() == jobs_before, "no job was made"
+    body["params"]["perplexity"] = 66
+    accepted = client.post("/api/jobs", json=body)
+    assert accepted.status_code == 202
+    job_id = accepted.get_json()["id"]
+    client.post(f"/api/jobs/{job_id}/stop")
+    # Ended before the next test: a job still writing its codes would race another test's view of the data folder.
+    assert client.application.extensions["convlens"].jobs.get(job_id).ended.wait(120), (
+        "the stopped job never ended"
+    )

@@ -43,6 +43,7 @@ from convlens.params import Bool, Choice, Dataset, Float, Int, Layer
 
 if TYPE_CHECKING:
     from convlens.datasets import Dataset as DataSet
+    from convlens.models.base import Model
 
 REFERENCE = (
     "Karpathy 2014, t-SNE visualization of CNN codes; van der Maaten & Hinton 2008, Visualizing Data using "
@@ -327,11 +328,9 @@ def _label(method: str, iteration: int, total: int) -> str:
     return f"t-SNE, iteration {iteration} of {total}" if method == "tsne" else method.upper()
 
 
-def run(ctx: RunContext) -> Iterator[Event]:
-    from convlens.features import penultimate_layer
-
-    params = ctx.params
-    dataset = ctx.datasets["dataset"]
+def check_size(params: dict[str, Any], model: Model, datasets: dict[str, DataSet]) -> None:
+    """A data set too small for the layout: t-SNE's names ``params.perplexity``, the others ``params.dataset``."""
+    dataset = datasets["dataset"]
     method, perplexity = params["method"], params["perplexity"]
     count = len(dataset)
     if count < smallest_set(method, perplexity):
@@ -343,10 +342,19 @@ def run(ctx: RunContext) -> Iterator[Event]:
                 + (f" (perplexity at most {(count - 1) / 3:g} for this set)" if count >= 4 else ""),
             )
         raise BadInput(
-            "dataset",
+            "params.dataset",
             f"data set {dataset.id!r} has {count} images; {method} needs at least "
             f"{smallest_set(method, perplexity)}",
         )
+
+
+def run(ctx: RunContext) -> Iterator[Event]:
+    from convlens.features import penultimate_layer
+
+    params = ctx.params
+    dataset = ctx.datasets["dataset"]
+    method = params["method"]
+    count = len(dataset)
     layer = params["layer"] or penultimate_layer(ctx.model)
     steps = params["early_iterations"] + params["iterations"] if method == "tsne" else 1
     total = count + steps
@@ -369,7 +377,7 @@ def run(ctx: RunContext) -> Iterator[Event]:
         if method == "tsne":
             layout = tsne_layout(
                 codes,
-                perplexity=perplexity,
+                perplexity=params["perplexity"],
                 early_iterations=params["early_iterations"],
                 iterations=params["iterations"],
                 every=params["every"],
@@ -446,6 +454,7 @@ CODE_MAP = Method(
         "live while the layout is optimised; optionally snapped to a grid."
     ),
     reference=REFERENCE,
+    check_datasets=check_size,
     run=run,
     params=(
         Dataset("dataset", "skimage_crops", title="Data set"),

@@ -204,7 +204,7 @@ class JobManager:
             raise BadInput("params", "expected an object of parameter values")
         params = method.validate(raw_params, model)
         runner.resolve_pictures(method, params, self.get_image)  # an unknown style image fails the request
-        runner.resolve_datasets(method, params, self.get_dataset)  # so does an unknown data set
+        runner.checked_datasets(method, params, model, self.get_dataset)  # so does an unknown data set
         seed = request.get("seed")
         if seed is None:
             seed = secrets.randbelow(2**31)

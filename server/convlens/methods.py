@@ -88,6 +88,9 @@ class Method:
     """Checks the validated parameters against the model beyond what each :class:`Param` checks alone (an
     objective naming layers, two parameters together), raising ``BadInput`` naming the field. Called when a run
     is requested, so a wrong value is refused then (a 400) rather than failing the job once it runs."""
+    check_datasets: Callable[[dict[str, Any], Model, dict[str, Dataset]], None] | None = None
+    """Checks the validated parameters against the data sets they chose (``ctx.datasets``: their size, say),
+    raising ``BadInput`` naming the field; called once they are found, when the run is requested."""
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(NEEDS)

@@ -80,7 +80,7 @@ def prepare_run(
     check_available(method, model)
     params = method.validate(raw_params, model)
     pictures = {name: to_float(picture) for name, picture in resolve_pictures(method, params, images).items()}
-    chosen = resolve_datasets(method, params, datasets)
+    chosen = checked_datasets(method, params, model, datasets)
     if chosen and features is None:
         features = default_feature_store()
     seed_everything(seed)
@@ -130,6 +130,16 @@ def resolve_datasets(
 ) -> dict[str, Dataset]:
     """The data set of every ``dataset`` parameter that has a value; an unknown id is ``BadInput`` naming it."""
     return _resolve(method, params, "dataset", lambda: datasets or registered_datasets_only())
+
+
+def checked_datasets(
+    method: Method, params: Mapping[str, Any], model: Model, datasets: DatasetSource | None = None
+) -> dict[str, Dataset]:
+    """:func:`resolve_datasets`, then the method's ``check_datasets`` on them (a data set too small for it)."""
+    chosen = resolve_datasets(method, params, datasets)
+    if chosen and method.check_datasets is not None:
+        method.check_datasets(dict(params), model, chosen)
+    return chosen
 
 
 def _resolve(
