@@ -21,7 +21,7 @@ install: python web models
 python: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=77'  # tests/test_wheel.py builds the wheel without isolation
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 

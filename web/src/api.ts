@@ -272,4 +272,37 @@ export class ApiClient {
     if (!response.ok) throw await errorFrom(response, "file");
     return (await response.json()) as ImageInfo;
   }
+
+  /** A zip of images sent as a new data set (multipart `file`); `onProgress` gets the share sent, 0–1. */
+  uploadDataset(file: File, onProgress?: (sent: number) => void): Promise<DatasetInfo> {
+    const form = new FormData();
+    form.append("file", file, file.name);
+    // XMLHttpRequest rather than fetch: only it reports how much of a request body has been sent.
+    const request = new XMLHttpRequest();
+    return new Promise((resolve, reject) => {
+      request.upload.addEventListener("progress", (event) => {
+        if (event.lengthComputable && event.total > 0) onProgress?.(event.loaded / event.total);
+      });
+      request.addEventListener("load", () => {
+        // Response() takes only 200–599; anything else is no answer at all.
+        if (request.status < 200 || request.status > 599) {
+          reject(new ApiError(request.status, "the server gave no answer to the upload", "file"));
+          return;
+        }
+        const response = new Response(request.responseText, {
+          status: request.status,
+          statusText: request.statusText,
+        });
+        if (response.ok) resolve(response.json() as Promise<DatasetInfo>);
+        else void errorFrom(response, "file").then(reject);
+      });
+      // The server may close the connection on a body over its limit before answering.
+      request.addEventListener("error", () =>
+        reject(new ApiError(0, "the upload failed: the server closed the connection", "file")),
+      );
+      request.open("POST", this.url("/api/datasets"));
+      request.setRequestHeader("Accept", "application/json");
+      request.send(form);
+    });
+  }
 }

@@ -273,6 +273,7 @@ export class ConvlensApp extends HTMLElement {
       labels,
       images: this.images.list(),
       datasets,
+      api: this.api,
     });
     replaceChildren(this.formSlot, this.form.element);
     this.runButton.disabled = false;

@@ -2,9 +2,18 @@
 // The server validates again; its errors come back by field ("params.steps") and
 // are shown next to that field.
 
-import type { DatasetInfo, FieldError, ImageInfo, LayerInfo, ParamSchema, Prediction } from "./api";
+import {
+  type ApiClient,
+  ApiError,
+  type DatasetInfo,
+  type FieldError,
+  type ImageInfo,
+  type LayerInfo,
+  type ParamSchema,
+  type Prediction,
+} from "./api";
 import { ClassChoiceError, ClassPicker } from "./class-picker";
-import { h } from "./dom";
+import { h, replaceChildren } from "./dom";
 
 export interface ParamFormContext {
   layers: LayerInfo[];
@@ -17,6 +26,8 @@ export interface ParamFormContext {
   images?: ImageInfo[];
   /** The server's data sets, offered by a `dataset` parameter; only fetched when a method has one. */
   datasets?: DatasetInfo[];
+  /** The server, for a `dataset` parameter's "Upload a zip…" control; without it there is none. */
+  api?: ApiClient;
 }
 
 interface Field {
@@ -247,27 +258,8 @@ function buildControl(
       );
       return { control: select, read: readSelect(select, param, "choose an image") };
     }
-    case "dataset": {
-      // One that cannot be read is shown with its reason, but cannot be chosen.
-      const datasets = context.datasets ?? [];
-      const select = h(
-        "select",
-        { id, name: param.name, "data-testid": testid },
-        param.nullable && h("option", { value: "" }, "none"),
-        ...datasets.map((dataset) =>
-          h(
-            "option",
-            {
-              value: dataset.id,
-              selected: dataset.id === param.default,
-              disabled: dataset.error !== undefined,
-            },
-            datasetLabel(dataset),
-          ),
-        ),
-      );
-      return { control: select, read: readSelect(select, param, "choose a data set") };
-    }
+    case "dataset":
+      return datasetControl(param, context, id, testid);
     default: {
       const input = h("input", {
         id,
@@ -316,6 +308,96 @@ function classControl(
     }
   };
   return { control: picker.element, read, picker };
+}
+
+/** A select of the server's data sets, and beside it a zip upload that adds one and selects it. */
+function datasetControl(
+  param: ParamSchema,
+  context: ParamFormContext,
+  id: string,
+  testid: string,
+): { control: HTMLElement; read: () => unknown } {
+  const select = h("select", { id, name: param.name, "data-testid": testid });
+  const fillOptions = (datasets: DatasetInfo[], chosen: unknown): void => {
+    // One that cannot be read is shown with its reason, but cannot be chosen.
+    replaceChildren(
+      select,
+      param.nullable && h("option", { value: "" }, "none"),
+      ...datasets.map((dataset) =>
+        h(
+          "option",
+          { value: dataset.id, selected: dataset.id === chosen, disabled: dataset.error !== undefined },
+          datasetLabel(dataset),
+        ),
+      ),
+    );
+  };
+  let datasets = context.datasets ?? [];
+  fillOptions(datasets, param.default);
+  const read = readSelect(select, param, "choose a data set");
+  const { api } = context;
+  if (!api) return { control: select, read };
+
+  const input = h("input", {
+    type: "file",
+    accept: ".zip,application/zip",
+    "data-testid": `${testid}-upload`,
+    "aria-label": "upload a zip of images as a data set",
+  });
+  const status = h("small", {
+    class: "upload-status",
+    "data-testid": `${testid}-upload-status`,
+    hidden: true,
+  });
+  const uploadError = h("span", {
+    class: "error field-error",
+    role: "alert",
+    "data-testid": `${testid}-upload-error`,
+    hidden: true,
+  });
+  const show = (element: HTMLElement, text: string): void => {
+    element.textContent = text;
+    element.hidden = !text;
+  };
+  input.addEventListener("change", async () => {
+    const file = input.files?.[0];
+    if (!file) return;
+    show(uploadError, "");
+    show(status, "uploading…");
+    input.disabled = true;
+    try {
+      const added = await api.uploadDataset(file, (sent) =>
+        show(status, `uploading… ${Math.round(sent * 100)}%`),
+      );
+      try {
+        datasets = await api.datasets();
+      } catch {
+        // The list could not be fetched again: offer the one just added beside those already known.
+        datasets = [...datasets.filter((known) => known.id !== added.id), added];
+      }
+      fillOptions(datasets, added.id);
+      select.dispatchEvent(new Event("change"));
+      show(status, `added ${datasetLabel(added)}`);
+    } catch (error) {
+      // The server names the bad member in its reason ("member '../evil.png': ...").
+      const field = error instanceof ApiError ? error.field || "file" : "file";
+      const reason = error instanceof ApiError ? error.reason : String(error);
+      show(status, "");
+      show(uploadError, `${field}: ${reason}`);
+    } finally {
+      input.disabled = false;
+      input.value = "";
+    }
+  });
+  const control = h(
+    "div",
+    { class: "dataset-picker" },
+    select,
+    h("label", { class: "upload" }, h("span", {}, "Upload a zip…"), input),
+    status,
+    uploadError,
+  );
+  return { control, read };
 }
 
 /** "Digits · 1797 images · 10 labels", or the reason a data set cannot be used. */
