@@ -191,6 +191,17 @@ def client(app):
 
 
 @pytest.fixture
+def extra_methods(app, monkeypatch):
+    """``add(method)``: the app's server also offers ``method`` (a ``convlens.methods.Method``) for the rest of
+    the test."""
+    jobs = app.extensions["convlens"].jobs
+    added = {}
+    installed = jobs.get_method
+    monkeypatch.setattr(jobs, "get_method", lambda name: added.get(name) or installed(name))
+    return lambda method: added.setdefault(method.name, method)
+
+
+@pytest.fixture
 def socket_client(app, client):
     socketio = app.extensions["socketio"]
     sio = socketio.test_client(app, flask_test_client=client)

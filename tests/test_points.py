@@ -20,16 +20,6 @@ ENDS = 120.0
 """Seconds a job of a few steps is given to end: a hang guard, never reached when the job works."""
 
 
-@pytest.fixture
-def extra_methods(app, monkeypatch):
-    """``add(method)``: the server also offers ``method`` for the rest of the test."""
-    jobs = app.extensions["convlens"].jobs
-    added: dict[str, Method] = {}
-    installed = jobs.get_method
-    monkeypatch.setattr(jobs, "get_method", lambda name: added.get(name) or installed(name))
-    return lambda method: added.setdefault(method.name, method)
-
-
 def start(client, method: str) -> str:
     body = {"method": method, "model": DEFAULT_MODEL, "image": "chelsea", "params": {}}
     answer = client.post("/api/jobs", json=body)

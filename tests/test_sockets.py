@@ -100,16 +100,6 @@ def test_a_late_viewer_first_gets_the_latest_frame_then_the_end(app, client, soc
     assert done["result"] == client.get(f"/api/jobs/{job_id}").get_json()["result"]
 
 
-@pytest.fixture
-def extra_methods(app, monkeypatch):
-    """``add(method)``: the server also offers ``method`` for the rest of the test."""
-    jobs = app.extensions["convlens"].jobs
-    added: dict[str, Method] = {}
-    installed = jobs.get_method
-    monkeypatch.setattr(jobs, "get_method", lambda name: added.get(name) or installed(name))
-    return lambda method: added.setdefault(method.name, method)
-
-
 def run_chatty(ctx):
     for line in range(250):
         yield Log(f"line {line}", level="info" if line % 2 else "warning")
