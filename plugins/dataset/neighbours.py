@@ -48,17 +48,14 @@ def distances(codes: np.ndarray, query: np.ndarray, metric: str) -> np.ndarray:
     return 1.0 - (codes @ query) / np.where(norms > 0, norms, 1.0)
 
 
-def nearest(
-    codes: np.ndarray, query: np.ndarray, k: int, metric: str, exclude: int | None = None
-) -> np.ndarray:
-    """Indices of the ``k`` rows of ``codes`` nearest ``query``, nearest first (ties by index), without
+def nearest(found: np.ndarray, k: int, exclude: int | None = None) -> np.ndarray:
+    """Indices of the ``k`` smallest of the distances ``found``, nearest first (ties by index), without
     ``exclude``."""
-    found = distances(codes, query, metric)
     if exclude is not None:
+        found = found.copy()
         found[exclude] = np.inf
     k = min(k, len(found) - (exclude is not None))
-    order = np.lexsort((np.arange(len(found)), found))
-    return order[:k]
+    return np.lexsort((np.arange(len(found)), found))[:k]
 
 
 def pixel_codes(dataset: DataSet, size: int) -> Generator[int, None, np.ndarray]:
@@ -134,8 +131,9 @@ def run(ctx: RunContext) -> Iterator[Event]:
     metric = params["metric"]
     k = params["k"]
     code_found = distances(features.codes, query_code, metric)
-    by_code = nearest(features.codes, query_code, k, metric, exclude=query_index)
-    yield Frame(mosaic([[query_pixels, *(dataset.load(i) for i in by_code)]]), label="code space")
+    by_code = nearest(code_found, k, exclude=query_index)
+    code_row = [query_pixels, *(dataset.load(i) for i in by_code)]
+    yield Frame(mosaic([code_row]), label="code space")
 
     size = params["pixel_size"]
     pixels = pixel_codes(dataset, size)
@@ -146,11 +144,8 @@ def run(ctx: RunContext) -> Iterator[Event]:
         pixel_space = finished.value
     query_vector = resize(query_pixels, (size, size)).reshape(-1)
     pixel_found = distances(pixel_space, query_vector, metric)
-    by_pixels = nearest(pixel_space, query_vector, k, metric, exclude=query_index)
-    rows = [
-        [query_pixels, *(dataset.load(i) for i in by_code)],
-        [query_pixels, *(dataset.load(i) for i in by_pixels)],
-    ]
+    by_pixels = nearest(pixel_found, k, exclude=query_index)
+    rows = [code_row, [query_pixels, *(dataset.load(i) for i in by_pixels)]]
     picture = mosaic(rows)
     yield Frame(picture, label="code space (top) and pixel space (bottom)")
     yield Result(

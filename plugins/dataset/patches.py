@@ -28,7 +28,7 @@ from convlens.errors import BadInput
 from convlens.events import Event, Frame, Progress, Result
 from convlens.images import resize
 from convlens.methods import Method, RunContext
-from convlens.params import Bool, Dataset, Int, Layer, Param
+from convlens.params import Bool, Dataset, Int, Layer, Param, plain_int
 
 if TYPE_CHECKING:
     from convlens.features import TopActivations
@@ -62,12 +62,14 @@ def chosen_channels(params: dict[str, Any], model: Model) -> list[int]:
         return list(range(min(params["units"], count)))
     channels = []
     for part in text.split(","):
-        part = part.strip()
-        if not (part.isascii() and part.isdigit()) or len(part) > 9:
-            raise BadInput("params.channels", f"expected channel numbers separated by commas, got {part!r}")
-        if int(part) >= count:
-            raise BadInput("params.channels", f"channel {int(part)} is past the layer's last, {count - 1}")
-        channels.append(int(part))
+        channel = plain_int(part.strip())
+        if channel is None:
+            raise BadInput(
+                "params.channels", f"expected channel numbers separated by commas, got {part.strip()!r}"
+            )
+        if channel >= count:
+            raise BadInput("params.channels", f"channel {channel} is past the layer's last, {count - 1}")
+        channels.append(channel)
     if len(channels) > 64:
         raise BadInput("params.channels", f"at most 64 channels, got {len(channels)}")
     return channels
@@ -147,9 +149,10 @@ class Patches:
         return resize(self.dataset.load(index), self.ctx.model.input_size)
 
     def crop(self, picture: np.ndarray, row: int, col: int) -> tuple[np.ndarray, np.ndarray]:
-        top = self.field.start[0] + row * self.field.jump[0]
-        left = self.field.start[1] + col * self.field.jump[1]
-        return field_crop(picture, top, left, self.field.size)
+        from convlens.models.receptive_field import field_box
+
+        whole = field_box(self.field, row, col)
+        return field_crop(picture, whole.top, whole.left, self.field.size)
 
     def tiles(self, top: TopActivations, guided: bool = False) -> list[list[np.ndarray | None]]:
         values, where = top.sorted()

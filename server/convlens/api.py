@@ -14,6 +14,7 @@ from . import atlas, colormaps
 from .errors import BadInput, NotFound
 from .events import to_uint8
 from .images import resize, to_tensor
+from .params import plain_int
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("api", __name__, url_prefix="/api")
@@ -96,11 +97,10 @@ def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
     text = request.args.get(name)
     if text is None:
         return default
-    # ASCII digits only: str.isdigit() takes "１２" and "²", and int() refuses a string of over 4300 digits.
-    digits = text.strip()
-    if not (digits.isascii() and digits.isdigit() and len(digits) <= 9 and minimum <= int(digits) <= maximum):
+    value = plain_int(text.strip())
+    if value is None or not minimum <= value <= maximum:
         raise BadInput(name, f"expected an integer from {minimum} to {maximum}, got {text!r}")
-    return int(digits)
+    return value
 
 
 @blueprint.get("/methods")
@@ -185,10 +185,11 @@ def dataset_detail(dataset_id: str):
 def dataset_item(dataset_id: str, index: str):
     """Item ``index`` as PNG, scaled down to fit ``?size=N`` × N when given (thumbnails)."""
     dataset = services().datasets.get(dataset_id)
-    if not (index.isascii() and index.isdigit() and len(index) <= 9 and int(index) < len(dataset)):
+    position = plain_int(index)
+    if position is None or position >= len(dataset):
         raise NotFound("index", f"data set {dataset.id!r} has items 0 to {len(dataset) - 1}, not {index!r}")
     size = _int_arg("size", 0, 8, 4096)
-    return _png(dataset.load(int(index)), size)
+    return _png(dataset.load(position), size)
 
 
 @blueprint.get("/datasets/<dataset_id>/atlas")

@@ -13,6 +13,7 @@ from PIL import Image
 
 from .errors import BadInput, NotFound
 from .images import MAX_PIXELS, MAX_UPLOAD_BYTES, SampleImage, decode_image, read_image_file
+from .params import plain_int
 
 if TYPE_CHECKING:
     from .datasets import DatasetLibrary
@@ -86,8 +87,7 @@ class ImageLibrary:
         shown = image_id[:120]
         if self.datasets is None:
             raise NotFound("image", f"unknown image {shown!r}: this library has no data sets")
-        # ASCII digits only: str.isdigit() takes "١٢" and "²", and int() refuses over 4300 digits.
-        if not (dataset_id and index.isascii() and index.isdigit() and len(index) <= 9):
+        if not dataset_id or plain_int(index) is None:
             raise NotFound("image", f"expected dataset:<data set id>:<index>, got {shown!r}")
         try:
             dataset = self.datasets.get(dataset_id)

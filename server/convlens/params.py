@@ -20,6 +20,17 @@ if TYPE_CHECKING:
 KINDS = ("int", "float", "bool", "choice", "string", "layer", "class", "image", "dataset")
 
 
+def plain_int(text: str) -> int | None:
+    """``text`` as a non-negative integer when it is 1 to 9 ASCII digits, else ``None``.
+
+    ASCII only: ``str.isdigit()`` also takes "１２", "١٢" and "²"; and ``int()`` refuses strings of over 4,300
+    digits with a ValueError, which would be a 500 rather than the caller's 4xx.
+    """
+    if text.isascii() and text.isdigit() and len(text) <= 9:
+        return int(text)
+    return None
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter of a method.
