@@ -207,6 +207,12 @@ def test_non_json_job_request_is_refused(client):
     assert answer.status_code == 400 and answer.get_json()["field"] == "body"
 
 
+def test_a_job_request_nested_past_the_parsers_depth_is_a_400_naming_the_body(client):
+    answer = client.post("/api/jobs", data="[" * 5000 + "]" * 5000, content_type="application/json")
+    assert answer.status_code == 400 and answer.get_json()["field"] == "body"
+    assert client.get("/api/jobs").status_code == 200
+
+
 def png_bytes(width: int, height: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (10, 200, 30)).save(buffer, "PNG")

@@ -187,7 +187,9 @@ def dataset_item(dataset_id: str, index: str):
     dataset = services().datasets.get(dataset_id)
     position = plain_int(index)
     if position is None or position >= len(dataset):
-        raise NotFound("index", f"data set {dataset.id!r} has items 0 to {len(dataset) - 1}, not {index!r}")
+        raise NotFound(
+            "index", f"data set {dataset.id!r} has items 0 to {len(dataset) - 1}, not {index[:40]!r}"
+        )
     size = _int_arg("size", 0, 8, 4096)
     return _png(dataset.load(position), size)
 
@@ -239,7 +241,10 @@ def _png(pixels, size: int = 0):
 
 @blueprint.post("/jobs")
 def start_job():
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # not a ValueError, so silent=True lets it through: it was a 500
+        raise BadInput("body", "the JSON is nested too deeply") from None
     if body is None:
         raise BadInput("body", "expected a JSON object (Content-Type: application/json)")
     job = services().jobs.submit(body)
