@@ -183,6 +183,8 @@ def test_frames_stream_while_tsne_optimises_and_a_stop_ends_it(tiny_model, crops
     events = list(run_code_map(tiny_model, crops, tmp_path, **params))
     frames = of_type(events, Frame)
     assert [frame.step for frame in frames] == [*range(0, 151, 10), 150]
+    # One canvas: a frame's label names the canvas it is drawn on, the iteration is its step.
+    assert {frame.label for frame in frames} == {"t-SNE"}
     assert events.index(frames[0]) < events.index(events[-1]) and isinstance(events[-1], Result)
     assert not np.array_equal(frames[0].pixels(), frames[-1].pixels())
     assert frames[0].pixels().shape == (512, 512, 3)

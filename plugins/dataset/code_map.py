@@ -324,8 +324,10 @@ def _grid_of(positions: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     return cells, side, len(chosen)
 
 
-def _label(method: str, iteration: int, total: int) -> str:
-    return f"t-SNE, iteration {iteration} of {total}" if method == "tsne" else method.upper()
+def _label(method: str) -> str:
+    """The frames' label, the same all run: a label names the canvas a frame is drawn on (one per label); the
+    iteration is the frame's step."""
+    return "t-SNE" if method == "tsne" else method.upper()
 
 
 def check_size(params: dict[str, Any], model: Model, datasets: dict[str, DataSet]) -> None:
@@ -397,7 +399,7 @@ def run(ctx: RunContext) -> Iterator[Event]:
                     yield Frame(
                         draw_map(thumbnails.tiles, snapshot.positions, FRAME_SIZE),
                         step=snapshot.iteration,
-                        label=_label(method, snapshot.iteration, steps),
+                        label=_label(method),
                     )
                     yield Progress(count + snapshot.iteration, total)
             except StopIteration as finished:
@@ -412,9 +414,7 @@ def run(ctx: RunContext) -> Iterator[Event]:
         yield Progress(total, total)
         yield Points(positions, step=steps)
         picture = draw_map(thumbnails.tiles, positions, params["size"])
-        yield Frame(
-            draw_map(thumbnails.tiles, positions, FRAME_SIZE), step=steps, label=_label(method, steps, steps)
-        )
+        yield Frame(draw_map(thumbnails.tiles, positions, FRAME_SIZE), step=steps, label=_label(method))
         images: dict[str, np.ndarray] = {"code_map": picture}
         arrays: dict[str, np.ndarray] = {"positions": positions.astype(np.float32)}
         grid: dict[str, Any] | None = None
