@@ -81,6 +81,19 @@ class Points:
 
 
 @dataclass
+class Predictions:
+    """What the model says now about the pictures a frame shows: the top classes of each, by panel name.
+
+    ``tops`` maps a panel's name (e.g. ``"original"``, ``"adversarial"``) to its most probable classes, best
+    first, each ``{"class": int, "label": str, "probability": float}``. Viewers get the newest at the job's pace,
+    like frames, and show each list by the panel it names.
+    """
+
+    tops: dict[str, list[dict[str, Any]]]
+    step: int | None = None
+
+
+@dataclass
 class Result:
     """The method's final output: named images, raw arrays (saved as ``.npy``) and JSON-serialisable data."""
 
@@ -89,7 +102,7 @@ class Result:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-Event = Frame | Points | Progress | Metrics | Log | Result
+Event = Frame | Points | Predictions | Progress | Metrics | Log | Result
 
 
 def check_frame_image(image: object) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import BadInput
-from .events import Frame, Log, Metrics, Points, Progress, Result
+from .events import Frame, Log, Metrics, Points, Predictions, Progress, Result
 from .methods import Method, RunContext
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .features import FeatureStore
     from .models.base import Model
 
-EVENT_TYPES = (Frame, Points, Progress, Metrics, Log, Result)
+EVENT_TYPES = (Frame, Points, Predictions, Progress, Metrics, Log, Result)
 
 
 def check_available(method: Method, model: Model) -> None:
