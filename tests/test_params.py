@@ -7,7 +7,18 @@ import math
 import pytest
 
 from convlens.errors import BadInput
-from convlens.params import Bool, Choice, ClassIndex, Float, Int, Layer, Param, parse_assignments, validate
+from convlens.params import (
+    Bool,
+    Choice,
+    ClassIndex,
+    Float,
+    Int,
+    Layer,
+    Models,
+    Param,
+    parse_assignments,
+    validate,
+)
 
 PARAMS = (
     Int("steps", 10, minimum=1, maximum=500),
@@ -160,3 +171,46 @@ def test_a_channel_is_checked_against_the_layer_it_indexes(tiny_model):
     assert validate(params, {"layer": "conv1", "channel": -1}, tiny_model)["channel"] == -1
     assert validate(params, {"layer": None, "channel": 10_000}, tiny_model)["channel"] == 10_000
     assert params[1].to_json()["channel_of"] == "layer"
+
+
+MODELS = (Models("models", run_model="first"), Models("transfer", None, run_model="excluded", maximum=3))
+
+
+def test_a_models_parameter_takes_a_list_of_ids_or_every_model():
+    assert validate(MODELS, {}) == {"models": "*", "transfer": None}
+    values = validate(MODELS, {"models": ["b.pt", "a.onnx"], "transfer": []})
+    assert values == {"models": ["b.pt", "a.onnx"], "transfer": []}
+    assert parse_assignments(MODELS, ["models=*", "transfer=a.onnx, b.pt2"]) == {
+        "models": "*",
+        "transfer": ["a.onnx", "b.pt2"],
+    }
+    assert parse_assignments(MODELS, ["transfer=none", "models="]) == {"transfer": None, "models": []}
+    assert MODELS[1].to_json() == {
+        "name": "transfer", "type": "models", "title": "Transfer", "description": "", "default": None,
+        "nullable": True, "maximum": 3, "run_model": "excluded", "every": "*",
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="run_model"):
+        Param("models", "models", "*")
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("a.onnx", "a list of model ids"),
+        ({"a.onnx": True}, "a list of model ids"),
+        (3, "a list of model ids"),
+        ([3], "non-empty strings"),
+        ([""], "non-empty strings"),
+        ([["a.onnx"]], "non-empty strings"),
+        (["a.onnx", "b.pt", "a.onnx"], "listed twice"),
+        (["a", "b", "c", "d"], "at most 3 models, got 4"),
+        (["a.onnx\n"], "not a model id"),
+        (["\ud800.onnx"], "not a model id"),
+        (["a\u200b.onnx"], "not a model id"),
+        (["m" * 256], "not a model id"),
+    ],
+)
+def test_a_bad_models_value_is_refused_naming_the_field(value, words):
+    with pytest.raises(BadInput) as error:
+        validate(MODELS, {"transfer": value})
+    assert error.value.field == "params.transfer" and words in error.value.reason

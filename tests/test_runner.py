@@ -9,8 +9,8 @@ import torch
 from convlens.errors import BadInput
 from convlens.events import Log, Progress, Result
 from convlens.methods import Method
-from convlens.params import Int, Layer, Picture
-from convlens.runner import iterate, prepare_run
+from convlens.params import Int, Layer, Models, Picture
+from convlens.runner import checked_model_ids, iterate, prepare_run
 from convlens.testing import make_tiny_model
 
 
@@ -115,3 +115,72 @@ def test_an_unknown_image_parameter_is_refused_by_name(tiny_model, value):
     with pytest.raises(BadInput) as error:
         prepare_run(STYLED, tiny_model, np.zeros((4, 4, 3)), {"style": value})
     assert error.value.field == "params.style"
+
+
+class Shelf:
+    """A model source of tiny nets by id, counting the loads; ``broken`` ids fail to load."""
+
+    def __init__(self, ids, broken=()):
+        self.names, self.broken, self.loads = list(ids), set(broken), []
+
+    def ids(self):
+        return list(self.names)
+
+    def get(self, model_id):
+        self.loads.append(model_id)
+        if model_id in self.broken:
+            raise BadInput("model", f"cannot load {model_id} (truncated file)")
+        model = make_tiny_model(seed=self.names.index(model_id) + 1)
+        model.id = model_id
+        return model
+
+
+def loaded_ids(ctx, name):
+    return [model.id for model in ctx.models[name]]
+
+
+COMPARED = Method(
+    "compared",
+    "t",
+    "test",
+    draws,
+    params=(Models("models", run_model="first"), Models("transfer", None, run_model="excluded")),
+)
+
+
+def test_a_models_parameter_brings_the_loaded_models_in_order_with_the_run_model_placed(tiny_model):
+    shelf = Shelf(["b.onnx", "tiny", "a.pt"])
+    image = np.zeros((4, 4, 3))
+    ctx = prepare_run(COMPARED, tiny_model, image, {"transfer": "*"}, models=shelf)
+    assert loaded_ids(ctx, "models") == ["tiny", "b.onnx", "a.pt"]
+    assert loaded_ids(ctx, "transfer") == ["b.onnx", "a.pt"]
+    assert ctx.models["models"][0] is tiny_model  # the run's own, not loaded again
+    ctx = prepare_run(
+        COMPARED, tiny_model, image, {"models": ["a.pt", "tiny"], "transfer": ["tiny"]}, models=shelf
+    )
+    assert loaded_ids(ctx, "models") == ["tiny", "a.pt"] and loaded_ids(ctx, "transfer") == []
+    # The others are the source's models, loaded as it loads them: distinct nets.
+    other = ctx.models["models"][1]
+    assert not torch.equal(other.module.fc.weight, tiny_model.module.fc.weight)
+    assert "tiny" not in shelf.loads
+
+
+def test_an_unknown_model_is_refused_by_name_before_anything_is_loaded(tiny_model):
+    shelf = Shelf(["b.onnx", "a.pt"])
+    with pytest.raises(BadInput) as error:
+        checked_model_ids(COMPARED, {"models": "*", "transfer": ["a.pt", "c.pt"]}, "tiny", shelf)
+    assert error.value.field == "params.transfer" and "'c.pt'" in error.value.reason
+    with pytest.raises(BadInput) as error:
+        prepare_run(COMPARED, tiny_model, np.zeros((4, 4, 3)), {"models": ["b"]}, models=shelf)
+    assert error.value.field == "params.models"
+    assert shelf.loads == []
+
+
+def test_a_model_that_cannot_load_is_left_out_of_every_model_but_refused_when_named(tiny_model):
+    shelf = Shelf(["a.pt", "bad.onnx", "c.pt2"], broken={"bad.onnx"})
+    ctx = prepare_run(COMPARED, tiny_model, np.zeros((4, 4, 3)), {}, models=shelf)
+    assert loaded_ids(ctx, "models") == ["tiny", "a.pt", "c.pt2"]
+    assert ctx.models_left_out == {"bad.onnx": "cannot load bad.onnx (truncated file)"}
+    with pytest.raises(BadInput) as error:
+        prepare_run(COMPARED, tiny_model, np.zeros((4, 4, 3)), {"transfer": ["bad.onnx"]}, models=shelf)
+    assert error.value.field == "params.transfer" and "truncated file" in error.value.reason

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from convlens.errors import BadInput
-from convlens.events import Log, Result
+from convlens.events import Frame, Log, Predictions, Progress, Result
 from convlens.methods import Method
 from convlens.models.default import DEFAULT_MODEL_ID as DEFAULT_MODEL
 
@@ -324,3 +324,117 @@ def test_a_paced_job_sends_few_messages_and_every_metrics_point(app, client, soc
     assert progress[-1]["step"] == steps
     frames = [p["args"][0] for p in events if p["name"] == "frame"]
     assert frames and frames[-1]["step"] == steps and len(frames) <= logs + 2
+
+
+PANELS = ("original", "adversarial")
+TOP_STEPS = 6
+
+
+def tops_at(step: int) -> dict[str, list[dict]]:
+    """What the ``ranking`` method says at ``step``: each panel's classes, best first, moving with the step."""
+    return {
+        panel: [
+            {"class": np.int64(10 * offset + rank + step), "label": f"{panel} {rank}", "probability": p}
+            for rank, p in enumerate(np.float32([0.5, 0.3, 0.2]) / (step + 1))
+        ]
+        for offset, panel in enumerate(PANELS)
+    }
+
+
+def run_ranking(ctx):
+    """Two panels a step, with their top classes (numpy numbers, as a method computes them), in lists it reuses."""
+    tops = tops_at(0)
+    for step in range(TOP_STEPS):
+        yield Frame(np.full((8, 16, 3), 40 * step, dtype=np.uint8), step=step, label=" | ".join(PANELS))
+        tops.update(tops_at(step))
+        yield Predictions(tops, step=step)
+        yield Progress(step + 1, TOP_STEPS)
+    tops.clear()  # after the last yield: what was yielded must not change with it
+    yield Result(data={})
+
+
+def as_sent(tops: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """``tops`` as JSON carries it: plain ints, strings and floats (float32 made float64 exactly)."""
+    return {
+        panel: [
+            {"class": int(e["class"]), "label": e["label"], "probability": float(e["probability"])}
+            for e in top
+        ]
+        for panel, top in tops.items()
+    }
+
+
+def test_predictions_reach_a_viewer_as_yielded_and_the_newest_last(app, client, socket_client, extra_methods):
+    extra_methods(Method(name="ranking", title="Ranking", topic="Tests", run=run_ranking))
+    job_id = start(client, "ranking", {})
+    assert socket_client.emit("subscribe", {"job": job_id}, callback=True)["ok"] is True
+    events = collect(socket_client, job_id, {"done", "failed"})
+    assert "failed" not in [p["name"] for p in events]
+    sent = [p["args"][0] for p in events if p["name"] == "predictions"]
+    assert sent, "the viewer gets the panels' top classes"
+    for message in sent:
+        assert message == {"job": job_id, "step": message["step"], "tops": as_sent(tops_at(message["step"]))}
+    assert sent[-1]["step"] == TOP_STEPS - 1, "the newest is sent before the job ends"
+    result = client.get(f"/api/jobs/{job_id}/result").get_json()
+    assert result["panel_predictions"] == {"step": TOP_STEPS - 1, "tops": as_sent(tops_at(TOP_STEPS - 1))}
+
+
+def test_a_late_viewer_gets_the_newest_predictions_after_the_frame(app, client, socket_client, extra_methods):
+    extra_methods(Method(name="ranking", title="Ranking", topic="Tests", run=run_ranking))
+    job_id = start(client, "ranking", {})
+    ended(app, job_id)
+    assert socket_client.emit("subscribe", {"job": job_id}, callback=True)["ok"] is True
+    received = socket_client.get_received()
+    names = [p["name"] for p in received]
+    assert names == ["job", "metrics_history", "frame", "predictions", "done"]
+    newest = received[3]["args"][0]
+    assert newest == {"job": job_id, "step": TOP_STEPS - 1, "tops": as_sent(tops_at(TOP_STEPS - 1))}
+    assert received[2]["args"][0]["step"] == newest["step"], (
+        "the frame and the lists under it are of one step"
+    )
+
+
+def test_a_paced_job_sends_only_the_newest_predictions(
+    app, client, socket_client, extra_methods, monkeypatch
+):
+    monkeypatch.setattr(app.extensions["convlens"].jobs, "send_interval", 3600.0)
+    extra_methods(Method(name="ranking", title="Ranking", topic="Tests", run=run_ranking))
+    job_id = start(client, "ranking", {})
+    assert socket_client.emit("subscribe", {"job": job_id}, callback=True)["ok"] is True
+    events = collect(socket_client, job_id, {"done", "failed"})
+    steps = [p["args"][0]["step"] for p in events if p["name"] == "predictions"]
+    assert steps and steps[-1] == TOP_STEPS - 1 and len(steps) <= 2 < TOP_STEPS, steps
+
+
+@pytest.mark.parametrize(
+    ("tops", "error", "says"),
+    [
+        ([{"class": 1, "label": "a", "probability": 0.5}], TypeError, "map panel names to lists, got list"),
+        (
+            {"a": [{"class": 1.0, "label": "a", "probability": 0.5}]},
+            TypeError,
+            r"\['class'\] must be an integer",
+        ),
+        ({"a": [{"class": 1, "label": 7, "probability": 0.5}]}, TypeError, r"\['label'\] must be a string"),
+        ({"a": [{"class": 1, "label": "a", "probability": 1.5}]}, ValueError, r"in \[0, 1\], got 1.5"),
+        (
+            {"a": [{"class": 1, "label": "a", "probability": float("nan")}]},
+            ValueError,
+            r"in \[0, 1\], got nan",
+        ),
+        ({"a": [{"class": 1, "label": "a"}]}, ValueError, r"tops\['a'\]\[0\] must be \{'class'"),
+    ],
+)
+def test_predictions_that_are_not_top_class_lists_say_what_is_wrong(tops, error, says):
+    with pytest.raises(error, match=says):
+        Predictions(tops)
+
+
+def test_a_job_yielding_bad_predictions_fails_with_what_was_wrong(app, client, extra_methods):
+    def run(ctx):
+        yield Predictions({"adversarial": [{"class": 3, "label": "cat", "probability": 2.0}]})
+
+    extra_methods(Method(name="bad_tops", title="Bad tops", topic="Tests", run=run))
+    job = ended(app, start(client, "bad_tops", {}))
+    assert job.state == "failed"
+    assert "tops['adversarial'][0]['probability'] must be in [0, 1], got 2.0" in job.error["error"]

@@ -82,6 +82,7 @@ def create_app(config: Config | None = None) -> Flask:
         get_method=methods.get,
         get_image=images.get,
         get_dataset=datasets.get,
+        models=models,
         features=runner.feature_store(config.features_dir),
         sink=sockets.RoomEvents(socketio, relay),
         start_task=socketio.start_background_task,

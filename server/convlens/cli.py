@@ -253,14 +253,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         images=lambda name: library.resolve(name)[1],
         datasets=_datasets(args).get,
         features=runner.feature_store(_config(args).features_dir),
+        models=store,
     )
     predictions = model.predict(ctx.model_input(), k=5)
-    reel, metrics, final = Reel(), {}, ev.Result()
+    reel, metrics, final, tops = Reel(), {}, ev.Result(), None
     for event in runner.iterate(method, ctx):
         if isinstance(event, ev.Frame):
             reel.add(ev.held(event.image))
         elif isinstance(event, ev.Metrics):
             metrics = {name: float(value) for name, value in event.values.items()}
+        elif isinstance(event, ev.Predictions):
+            tops = event
         elif isinstance(event, ev.Progress) and not args.quiet:
             print(f"\r{method.name}: {event.step}/{event.total}", end="", file=sys.stderr, flush=True)
         elif isinstance(event, ev.Log) and not args.quiet:
@@ -280,6 +283,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         predictions,
         metrics,
         final.data,
+        ev.panel_predictions(tops),
     )
     frames = reel.frames()
     images = dict(final.images) or ({"final": frames[-1]} if frames else {})

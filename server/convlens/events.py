@@ -86,11 +86,18 @@ class Predictions:
 
     ``tops`` maps a panel's name (e.g. ``"original"``, ``"adversarial"``) to its most probable classes, best
     first, each ``{"class": int, "label": str, "probability": float}``. Viewers get the newest at the job's pace,
-    like frames, and show each list by the panel it names.
+    like frames, and show each list by the panel it names (a frame labelled ``"original | adversarial"`` shows
+    two panels, each with the list named after it). Kept as plain Python numbers copied when yielded (numpy or
+    torch scalars are welcome), so the method may go on changing its own lists.
     """
 
     tops: dict[str, list[dict[str, Any]]]
     step: int | None = None
+
+    def __post_init__(self) -> None:
+        # Checked where the plugin yields it, so a wrong list fails the job with what was wrong, not a viewer's
+        # socket with a JSON error later on another thread.
+        self.tops = tops_of(self.tops)
 
 
 @dataclass
@@ -146,6 +153,47 @@ def points_array(positions: object) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError(f"a Points' positions must be finite; {int((~np.isfinite(array)).sum())} are not")
     return np.array(array, dtype="<f4", order="C")
+
+
+def tops_of(tops: object) -> dict[str, list[dict[str, Any]]]:
+    """``tops`` of a :class:`Predictions` as plain JSON-ready copies; ``TypeError`` or ``ValueError`` saying what is
+    wrong unless it maps panel names (strings) to lists of ``{"class", "label", "probability"}`` with an integer
+    class, a string label and a probability in [0, 1]."""
+    if not isinstance(tops, dict):
+        raise TypeError(f"a Predictions' tops must map panel names to lists, got {type(tops).__name__}")
+    plain: dict[str, list[dict[str, Any]]] = {}
+    for panel, entries in tops.items():
+        if not isinstance(panel, str):
+            raise TypeError(f"a Predictions' panel names must be strings, got {panel!r}")
+        if not isinstance(entries, list | tuple):
+            raise TypeError(f"tops[{panel!r}] must be a list of classes, got {type(entries).__name__}")
+        plain[panel] = [_top_entry(panel, rank, entry) for rank, entry in enumerate(entries)]
+    return plain
+
+
+def panel_predictions(predictions: Predictions | None) -> dict[str, Any] | None:
+    """What ``result.json`` keeps of a run's newest :class:`Predictions`: ``{"step", "tops"}``, or ``None``."""
+    return None if predictions is None else {"step": predictions.step, "tops": predictions.tops}
+
+
+def _top_entry(panel: str, rank: int, entry: object) -> dict[str, Any]:
+    where = f"tops[{panel!r}][{rank}]"
+    if not isinstance(entry, dict) or not {"class", "label", "probability"} <= entry.keys():
+        raise ValueError(
+            f"{where} must be {{'class': int, 'label': str, 'probability': float}}, got {entry!r}"
+        )
+    index, label, probability = entry["class"], entry["label"], entry["probability"]
+    if isinstance(index, bool) or not hasattr(index, "__index__"):
+        raise TypeError(f"{where}['class'] must be an integer, got {index!r}")
+    if not isinstance(label, str):
+        raise TypeError(f"{where}['label'] must be a string, got {label!r}")
+    try:
+        probability = float(probability)
+    except (TypeError, ValueError):
+        raise TypeError(f"{where}['probability'] must be a number, got {probability!r}") from None
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"{where}['probability'] must be in [0, 1], got {probability!r}")
+    return {"class": int(index.__index__()), "label": label, "probability": probability}
 
 
 def pixels_of(image: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -45,6 +45,7 @@ class JobEvents(Protocol):
     def progress(self, job: Job) -> None: ...
     def metrics(self, job: Job, points: list[dict[str, Any]]) -> None: ...
     def positions(self, job: Job, points: ev.Points) -> None: ...
+    def predictions(self, job: Job, predictions: ev.Predictions) -> None: ...
     def log(self, job: Job, level: str, message: str) -> None: ...
 
 
@@ -60,6 +61,8 @@ class Outbox:
     points: list[dict[str, Any]] = field(default_factory=list)
     positions: dict[str, ev.Points] = field(default_factory=dict)
     """The newest :class:`~convlens.events.Points` of each label not yet sent (latest wins, like the frame)."""
+    tops: ev.Predictions | None = None
+    """The newest :class:`~convlens.events.Predictions` not yet sent (latest wins, like the frame)."""
     sent_at: float = float("-inf")
     cost: float | None = None
     """Seconds a send takes, smoothed over the last few; ``None`` before the first."""
@@ -89,6 +92,8 @@ class Job:
     latest_frame: EncodedFrame | None = field(default=None, repr=False)
     latest_points: dict[str, ev.Points] = field(default_factory=dict, repr=False)
     """The newest Points of each label, for a viewer who subscribes late."""
+    latest_tops: ev.Predictions | None = field(default=None, repr=False)
+    """The newest Predictions (the top classes of each panel), for a viewer who subscribes late."""
     reel: Reel = field(default_factory=Reel, repr=False)
     """The frames for the run's GIF."""
     outbox: Outbox = field(default_factory=Outbox, repr=False)
@@ -161,6 +166,7 @@ class JobManager:
         get_method: Callable[[str], Method],
         get_image: Callable[[str], np.ndarray],
         get_dataset: runner.DatasetSource | None = None,
+        models: runner.ModelSource | None = None,
         features: FeatureStore | None = None,
         sink: JobEvents,
         start_task: Callable[..., Any],
@@ -176,6 +182,7 @@ class JobManager:
         self.get_method = get_method
         self.get_image = get_image
         self.get_dataset = get_dataset
+        self.models = models
         self.features = features
         self.sink = sink
         self.start_task = start_task
@@ -205,6 +212,7 @@ class JobManager:
         params = method.validate(raw_params, model)
         runner.resolve_pictures(method, params, self.get_image)  # an unknown style image fails the request
         runner.checked_datasets(method, params, model, self.get_dataset)  # so does an unknown data set
+        runner.checked_model_ids(method, params, model.id, self.models)  # and an unknown model
         seed = request.get("seed")
         if seed is None:
             seed = secrets.randbelow(2**31)
@@ -271,6 +279,7 @@ class JobManager:
             images=self.get_image,
             datasets=self.get_dataset,
             features=self.features,
+            models=self.models,
         )
         job.predictions = model.predict(ctx.model_input(), k=5)
         self.sink.state(job)
@@ -316,6 +325,10 @@ class JobManager:
             job.latest_points[event.label] = event
             with job.outbox.lock:
                 job.outbox.positions[event.label] = event
+        elif isinstance(event, ev.Predictions):
+            job.latest_tops = event
+            with job.outbox.lock:
+                job.outbox.tops = event
         elif isinstance(event, ev.Progress):
             # The server's clock at the step, so a viewer can show the run's own it/s, not its receipt times.
             with job.outbox.lock:
@@ -347,7 +360,7 @@ class JobManager:
 
     def _send(self, job: Job) -> bool:
         """Send what the job's viewers have not seen yet: the newest frame, the newest Points of each label, the
-        metrics points, then progress;
+        newest Predictions, the metrics points, then progress;
         whether there was anything to send.
 
         The frame first: its pixels and JPEG are made before a message wakes the sockets' threads, which would
@@ -357,7 +370,8 @@ class JobManager:
         outbox = job.outbox
         with outbox.lock:  # held while sending, so two threads' sends cannot interleave out of order
             outbox.sent_at = self.clock()
-            if not (outbox.points or outbox.positions or outbox.frame is not None or outbox.progress):
+            waiting = outbox.frame is not None or outbox.tops is not None
+            if not (waiting or outbox.points or outbox.positions or outbox.progress):
                 return False
             if outbox.frame is not None:
                 frame, outbox.frame = outbox.frame, None
@@ -366,6 +380,9 @@ class JobManager:
                 positions, outbox.positions = outbox.positions, {}
                 for points in positions.values():
                     self.sink.positions(job, points)
+            if outbox.tops is not None:
+                tops, outbox.tops = outbox.tops, None
+                self.sink.predictions(job, tops)
             if outbox.points:
                 points, outbox.points = outbox.points, []
                 self.sink.metrics(job, points)
@@ -395,6 +412,7 @@ class JobManager:
             predictions=job.predictions,
             metrics=job.metrics,
             data=result.data,
+            panel_predictions=ev.panel_predictions(job.latest_tops),
         )
         out_dir = self.results_dir / job.id
         summary = write_result(out_dir, record, result.images, job.reel.frames(), result.arrays)

@@ -35,7 +35,9 @@ class RunContext:
     ``image`` is the chosen picture, HxWx3 float32 in [0, 1] at its own size;
     ``params`` are validated, defaults filled in; ``pictures`` holds the pixels of each
     ``image`` parameter by its name (HxWx3 float32 in [0, 1]); ``datasets`` the
-    :class:`convlens.datasets.Dataset` of each ``dataset`` parameter by its name. Randomness comes from ``rng``
+    :class:`convlens.datasets.Dataset` of each ``dataset`` parameter by its name; ``models`` the loaded models
+    of each ``models`` parameter by its name, in order (the run's own ``model`` first or left out, as the
+    parameter says), and ``models_left_out`` why each model ``"*"`` found could not be loaded, by id. Randomness comes from ``rng``
     (numpy) and ``generator`` (torch), both seeded from ``seed``: several jobs run
     at once in one process, so the global torch RNG is not reproducible per run.
     """
@@ -48,6 +50,8 @@ class RunContext:
     datasets: dict[str, Dataset] = field(default_factory=dict)
     features: FeatureStore | None = None
     """Where a data set's codes are computed once and kept (:mod:`convlens.features`); set by the runner."""
+    models: dict[str, list[Model]] = field(default_factory=dict)
+    models_left_out: dict[str, str] = field(default_factory=dict)
     rng: np.random.Generator = field(init=False)
     generator: torch.Generator = field(init=False)
 

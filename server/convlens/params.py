@@ -17,7 +17,14 @@ from .errors import BadInput
 if TYPE_CHECKING:
     from .models.base import Model
 
-KINDS = ("int", "float", "bool", "choice", "string", "layer", "class", "image", "dataset")
+KINDS = ("int", "float", "bool", "choice", "string", "layer", "class", "image", "dataset", "models")
+EVERY_MODEL = "*"
+"""The value of a ``models`` parameter that means every model the server's model store lists."""
+MAX_MODELS = 16
+"""The most model ids a ``models`` parameter takes by default (its ``maximum``)."""
+MAX_MODEL_ID = 255
+"""The longest model id, in characters: a file name."""
+RUN_MODEL_PLACES = ("first", "excluded")
 
 
 def plain_int(text: str) -> int | None:
@@ -39,7 +46,11 @@ class Param:
     ``layer`` (a named layer of the model), ``class`` (an output class index) or
     ``image`` (the id of a sample or upload: a second picture, such as a style image;
     the method finds its pixels in ``ctx.pictures[name]``) or ``dataset`` (the id of a data set; the method finds
-    the :class:`convlens.datasets.Dataset` in ``ctx.datasets[name]``).
+    the :class:`convlens.datasets.Dataset` in ``ctx.datasets[name]``) or ``models`` (a list of model ids as
+    ``GET /api/models`` lists them, or ``"*"`` for every model the server's store lists; the method finds the
+    loaded :class:`~convlens.models.base.Model` objects in ``ctx.models[name]``, in the order given; ``maximum``
+    is the most ids a list may hold, ``run_model`` where the run's own model goes: ``"first"``, before the
+    others, or ``"excluded"``, never among them).
     A ``default`` of ``None`` with ``nullable`` means "let the method decide"
     (the top predicted class, the model's suggested layer).
     ``channel_of`` names the ``layer`` parameter an ``int`` indexes the channels of (the units of a flat
@@ -57,10 +68,15 @@ class Param:
     choices: tuple[Any, ...] = ()
     nullable: bool = False
     channel_of: str | None = None
+    run_model: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"parameter {self.name!r}: unknown kind {self.kind!r}")
+        if (self.kind == "models") != (self.run_model in RUN_MODEL_PLACES):
+            raise ValueError(
+                f"parameter {self.name!r}: run_model is one of {list(RUN_MODEL_PLACES)} for models, else None"
+            )
         if self.kind == "choice" and not self.choices:
             raise ValueError(f"parameter {self.name!r}: a choice needs choices")
 
@@ -81,6 +97,9 @@ class Param:
             schema["enum"] = list(self.choices)
         if self.channel_of:
             schema["channel_of"] = self.channel_of
+        if self.run_model:
+            schema["run_model"] = self.run_model
+            schema["every"] = EVERY_MODEL
         return schema
 
     def parse(self, text: str) -> Any:
@@ -106,6 +125,11 @@ class Param:
             raise BadInput(f"params.{self.name}", f"expected true or false, got {text!r}")
         if self.kind == "choice" and all(isinstance(c, int) for c in self.choices):
             return self.parse_int_choice(text)
+        if self.kind == "models":
+            text = text.strip()
+            if text == EVERY_MODEL:
+                return EVERY_MODEL
+            return [part.strip() for part in text.split(",")] if text else []
         return text
 
     def parse_int_choice(self, text: str) -> int:
@@ -123,6 +147,8 @@ class Param:
             if self.nullable:
                 return None
             raise BadInput(field, "a value is required")
+        if self.kind == "models":
+            return _model_ids(field, value, int(self.maximum if self.maximum is not None else MAX_MODELS))
         if self.kind in ("int", "class"):
             value = _integer(field, value)
         elif self.kind == "float":
@@ -172,6 +198,31 @@ def _number(field: str, value: Any) -> float:
     return float(value)
 
 
+def _model_ids(field: str, value: Any, most: int) -> str | list[str]:
+    """``"*"``, or a list of at most ``most`` distinct model ids: printable strings, each a file name's length."""
+    if value == EVERY_MODEL:
+        return EVERY_MODEL
+    if not isinstance(value, list):
+        raise BadInput(
+            field, f'expected a list of model ids or "{EVERY_MODEL}" (every model), got {value!r:.80}'
+        )
+    if len(value) > most:
+        raise BadInput(field, f"at most {most} models, got {len(value)}")
+    for item in value:
+        if not isinstance(item, str) or not item:
+            raise BadInput(field, f"expected model ids (non-empty strings), got {item!r:.80}")
+        # A lone surrogate from JSON's \ud800 or a control character is no file name; it is refused here
+        # rather than failing later when written to a log or a result file.
+        if len(item) > MAX_MODEL_ID or not item.isprintable():
+            raise BadInput(field, f"{item!r:.80} is not a model id (see GET /api/models)")
+    seen = set()
+    for item in value:
+        if item in seen:
+            raise BadInput(field, f"model {item!r} is listed twice")
+        seen.add(item)
+    return list(value)
+
+
 def Int(name: str, default: int | None, **kw: Any) -> Param:  # noqa: N802 - reads as a type in declarations
     return Param(name, "int", default, **kw)
 
@@ -202,6 +253,19 @@ def Picture(name: str, default: str | None = None, **kw: Any) -> Param:  # noqa:
 def Dataset(name: str = "dataset", default: str | None = "skimage_crops", **kw: Any) -> Param:  # noqa: N802
     """A data set of the server's library (:mod:`convlens.datasets`); the object is ``ctx.datasets[name]``."""
     return Param(name, "dataset", default, **kw)
+
+
+def Models(  # noqa: N802
+    name: str = "models", default: str | list[str] | None = EVERY_MODEL, *, run_model: str, **kw: Any
+) -> Param:
+    """Models of the server's store (ids, or ``"*"`` for all of them); the loaded ones are ``ctx.models[name]``.
+
+    ``run_model``: ``"first"`` puts the run's own model before the chosen ones (and takes it out of them),
+    ``"excluded"`` leaves it out of them (``"*"`` is then every other model).
+    """
+    kw.setdefault("nullable", default is None)
+    kw.setdefault("maximum", MAX_MODELS)
+    return Param(name, "models", default, run_model=run_model, **kw)
 
 
 def ClassIndex(name: str = "target", **kw: Any) -> Param:  # noqa: N802

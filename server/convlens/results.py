@@ -83,6 +83,8 @@ class RunRecord:
     predictions: list[dict[str, Any]]
     metrics: dict[str, float]
     data: dict[str, Any]
+    panel_predictions: dict[str, Any] | None = None
+    """The run's newest :class:`~convlens.events.Predictions` as ``{"step", "tops"}``; ``None`` if it yielded none."""
 
 
 def to_jsonable(value: Any) -> Any:
@@ -132,6 +134,7 @@ def write_result(
         "seed": record.seed,
         "predictions": record.predictions,
         "metrics": record.metrics,
+        "panel_predictions": record.panel_predictions,
         "data": record.data,
         "files": files,
         "arrays": array_files,

@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from .errors import BadInput
 from .events import Frame, Log, Metrics, Points, Predictions, Progress, Result
 from .methods import Method, RunContext
+from .params import EVERY_MODEL
 
 if TYPE_CHECKING:
     from .datasets import Dataset
     from .events import Event
     from .features import FeatureStore
     from .models.base import Model
+    from .models.store import ModelStore
 
 EVENT_TYPES = (Frame, Points, Predictions, Progress, Metrics, Log, Result)
 
@@ -56,6 +58,18 @@ DatasetSource = Callable[[str], "Dataset"]
 """The data set of an id; raises :class:`BadInput` (``NotFound``) for an unknown one."""
 
 
+class ModelSource(Protocol):
+    """The models a ``models`` parameter can name (:class:`convlens.models.store.ModelStore` is one)."""
+
+    def ids(self) -> list[str]:
+        """The ids of every model there now, as ``GET /api/models`` lists them."""
+        ...
+
+    def get(self, model_id: str) -> Model:
+        """The loaded model of an id; :class:`BadInput` for an unknown id or a file that cannot be loaded."""
+        ...
+
+
 def prepare_run(
     method: Method,
     model: Model,
@@ -65,12 +79,14 @@ def prepare_run(
     images: ImageSource | None = None,
     datasets: DatasetSource | None = None,
     features: FeatureStore | None = None,
+    models: ModelSource | None = None,
 ) -> RunContext:
     """The context ``method.run`` receives: parameters validated against ``model``, ``image`` as float32 in [0, 1].
 
     ``images`` resolves ``image`` parameters (default: the installed plugins' sample images), ``datasets`` the
     ``dataset`` parameters (default: the installed plugins' data sets); ``features`` is the feature store their
-    codes are kept in (default: the one in convlens' data folder, :func:`default_feature_store`). Raises
+    codes are kept in (default: the one in convlens' data folder, :func:`default_feature_store`); ``models`` the
+    ``models`` parameters (default: the model files in ``Config``'s folders, :func:`stored_models_only`). Raises
     :class:`BadInput` naming the model (status 422) or ``params.<name>``. Also seeds the global
     generators; :func:`iterate` seeds them again just before the method starts, since a job may wait
     between the two.
@@ -83,6 +99,7 @@ def prepare_run(
     chosen = checked_datasets(method, params, model, datasets)
     if chosen and features is None:
         features = default_feature_store()
+    loaded, left_out = resolve_models(method, params, model, models)
     seed_everything(seed)
     return RunContext(
         model=model,
@@ -92,6 +109,8 @@ def prepare_run(
         pictures=pictures,
         datasets=chosen,
         features=features,
+        models=loaded,
+        models_left_out=left_out,
     )
 
 
@@ -155,7 +174,7 @@ def _resolve(
         try:
             found[name] = lookup(value)
         except BadInput as error:
-            raise BadInput(f"params.{name}", error.reason) from None
+            raise BadInput(f"params.{name}", error.reason, status=error.status) from None
     return found
 
 
@@ -165,6 +184,75 @@ def registered_datasets_only() -> DatasetSource:
     from .plugins import get_plugin_manager, registered_datasets
 
     return DatasetLibrary(registered_datasets(get_plugin_manager())).get
+
+
+def checked_model_ids(
+    method: Method, params: Mapping[str, Any], run_model_id: str, models: ModelSource | None = None
+) -> dict[str, list[str]]:
+    """The model ids each ``models`` parameter names, in order, the run's own model placed as the parameter says
+    (first, or left out); ``"*"`` is every id ``models`` lists. Nothing is loaded. An id ``models`` does not list
+    is :class:`BadInput` naming ``params.<name>``."""
+    wanted = [p for p in method.params if p.kind == "models"]
+    if not wanted:
+        return {}
+    source = models or stored_models_only()
+    known = source.ids()
+    chosen = {}
+    for param in wanted:
+        value = params.get(param.name) or []
+        if value == EVERY_MODEL:
+            value = known
+        for model_id in value:
+            if model_id not in known and model_id != run_model_id:
+                raise BadInput(f"params.{param.name}", f"unknown model {model_id!r}; expected one of {known}")
+        others = [model_id for model_id in value if model_id != run_model_id]
+        chosen[param.name] = [run_model_id, *others] if param.run_model == "first" else others
+    return chosen
+
+
+def resolve_models(
+    method: Method, params: Mapping[str, Any], model: Model, models: ModelSource | None = None
+) -> tuple[dict[str, list[Model]], dict[str, str]]:
+    """The loaded models of every ``models`` parameter (:func:`checked_model_ids`; the run's own is ``model``
+    itself), and the reason each model ``"*"`` found could not be loaded, by id: those are left out, so that one
+    broken file in a folder does not stop every run. A named one that cannot be loaded is :class:`BadInput`
+    naming ``params.<name>``."""
+    chosen = checked_model_ids(method, params, model.id, models)
+    if not chosen:
+        return {}, {}
+    source = models or stored_models_only()
+    loaded: dict[str, list[Model]] = {}
+    left_out: dict[str, str] = {}
+    for name, ids in chosen.items():
+        every = params.get(name) == EVERY_MODEL
+        loaded[name] = []
+        for model_id in ids:
+            if model_id == model.id:
+                loaded[name].append(model)
+                continue
+            try:
+                loaded[name].append(source.get(model_id))
+            except BadInput as error:
+                if not every:
+                    raise BadInput(f"params.{name}", f"model {model_id!r}: {error.reason}") from None
+                left_out[model_id] = error.reason
+    return loaded, left_out
+
+
+def stored_models_only() -> ModelSource:
+    """The model files in ``Config``'s folders, for runs outside a server (tests, notebooks)."""
+    from .config import Config
+
+    config = Config()
+    return model_store(tuple(config.models_dirs), config.default_models_dir)
+
+
+@functools.cache
+def model_store(dirs: Sequence[Path], default_dir: Path | None) -> ModelStore:
+    """The one store of this process for these folders, so each model file is loaded once."""
+    from .models.store import ModelStore
+
+    return ModelStore(dirs, default_dir=default_dir)
 
 
 def iterate(method: Method, ctx: RunContext) -> Iterator[Event]:

@@ -17,7 +17,7 @@ from .streaming import FrameRelay
 
 if TYPE_CHECKING:
     from .app import Services
-    from .events import Points
+    from .events import Points, Predictions
     from .jobs import Job
 
 
@@ -52,6 +52,11 @@ def points_message(job: Job, points: Points) -> dict[str, Any]:
     }
 
 
+def predictions_message(job: Job, predictions: Predictions) -> dict[str, Any]:
+    """A ``predictions`` event: the top classes of each panel the frames show, by panel name, at ``step``."""
+    return {"job": job.id, "step": predictions.step, "tops": predictions.tops}
+
+
 class RoomEvents:
     """A job's events as Socket.IO messages to its room; frames go through the per-viewer relay."""
 
@@ -78,6 +83,9 @@ class RoomEvents:
 
     def positions(self, job: Job, points: Points) -> None:
         self.socketio.emit("points", points_message(job, points), to=room(job.id))
+
+    def predictions(self, job: Job, predictions: Predictions) -> None:
+        self.socketio.emit("predictions", predictions_message(job, predictions), to=room(job.id))
 
     def log(self, job: Job, level: str, message: str) -> None:
         self.socketio.emit("log", {"job": job.id, "level": level, "message": message}, to=room(job.id))
@@ -120,6 +128,8 @@ def register(socketio: SocketIO, services: Services) -> None:
         relay.subscribe(job.id, request.sid, fmt, latest=job.latest_frame)
         for points in list(job.latest_points.values()):
             socketio.emit("points", points_message(job, points), to=request.sid)
+        if job.latest_tops is not None:
+            socketio.emit("predictions", predictions_message(job, job.latest_tops), to=request.sid)
         # A job that ended before the viewer joined its room sent its final event to the others only. Read
         # after joining: a job ending meanwhile may send it twice, never not at all.
         final = final_event(job)

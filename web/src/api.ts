@@ -27,7 +27,7 @@ export interface ModelDetail extends ModelInfo {
 }
 
 export type ParamType =
-  "int" | "float" | "bool" | "choice" | "string" | "layer" | "class" | "image" | "dataset";
+  "int" | "float" | "bool" | "choice" | "string" | "layer" | "class" | "image" | "dataset" | "models";
 
 export interface ParamSchema {
   name: string;
@@ -41,6 +41,10 @@ export interface ParamSchema {
   enum?: unknown[];
   /** An int indexing the channels of the layer chosen in this parameter. */
   channel_of?: string;
+  /** `models`: where the run's own model goes, before the chosen ones or never among them. */
+  run_model?: "first" | "excluded";
+  /** `models`: the value meaning every model the server has ("*"). */
+  every?: string;
 }
 
 export interface MethodInfo {
@@ -96,6 +100,11 @@ export interface Prediction {
   index: number;
   label: string;
   probability: number;
+}
+
+/** The image id of a finished job's result image, usable wherever an image id is (README, API). */
+export function jobImageId(job: string, name: string): string {
+  return `job:${job}:${name}`;
 }
 
 export interface JobResult {

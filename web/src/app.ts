@@ -15,7 +15,7 @@ import {
 } from "./api";
 import { h, replaceChildren, sheet } from "./dom";
 import { ImagePicker } from "./image-picker";
-import type { ConvlensJobView } from "./job-view";
+import type { ConvlensJobView, OpenMethod } from "./job-view";
 import { MethodList } from "./method-list";
 import { pageFrame } from "./page";
 import { ParamForm } from "./param-form";
@@ -38,6 +38,8 @@ export class ConvlensApp extends HTMLElement {
   private readonly topClasses = new Map<string, Promise<Prediction[]>>();
   private method: MethodInfo | null = null;
   private form: ParamForm | null = null;
+  /** Values for the next form of `method` (from another view's offer, e.g. "Apply this patch"). */
+  private presets: OpenMethod | null = null;
   /** Guards against answers for a model or method the user has since left. */
   private generation = 0;
   private started = false;
@@ -94,8 +96,12 @@ export class ConvlensApp extends HTMLElement {
     this.recent = h("ol", { class: "recent", "data-testid": "recent" });
     this.jobView = h("convlens-job-view", { "data-testid": "job-view" });
     this.jobView.addEventListener("convlens-end", () => void this.refreshRecent());
-    // A click on a code map opens that data-set image in the single-image views.
+    // A click on a code map opens that data-set image, "use as picture" a job's result image.
     this.jobView.addEventListener("convlens-open-image", (event) => this.openImage(event.detail.image));
+    // "Apply this patch": apply_patch's form with the patch preset, on the chosen picture.
+    this.jobView.addEventListener("convlens-open-method", (event) =>
+      this.openMethod(event.detail.method, event.detail.params),
+    );
     this.loadError = h("p", { class: "error banner", role: "alert", hidden: true });
     this.compareLink = h(
       "a",
@@ -198,6 +204,22 @@ export class ConvlensApp extends HTMLElement {
     this.images.element.scrollIntoView({ block: "nearest" });
   }
 
+  /** Chooses `method` with `params` in its form (an image id among them joins the form's choices). */
+  private openMethod(method: string, params: Record<string, unknown>): void {
+    for (const value of Object.values(params)) if (typeof value === "string") this.images.remember(value);
+    if (this.method?.name === method && this.form) {
+      this.form.preset(params);
+    } else {
+      this.presets = { method, params };
+      this.methods.select(method);
+      if (this.methods.selected !== method) {
+        this.presets = null;
+        this.showFieldError({ field: "method", error: `${method} is not available for this model` });
+      }
+    }
+    this.formSlot.scrollIntoView({ block: "nearest" });
+  }
+
   /** The comparison page, for the chosen model and image. */
   private updateCompareLink(): void {
     const query = new URLSearchParams();
@@ -274,7 +296,9 @@ export class ConvlensApp extends HTMLElement {
       images: this.images.list(),
       datasets,
       api: this.api,
+      modelId: model.id,
     });
+    this.presets = null;
     replaceChildren(this.formSlot, this.form.element);
     this.runButton.disabled = false;
     void this.offerTopClasses();

@@ -23,9 +23,14 @@ export interface FramePainterOptions {
   maxFps?: number;
 }
 
+/** Something that draws a frame's picture itself, e.g. split into panels (panel-strip.ts). */
+export interface FrameSurface {
+  draw(bitmap: ImageBitmap, frame: FrameEvent): void;
+}
+
 export interface FramePainterHooks {
-  /** The canvas that shows frames of `label`, created on first use. */
-  canvasFor(label: string): HTMLCanvasElement;
+  /** The canvas (or surface) that shows frames of `label`, created on first use. */
+  canvasFor(label: string): HTMLCanvasElement | FrameSurface;
   /** Frame `seq` was drawn or dropped: tell the server. */
   ack(seq: number): void;
   drawn?(frame: FrameEvent): void;
@@ -106,15 +111,19 @@ export class FramePainter {
         return;
       }
       const canvas = this.hooks.canvasFor(frame.label);
-      if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
-        canvas.width = bitmap.width;
-        canvas.height = bitmap.height;
+      if (canvas instanceof HTMLCanvasElement) {
+        if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
+          canvas.width = bitmap.width;
+          canvas.height = bitmap.height;
+        }
+        const context = canvas.getContext("2d");
+        context?.drawImage(bitmap, 0, 0);
+        canvas.dataset.seq = String(frame.seq);
+        if (frame.step !== null && frame.step !== undefined) canvas.dataset.step = String(frame.step);
+      } else {
+        canvas.draw(bitmap, frame);
       }
-      const context = canvas.getContext("2d");
-      context?.drawImage(bitmap, 0, 0);
       bitmap.close();
-      canvas.dataset.seq = String(frame.seq);
-      if (frame.step !== null && frame.step !== undefined) canvas.dataset.step = String(frame.step);
       this.drawnCount += 1;
       this.hooks.drawn?.(frame);
     } catch (error) {

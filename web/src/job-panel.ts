@@ -2,8 +2,11 @@
 // metrics chart, results and log. No networking here: <convlens-job-view> feeds it.
 
 import type { Job, JobResult, JobState, Prediction } from "./api";
-import { serverUrl } from "./api";
+import { jobImageId, serverUrl } from "./api";
 import { h, replaceChildren, Throttle } from "./dom";
+import type { FrameSurface } from "./frame-painter";
+import { panelNames, PanelStrip } from "./panel-strip";
+import { showTopClasses, type TopClass } from "./top-list";
 
 export type ViewState = JobState | "idle" | "connecting" | "error";
 export type Control = "stop" | "pause" | "resume";
@@ -37,6 +40,10 @@ export class JobPanel {
   /** Each change repaints, and a viewer on the job's machine takes CPU from its steps. */
   private readonly progressShown = new Throttle(PROGRESS_MS, () => this.showProgress());
   private readonly canvases = new Map<string, HTMLCanvasElement>();
+  /** Frames of several panels (labels with " | "), by label. */
+  private readonly strips = new Map<string, PanelStrip>();
+  private tops: { tops: Record<string, TopClass[]>; step: number | null } | null = null;
+  private readonly notes = new Map<string, string>();
   private readonly stateEl: HTMLElement;
   private readonly titleEl: HTMLElement;
   private readonly stepEl: HTMLElement;
@@ -48,6 +55,7 @@ export class JobPanel {
   private readonly chartEmptyEl: HTMLElement;
   private readonly resultsEl: HTMLElement;
   private readonly attributionEl: HTMLElement;
+  private readonly methodViewEl: HTMLElement;
   private readonly codeMapEl: HTMLElement;
   private readonly logEl: HTMLOListElement;
   private readonly buttons: Record<Control, HTMLButtonElement>;
@@ -96,6 +104,7 @@ export class JobPanel {
     this.chartEmptyEl = h("div", { class: "empty muted" }, "no metrics yet");
     this.resultsEl = h("div", { class: "results", "data-testid": "results", hidden: true });
     this.attributionEl = h("section", { class: "attribution", "data-testid": "attribution", hidden: true });
+    this.methodViewEl = h("section", { class: "method-view", "data-testid": "method-view", hidden: true });
     this.codeMapEl = h("section", { class: "code-map", "data-testid": "code-map", hidden: true });
     this.logEl = h("ol", { class: "log", "data-testid": "log" });
 
@@ -127,6 +136,7 @@ export class JobPanel {
           ),
         ),
       ),
+      this.methodViewEl,
       this.codeMapEl,
       this.attributionEl,
       this.resultsEl,
@@ -216,12 +226,15 @@ export class JobPanel {
     this.chartEmptyEl.hidden = names.length > 0;
   }
 
-  /** The canvas for frames of `label`: the first label takes the one already there. */
-  canvasFor(label: string): HTMLCanvasElement {
+  /** The canvas for frames of `label`: the first label takes the one already there. A label of several
+   * panels ("original | perturbation | adversarial") gets a strip of captioned panels instead. */
+  canvasFor(label: string): HTMLCanvasElement | FrameSurface {
+    if (panelNames(label)) return this.stripFor(label);
     const existing = this.canvases.get(label);
     if (existing) return existing;
     let canvas: HTMLCanvasElement;
-    if (this.canvases.size === 0) {
+    const placeholder = this.framesEl.querySelector('canvas[data-testid="canvas"]:not([data-label])');
+    if (this.canvases.size === 0 && placeholder instanceof HTMLCanvasElement) {
       canvas = this.framesEl.querySelector("canvas") as HTMLCanvasElement;
     } else {
       canvas = h("canvas", { "data-testid": `canvas-${label}` });
@@ -236,6 +249,37 @@ export class JobPanel {
       if (caption) caption.textContent = captioned ? name : "";
     }
     return canvas;
+  }
+
+  private stripFor(label: string): PanelStrip {
+    const existing = this.strips.get(label);
+    if (existing) return existing;
+    const strip = new PanelStrip(label);
+    this.strips.set(label, strip);
+    // The first frames are panels: the empty canvas waiting for a single picture goes.
+    if (this.canvases.size === 0) this.framesEl.querySelector("figure:not(.panel)")?.remove();
+    this.framesEl.insertBefore(strip.element, this.waitingEl);
+    if (this.tops) strip.setTops(this.tops.tops, this.tops.step);
+    for (const [name, note] of this.notes) strip.setNote(name, note);
+    return strip;
+  }
+
+  /** The newest top classes of each panel (a `predictions` event), under the panels they name. */
+  setTops(tops: Record<string, TopClass[]>, step: number | null): void {
+    this.tops = { tops, step };
+    for (const strip of this.strips.values()) strip.setTops(tops, step);
+  }
+
+  /** A note in the caption of every panel called `name`, e.g. the perturbation's amplification. */
+  setPanelNote(name: string, note: string): void {
+    this.notes.set(name, note);
+    for (const strip of this.strips.values()) strip.setNote(name, note);
+  }
+
+  /** A method's own view (an attack's summary, an interactive demo), above the results; null: none. */
+  showMethodView(title: string, view: HTMLElement | null): void {
+    replaceChildren(this.methodViewEl, view && h("h3", {}, title), view);
+    this.methodViewEl.hidden = !view;
   }
 
   frameDrawn(): void {
@@ -283,23 +327,21 @@ export class JobPanel {
   }
 
   private setPredictions(predictions: Prediction[]): void {
-    if (predictions.length === 0) {
-      replaceChildren(this.predictionsEl, h("li", { class: "muted" }, "—"));
-      return;
-    }
-    replaceChildren(
-      this.predictionsEl,
-      ...predictions.slice(0, 5).map((p) => {
-        const percent = (Math.max(0, Math.min(1, p.probability)) * 100).toFixed(1);
-        return h(
-          "li",
-          { "data-testid": "prediction", "data-index": p.index },
-          h("span", { class: "label", title: `${p.index}: ${p.label}` }, p.label),
-          h("span", { class: "probability" }, `${percent}%`),
-          h("span", { class: "meter" }, h("span", { style: `width:${percent}%` })),
-        );
-      }),
+    showTopClasses(this.predictionsEl, predictions);
+  }
+
+  /** A button that makes the result image `name` the page's picture (`job:<id>:<name>`, the API's id of it). */
+  private useAsPicture(name: string): HTMLElement {
+    const button = h(
+      "button",
+      { type: "button", class: "use-image", "data-testid": "use-as-picture", "data-image": name },
+      "use as picture",
     );
+    button.addEventListener("click", () => {
+      const detail = { image: jobImageId(this.jobId, name) };
+      button.dispatchEvent(new CustomEvent("convlens-open-image", { detail, bubbles: true, composed: true }));
+    });
+    return button;
   }
 
   private setResults(result: JobResult | null): void {
@@ -329,10 +371,15 @@ export class JobPanel {
           ...images.map(([name, url]) => {
             const href = serverUrl(this.server, url);
             return h(
-              "a",
-              { href, target: "_blank", "data-testid": "result-image", title: name },
-              h("img", { src: href, alt: name, loading: "lazy" }),
-              name,
+              "figure",
+              {},
+              h(
+                "a",
+                { href, target: "_blank", "data-testid": "result-image", title: name },
+                h("img", { src: href, alt: name, loading: "lazy" }),
+                name,
+              ),
+              this.useAsPicture(name),
             );
           }),
         ),

@@ -11,19 +11,25 @@ import {
   type Job,
   type JobResult,
   type JobState,
+  jobImageId,
   normaliseServer,
+  serverUrl,
   TERMINAL_STATES,
 } from "./api";
+import { ATTACK_METHOD, AttackSummary, SCALE_SUFFIX } from "./adversarial-view";
 import { AttributionOverlay, isAttributionResult } from "./attribution-view";
 import type { ConvlensCodeMap } from "./code-map";
-import { replaceChildren, sheet } from "./dom";
+import { formatNumber, h, replaceChildren, sheet } from "./dom";
 import { type FrameEvent, FramePainter } from "./frame-painter";
+import { GOLDFISH_METHOD, GoldfishView, isGoldfishResult } from "./goldfish-view";
 import { type Control, idlePanel, JobPanel } from "./job-panel";
+import { isLinearResult, LINEAR_METHOD, LinearDemo } from "./linear-demo";
 import { MetricsChart, type MetricsPoint } from "./metrics-chart";
 import { parseNpy } from "./npy";
 import css from "./styles/job-view.css?inline";
 import legendCss from "./styles/legend.css?inline";
 import theme from "./styles/theme.css?inline";
+import type { PredictionsEvent } from "./top-list";
 
 interface Ack {
   ok: boolean;
@@ -39,7 +45,44 @@ export interface JobEnd {
   error: FieldError | null;
 }
 
+/** The `detail` of the `convlens-open-method` event: open `method`'s form with `params` preset. */
+export interface OpenMethod {
+  method: string;
+  params: Record<string, unknown>;
+}
+
 const ACK_TIMEOUT_MS = 10_000;
+const PATCH_METHOD = "adversarial_patch";
+
+/** A finished patch run's patch and "Apply this patch", which asks the page (`convlens-open-method`) for
+ * `apply_patch`'s form with this patch, its size and shape. */
+function applyPatchOffer(job: string, result: JobResult, server: string): HTMLElement {
+  const button = h(
+    "button",
+    { type: "button", class: "primary", "data-testid": "apply-patch" },
+    "Apply this patch to a picture…",
+  );
+  const detail: OpenMethod = {
+    method: "apply_patch",
+    params: { patch: jobImageId(job, "patch"), size: result.params.size, shape: result.params.shape },
+  };
+  button.addEventListener("click", () =>
+    button.dispatchEvent(new CustomEvent("convlens-open-method", { detail, bubbles: true, composed: true })),
+  );
+  const target = typeof result.data.target_label === "string" ? ` (${result.data.target_label})` : "";
+  return h(
+    "div",
+    { class: "patch-offer" },
+    h("img", { src: serverUrl(server, result.images.patch ?? ""), alt: "the trained patch" }),
+    h(
+      "p",
+      {},
+      `Paste it on any picture and see whether the model now sees the target${target}: `,
+      `this opens "Apply a patch" with patch ${jobImageId(job, "patch")}.`,
+    ),
+    button,
+  );
+}
 
 let styles: CSSStyleSheet[] | null = null;
 
@@ -68,6 +111,9 @@ export class ConvlensJobView extends HTMLElement {
   private subscribed = false;
   private overlay: AttributionOverlay | null = null;
   private codeMap: ConvlensCodeMap | null = null;
+  private attack: AttackSummary | null = null;
+  /** A finished job's own view (the linear demo, the goldfish templates) was made. */
+  private finishedView = false;
 
   constructor() {
     super();
@@ -112,6 +158,8 @@ export class ConvlensJobView extends HTMLElement {
     this.subscribed = false;
     this.overlay = null;
     this.codeMap = null;
+    this.attack = null;
+    this.finishedView = false;
     if (!this.jobId) {
       replaceChildren(this.root, idlePanel());
       return;
@@ -195,11 +243,20 @@ export class ConvlensJobView extends HTMLElement {
     // A send carries every point since the last one: the server paces its messages (STREAM_HZ).
     socket.on("metrics", (payload: { job: string; points?: MetricsPoint[] } & MetricsPoint) => {
       if (!mine(payload)) return;
-      for (const point of payload.points ?? [payload])
-        this.chart?.add({ step: point.step, values: point.values ?? {} });
+      const points = payload.points ?? [payload];
+      for (const point of points) this.chart?.add({ step: point.step, values: point.values ?? {} });
+      this.newestMetrics(panel, points.at(-1)?.values ?? {});
     });
     socket.on("metrics_history", (payload: { job: string; history: MetricsPoint[] }) => {
-      if (mine(payload)) this.chart?.setHistory(payload.history ?? []);
+      if (!mine(payload)) return;
+      this.chart?.setHistory(payload.history ?? []);
+      this.newestMetrics(panel, payload.history?.at(-1)?.values ?? {});
+    });
+    // The top classes of each panel of the frames (the newest; the server paces them like frames).
+    socket.on("predictions", (payload: PredictionsEvent) => {
+      if (!mine(payload) || typeof payload.tops !== "object" || payload.tops === null) return;
+      panel.setTops(payload.tops, payload.step);
+      this.attack?.predictions(payload.tops, payload.step);
     });
     socket.on("log", (payload: { job: string; level: string; message: string }) => {
       if (mine(payload)) panel.addLog(payload.level, payload.message);
@@ -279,13 +336,46 @@ export class ConvlensJobView extends HTMLElement {
     }
   }
 
+  /** What the newest metrics say beside the chart: a panel's amplification ("<panel> scale (×)"), an
+   * attack's norms. */
+  private newestMetrics(panel: JobPanel, values: Record<string, number>): void {
+    for (const [name, value] of Object.entries(values)) {
+      if (name.endsWith(SCALE_SUFFIX) && Number.isFinite(value))
+        panel.setPanelNote(name.slice(0, -SCALE_SUFFIX.length), `×${formatNumber(value)} amplified`);
+    }
+    this.attack?.metrics(values);
+  }
+
   private applyJob(panel: JobPanel, job: Job): void {
     this.job = job;
     panel.setJob(job);
     if (job.method === "code_map") this.showCodeMap(panel);
+    if (job.method === ATTACK_METHOD && !this.attack) {
+      this.attack = new AttackSummary();
+      panel.showMethodView("Attack", this.attack.element);
+    }
     this.dispatchEvent(new CustomEvent("convlens-job", { detail: job, bubbles: true, composed: true }));
     if (TERMINAL_STATES.has(job.state)) this.end(panel, job.state, job.result, job.error);
     else panel.setState(job.state);
+  }
+
+  /** A finished job's own view: the attack's exact flip step and transfer table, the linear demo, the
+   * goldfish templates. */
+  private showFinishedView(panel: JobPanel, result: JobResult | null): void {
+    this.attack?.result(result);
+    if (this.finishedView || !result) return;
+    if (result.method === LINEAR_METHOD && isLinearResult(result)) {
+      this.finishedView = true;
+      panel.showMethodView("The linear explanation, live", new LinearDemo(result).element);
+    } else if (result.method === PATCH_METHOD && typeof result.images?.patch === "string") {
+      this.finishedView = true;
+      panel.showMethodView("The trained patch", applyPatchOffer(this.jobId, result, this.server));
+    } else if (result.method === GOLDFISH_METHOD && isGoldfishResult(result)) {
+      this.finishedView = true;
+      const view = new GoldfishView(new ApiClient(this.server), result);
+      panel.showMethodView("Weight templates", view.element);
+      void view.load();
+    }
   }
 
   private end(panel: JobPanel, state: JobState, result: JobResult | null, error: FieldError | null): void {
@@ -296,6 +386,7 @@ export class ConvlensJobView extends HTMLElement {
       this.codeMap.dataset.final = "loading";
       void this.loadCodeMap(panel, result);
     }
+    if (state === "done") this.showFinishedView(panel, result);
     if (state === "done" && !this.overlay && isAttributionResult(result)) {
       this.overlay = new AttributionOverlay(new ApiClient(this.server), result);
       panel.showAttribution(this.overlay.element);
@@ -315,5 +406,6 @@ declare global {
   interface HTMLElementEventMap {
     "convlens-job": CustomEvent<Job>;
     "convlens-end": CustomEvent<JobEnd>;
+    "convlens-open-method": CustomEvent<OpenMethod>;
   }
 }

@@ -9,11 +9,13 @@ import {
   type FieldError,
   type ImageInfo,
   type LayerInfo,
+  type ModelInfo,
   type ParamSchema,
   type Prediction,
 } from "./api";
 import { ClassChoiceError, ClassPicker } from "./class-picker";
 import { h, replaceChildren } from "./dom";
+import { describeImageId } from "./image-picker";
 
 export interface ParamFormContext {
   layers: LayerInfo[];
@@ -28,6 +30,10 @@ export interface ParamFormContext {
   datasets?: DatasetInfo[];
   /** The server, for a `dataset` parameter's "Upload a zip…" control; without it there is none. */
   api?: ApiClient;
+  /** The server's models, offered by a `models` parameter; fetched from `api` when not given. */
+  models?: ModelInfo[];
+  /** The run's model, marked (or left out) in a `models` parameter's list. */
+  modelId?: string;
 }
 
 interface Field {
@@ -35,6 +41,8 @@ interface Field {
   wrapper: HTMLElement;
   error: HTMLElement;
   read(): unknown;
+  /** Shows `value` in the control; absent for controls that take no preset (class, data set, models). */
+  write?(value: unknown): void;
   picker?: ClassPicker;
 }
 
@@ -109,6 +117,18 @@ export class ParamForm {
     return true;
   }
 
+  /** Puts `values` (by parameter name) in their controls, as a user would have chosen them; an image id the
+   * form does not offer yet is added to its choices. The names no field here takes are returned. */
+  preset(values: Record<string, unknown>): string[] {
+    const missed: string[] = [];
+    for (const [name, value] of Object.entries(values)) {
+      const write = this.fields.get(name)?.write;
+      if (write) write(value);
+      else missed.push(name);
+    }
+    return missed;
+  }
+
   /** Whether a parameter is a class, so the image's top-5 classes are worth fetching. */
   get hasClassParam(): boolean {
     return [...this.fields.values()].some((field) => field.picker);
@@ -136,7 +156,7 @@ function buildField(param: ParamSchema, context: ParamFormContext): Field {
     "data-testid": `error-${param.name}`,
     hidden: true,
   });
-  const { control, read, picker } = buildControl(param, context, id);
+  const { control, read, write, picker } = buildControl(param, context, id);
   const title = h("span", { class: "field-title" }, param.title || param.name);
   const bounds = describeBounds(param);
   const help = [param.description, bounds].filter(Boolean).join(" · ");
@@ -157,7 +177,7 @@ function buildField(param: ParamSchema, context: ParamFormContext): Field {
           help && h("small", { class: "help" }, help),
           error,
         );
-  return { param, wrapper, error, read, picker };
+  return { param, wrapper, error, read, write, picker };
 }
 
 function describeBounds(param: ParamSchema): string {
@@ -172,7 +192,7 @@ function buildControl(
   param: ParamSchema,
   context: ParamFormContext,
   id: string,
-): { control: HTMLElement; read: () => unknown; picker?: ClassPicker } {
+): { control: HTMLElement; read: () => unknown; write?: (value: unknown) => void; picker?: ClassPicker } {
   const testid = `param-${param.name}`;
   switch (param.type) {
     case "int":
@@ -205,7 +225,10 @@ function buildControl(
           throw new InvalidValue(`the layer has ${channels} channels (0 – ${channels - 1})`);
         return value;
       };
-      return { control: input, read };
+      const write = (value: unknown) => {
+        input.value = typeof value === "number" && Number.isFinite(value) ? String(value) : "";
+      };
+      return { control: input, read, write };
     }
     case "bool": {
       const input = h("input", {
@@ -215,7 +238,10 @@ function buildControl(
         "data-testid": testid,
         checked: param.default === true,
       });
-      return { control: input, read: () => input.checked };
+      const write = (value: unknown) => {
+        input.checked = value === true;
+      };
+      return { control: input, read: () => input.checked, write };
     }
     case "choice": {
       const choices = param.enum ?? [];
@@ -226,7 +252,11 @@ function buildControl(
           h("option", { value: index, selected: choice === param.default }, String(choice)),
         ),
       );
-      return { control: select, read: () => choices[select.selectedIndex] ?? null };
+      const write = (value: unknown) => {
+        const index = choices.indexOf(value);
+        if (index >= 0) select.selectedIndex = index;
+      };
+      return { control: select, read: () => choices[select.selectedIndex] ?? null, write };
     }
     case "layer": {
       const select = h(
@@ -256,10 +286,18 @@ function buildControl(
           h("option", { value: image.id, selected: image.id === param.default }, image.title || image.id),
         ),
       );
-      return { control: select, read: readSelect(select, param, "choose an image") };
+      const write = (value: unknown) => {
+        if (typeof value !== "string") return;
+        if (![...select.options].some((option) => option.value === value))
+          select.append(h("option", { value }, describeImageId(value)?.title ?? value));
+        select.value = value;
+      };
+      return { control: select, read: readSelect(select, param, "choose an image"), write };
     }
     case "dataset":
       return datasetControl(param, context, id, testid);
+    case "models":
+      return modelsControl(param, context, id, testid);
     default: {
       const input = h("input", {
         id,
@@ -406,4 +444,70 @@ function datasetLabel(dataset: DatasetInfo): string {
   if (dataset.error !== undefined) return `${title} (${dataset.error})`;
   const labels = dataset.labels?.length ? ` · ${dataset.labels.length} labels` : "";
   return `${title} · ${dataset.count ?? 0} images${labels}`;
+}
+
+/** A checkbox for each of the server's models and one for "every model" (the parameter's `every`, "*"). */
+function modelsControl(
+  param: ParamSchema,
+  context: ParamFormContext,
+  id: string,
+  testid: string,
+): { control: HTMLElement; read: () => unknown } {
+  const every = param.every ?? "*";
+  const chosen = new Set(Array.isArray(param.default) ? param.default.map(String) : []);
+  const all = h("input", {
+    id,
+    type: "checkbox",
+    "data-testid": `${testid}-every`,
+    checked: param.default === every,
+  });
+  const list = h("div", { class: "model-choices", "data-testid": testid });
+  const boxes: HTMLInputElement[] = [];
+  const sync = (): void => {
+    for (const box of boxes) box.disabled = all.checked || box.dataset.run === "true";
+  };
+  const fill = (models: ModelInfo[]): void => {
+    boxes.length = 0;
+    const shown = models.filter((model) => !(param.run_model === "excluded" && model.id === context.modelId));
+    replaceChildren(
+      list,
+      ...shown.map((model) => {
+        const own = model.id === context.modelId;
+        const box = h("input", {
+          type: "checkbox",
+          value: model.id,
+          "data-run": String(own),
+          checked: own || chosen.has(model.id) || param.default === every,
+        });
+        if (model.error === undefined) boxes.push(box);
+        else box.disabled = true;
+        const note = own ? " (this run's model)" : model.error !== undefined ? ` (${model.error})` : "";
+        return h("label", { class: "check" }, box, `${model.title || model.id} · ${model.id}${note}`);
+      }),
+    );
+    sync();
+  };
+  all.addEventListener("change", () => {
+    for (const box of boxes)
+      if (box.dataset.run !== "true") box.checked = all.checked || chosen.has(box.value);
+    sync();
+  });
+  list.addEventListener("change", (event) => {
+    const box = event.target as HTMLInputElement;
+    if (box.checked) chosen.add(box.value);
+    else chosen.delete(box.value);
+  });
+  if (context.models) fill(context.models);
+  else if (context.api) void context.api.models().then(fill, () => fill([]));
+  const read = (): unknown => {
+    if (all.checked) return every;
+    return boxes.filter((box) => box.checked && box.dataset.run !== "true").map((box) => box.value);
+  };
+  const control = h(
+    "div",
+    { class: "models-picker" },
+    h("label", { class: "check" }, all, "every model"),
+    list,
+  );
+  return { control, read };
 }
