@@ -24,11 +24,11 @@ import torchattacks
 from torch import nn
 
 from convlens.errors import BadInput
-from convlens.events import Frame, Log, Metrics, Progress, Result
+from convlens.events import Frame, Log, Metrics, Predictions, Progress, Result
 from convlens.images import to_tensor
 from convlens.models.store import ModelStore
 from convlens.testing import find_method, of_type
-from convlens_plugins.adversarial.attacks import ADVERSARIAL_ATTACK
+from convlens_plugins.adversarial.attacks import ADVERSARIAL_ATTACK, attack_steps
 
 TOLERANCE = 1e-6
 SEED = 3
@@ -210,7 +210,7 @@ def test_each_step_is_streamed_and_the_flip_is_logged_where_it_happens(
     assert np.abs(pixels[:, :side].astype(float) - expected_left).max() <= 1
     expected_right = np.round(states[-1][0].permute(1, 2, 0).numpy() * 255)
     assert np.abs(pixels[:, 2 * side :].astype(float) - expected_right).max() <= 1
-    assert "×" in frames[0].label
+    assert {frame.label for frame in frames} == {"original | perturbation | adversarial"}
 
     metrics = of_type(events, Metrics)
     assert [m.step for m in metrics] == list(range(7))
@@ -244,6 +244,10 @@ def test_a_wide_frame_is_shrunk_to_512_pixels(convlens_run, default_model, sampl
         ({"target": 10}, "params.target"),
         ({"attack": "fgsm", "norm": "l2"}, "params.norm"),
         ({"attack": "bim", "norm": "l2"}, "params.norm"),
+        ({"attack": "cw", "c": 0.0}, "params.c"),
+        ({"attack": "cw", "c": -1.0}, "params.c"),
+        ({"attack": "cw", "lr": 0.0}, "params.lr"),
+        ({"attack": "deepfool", "target": 3}, "params.target"),
     ],
 )
 def test_bad_parameters_are_refused_by_name(convlens_run, tiny_model, sample_image, params, field):
@@ -254,3 +258,357 @@ def test_bad_parameters_are_refused_by_name(convlens_run, tiny_model, sample_ima
 
 def test_the_method_is_registered():
     assert find_method("adversarial_attack") is ADVERSARIAL_ATTACK
+
+
+# -- Carlini-Wagner L2 and DeepFool ---------------------------------------------------------------------------
+
+
+class Counted(nn.Module):
+    """``net`` counting its forward passes, its logits shifted by ``shift`` (argmax, softmax and every margin
+    unchanged): torchattacks' CW takes the largest other logit as ``max((1 - one_hot) * logits)`` and the class's as
+    ``max(one_hot * logits)``, which are 0 instead when those logits are negative; shifted, none is."""
+
+    def __init__(self, net: nn.Module, shift: float) -> None:
+        super().__init__()
+        self.net, self.shift, self.calls = net, shift, 0
+        # In eval mode: torchattacks puts a module back in the mode it was given, and a new one is in training
+        # mode, which would leave the shared oracle's BatchNorms computing batch statistics for later tests.
+        self.eval()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(images) + self.shift
+
+
+def inside(image: np.ndarray, model) -> torch.Tensor:
+    """The picture at the model's size, kept off 0 and 1 by one grey level: torchattacks' CW starts from an
+    infinite ``w`` at 0 and 1 (so those pixels never move), convlens from ``atanh(1 - 1e-6)`` as the paper's code."""
+    return to_tensor(image, model.input_size).clamp(1 / 255, 254 / 255)
+
+
+def states_of(model, inputs: torch.Tensor, **params) -> list:
+    defaults = {"norm": "l2", "epsilon": 0.0, "step": 0.0, "targeted": False}
+    return list(attack_steps(model, inputs, **{**defaults, **params}))
+
+
+@pytest.mark.parametrize(
+    ("c", "lr", "steps", "target"), [(100.0, 0.01, 50, None), (30.0, 0.01, 100, None), (100.0, 0.01, 50, 4)]
+)
+def test_cw_equals_torchattacks_cw_over_the_steps_torchattacks_runs(
+    tiny_model, tiny_oracle, sample_image, c, lr, steps, target
+):
+    inputs = inside(sample_image, tiny_model)
+    oracle = Counted(tiny_oracle, shift=100.0)
+    with torch.no_grad():
+        true_class = int(oracle(inputs).argmax())
+    method = torchattacks.CW(oracle, c=c, kappa=0, steps=steps, lr=lr)
+    if target is not None:
+        method.set_mode_targeted_by_label(quiet=True)
+    oracle.calls = 0
+    expected = method(inputs, torch.tensor([true_class if target is None else target]))
+    # torchattacks stops when its cost rose since its last check; convlens runs every step it is asked for, so it
+    # is asked for as many as torchattacks ran (Adam's path does not depend on the step count).
+    ran = oracle.calls
+    assert ran >= 15
+    states = states_of(
+        tiny_model,
+        inputs,
+        attack="cw",
+        steps=ran,
+        c=c,
+        lr=lr,
+        label=target if target is not None else true_class,
+        targeted=target is not None,
+    )
+    assert (expected - inputs).abs().max() > 0, (
+        "torchattacks found no adversarial: the test would prove nothing"
+    )
+    assert [index for index, _, _ in states] == list(range(ran + 1))
+    best = states[-1][1]
+    assert float((best - expected).abs().max()) <= TOLERANCE
+    assert best.min() >= 0 and best.max() <= 1
+    with torch.no_grad():
+        assert torch.allclose(states[-1][2], tiny_oracle(best), atol=1e-6)
+    after = int(tiny_oracle(best).argmax())
+    assert after != true_class if target is None else after == target
+
+
+def test_cw_on_the_default_model_equals_torchattacks_cw(models_dir, default_oracle, sample_image):
+    model = ModelStore([models_dir]).get("efficientnet_lite0.pt")
+    inputs = inside(sample_image, model)
+    oracle = Counted(default_oracle, shift=0.0)  # ImageNet logits of the classes that matter are positive
+    with torch.no_grad():
+        true_class = int(oracle(inputs).argmax())
+    oracle.calls = 0
+    expected = torchattacks.CW(oracle, c=1, kappa=0, steps=4, lr=0.01)(inputs, torch.tensor([true_class]))
+    assert (expected - inputs).abs().max() > 0
+    states = states_of(model, inputs, attack="cw", steps=oracle.calls, c=1.0, lr=0.01, label=true_class)
+    assert float((states[-1][1] - expected).abs().max()) <= TOLERANCE
+
+
+def test_cw_finds_a_smaller_l2_than_the_smallest_pgd_l2_ball_that_fools(
+    convlens_run, tiny_model, tiny_oracle, sample_image
+):
+    _, cw = attack(convlens_run, tiny_model, sample_image, attack="cw", c=30.0, lr=0.01, steps=100)
+    assert cw.data["flipped_at"] is not None and cw.data["norm"] == "l2"
+    adversarial = adversarial_tensor(cw)
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
+    inputs = to_tensor(sample_image, tiny_model.input_size)
+    with torch.no_grad():
+        true_class = int(tiny_oracle(inputs).argmax())
+        assert int(tiny_oracle(adversarial).argmax()) != true_class
+    cw_l2 = float((adversarial.double() - inputs.double()).norm()) * 255
+    # The smallest ball of a doubling series in which torchattacks' PGD-L2 (20 steps of a fifth of it) fools.
+    fooled = []
+    for epsilon in (25.0, 50.0, 100.0, 200.0, 400.0, 800.0):
+        pgd = oracle_attack(
+            tiny_oracle, inputs, SEED, attack="pgd", norm="l2", epsilon=epsilon, step=epsilon / 5, steps=20
+        )
+        with torch.no_grad():
+            if int(tiny_oracle(pgd).argmax()) != true_class:
+                fooled.append(float((pgd.double() - inputs.double()).norm()) * 255)
+    assert fooled, "PGD-L2 fooled the model in none of the balls"
+    assert cw_l2 < fooled[0]
+    assert cw.data["l2"] == pytest.approx(cw_l2, rel=1e-5)
+
+
+def test_deepfool_equals_torchattacks_deepfool_over_all_classes(tiny_model, tiny_oracle, sample_image):
+    inputs = to_tensor(sample_image, tiny_model.input_size)
+    with torch.no_grad():
+        true_class = int(tiny_oracle(inputs).argmax())
+    expected = torchattacks.DeepFool(tiny_oracle, steps=10, overshoot=0.02)(
+        inputs, torch.tensor([true_class])
+    )
+    states = states_of(
+        tiny_model, inputs, attack="deepfool", steps=10, overshoot=0.02, candidates=10, label=true_class
+    )
+    assert (expected - inputs).abs().max() > 0
+    assert float((states[-1][1] - expected).abs().max()) <= TOLERANCE
+    assert int(states[-1][2].argmax()) != true_class
+    assert int(states[-2][2].argmax()) == true_class, "it stops at the first state whose top class changed"
+
+
+def test_deepfool_on_the_default_model_equals_torchattacks_on_its_top_ten_classes(
+    models_dir, default_oracle, sample_image
+):
+    model = ModelStore([models_dir]).get("efficientnet_lite0.pt2")
+    inputs = to_tensor(sample_image, model.input_size)
+    with torch.no_grad():
+        logits = default_oracle(inputs)[0]
+    top = logits.topk(10).indices
+
+    class TopTen(nn.Module):
+        """The eager model's logits of the picture's ten most probable classes (its top class first)."""
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return default_oracle(images)[:, top]
+
+    expected = torchattacks.DeepFool(TopTen(), steps=3, overshoot=0.02)(inputs, torch.tensor([0]))
+    states = states_of(
+        model, inputs, attack="deepfool", steps=3, overshoot=0.02, candidates=10, label=int(top[0])
+    )
+    assert (expected - inputs).abs().max() > 0
+    difference = states[-1][1] - expected
+    assert float(difference.abs().max()) <= TOLERANCE
+
+
+def test_deepfool_on_an_affine_classifier_lands_on_the_nearest_boundary_in_one_step():
+    from convlens.models.base import ModelCard
+    from convlens.models.module import ModuleModel
+
+    generator = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(5, 3 * 8 * 8, generator=generator), torch.randn(5, generator=generator)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))
+    with torch.no_grad():
+        net[1].weight.copy_(weight), net[1].bias.copy_(bias)
+    card = ModelCard(
+        title="affine", input_size=(8, 8), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), labels=list("abcde")
+    )
+    model = ModuleModel("affine", net.eval(), card)
+    image = 0.5 + 0.01 * torch.randn(1, 3, 8, 8, generator=generator, dtype=torch.float64).float()
+
+    # The closed form, in float64 numpy: the nearest of the hyperplanes f_l = f_y.
+    x, w, b = image.double().flatten().numpy(), weight.double().numpy(), bias.double().numpy()
+    f = w @ x + b
+    y = int(f.argmax())
+    others = [k for k in range(5) if k != y]
+    distances = [abs(f[k] - f[y]) / np.linalg.norm(w[k] - w[y]) for k in others]
+    nearest = others[int(np.argmin(distances))]
+    minimal = w[nearest] - w[y]
+    minimal = abs(f[nearest] - f[y]) * minimal / np.dot(minimal, minimal)
+
+    states = states_of(model, image, attack="deepfool", steps=5, overshoot=0.0, candidates=10, label=y)
+    step_one = (states[1][1] - image).double().flatten().numpy()
+    np.testing.assert_allclose(step_one, minimal, rtol=1e-4, atol=1e-7)
+    assert np.linalg.norm(step_one) == pytest.approx(min(distances), rel=1e-5)
+    moved = w @ (x + step_one) + b
+    assert moved[nearest] == pytest.approx(moved[y], abs=1e-5), "on the boundary between the two classes"
+
+    overshot = states_of(model, image, attack="deepfool", steps=5, overshoot=0.02, candidates=10, label=y)
+    assert len(overshot) == 2, "past the boundary after one step, so it stops"
+    assert int(overshot[-1][2].argmax()) == nearest
+    assert float((overshot[-1][1] - image).double().norm()) == pytest.approx(1.02 * min(distances), rel=1e-5)
+
+
+# -- what the page is built on --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"attack": "bim", "epsilon": 3.0, "step": 0.5, "steps": 4},
+        {"attack": "pgd", "norm": "l2", "epsilon": 100.0, "step": 30.0, "steps": 4},
+        {"attack": "cw", "c": 30.0, "steps": 4},
+        {"attack": "deepfool", "steps": 4},
+    ],
+)
+@pytest.mark.parametrize("model_name", ["tiny", "default"])
+def test_each_step_is_one_frame_of_three_equal_panels_with_both_top5s_and_one_scale(
+    convlens_run, tiny_model, default_model, sample_image, params, model_name
+):
+    model = tiny_model if model_name == "tiny" else default_model
+    if model_name == "default" and params["attack"] != "bim":
+        params = {**params, "steps": 1}
+    events, result = attack(convlens_run, model, sample_image, **params)
+    frames, tops, metrics = of_type(events, Frame), of_type(events, Predictions), of_type(events, Metrics)
+    assert len(frames) == len(tops) == len(metrics) and [t.step for t in tops] == [f.step for f in frames]
+    assert {frame.label for frame in frames} == {"original | perturbation | adversarial"}
+    scales = {m.values["perturbation scale (×)"] for m in metrics}
+    assert len(scales) == 1
+    scale = scales.pop()
+    assert scale == result.data["perturbation_scale"] and scale > 0
+    if params.get("norm", "linf") == "linf" and params["attack"] == "bim":
+        assert scale == pytest.approx(0.5 * 255 / params["epsilon"])
+
+    height, width = model.input_size
+    panel = min(width, 512 // 3)
+    inputs = to_tensor(sample_image, model.input_size)
+    adversarial = adversarial_tensor(result)
+    expected_panels = [inputs, (0.5 + scale * (adversarial - inputs)).clamp(0, 1), adversarial]
+    if panel < width:
+        size = (round(height * panel / width), panel)
+        expected_panels = [
+            torch.nn.functional.interpolate(p, size=size, mode="area") for p in expected_panels
+        ]
+    pixels = frames[-1].pixels().astype(float)
+    assert pixels.shape[1] == 3 * panel
+    for index, expected in enumerate(expected_panels):
+        shown = pixels[:, index * panel : (index + 1) * panel]
+        assert np.abs(shown - expected[0].permute(1, 2, 0).numpy() * 255).max() <= 1.01, index
+
+    with torch.no_grad():
+        probabilities = [model.forward(x).logits[0].double().softmax(0) for x in (inputs, adversarial)]
+    for name, p in zip(("original", "adversarial"), probabilities, strict=True):
+        top = p.topk(5)
+        shown = tops[-1].tops[name]
+        assert [entry["class"] for entry in shown] == top.indices.tolist()
+        assert [entry["label"] for entry in shown] == [model.label(i) for i in top.indices.tolist()]
+        np.testing.assert_allclose([e["probability"] for e in shown], top.values.numpy(), atol=1e-5)
+
+
+def test_a_forward_that_goes_non_finite_stops_the_run_naming_the_step(sample_image):
+    from convlens.runner import iterate, prepare_run
+    from convlens.testing import make_tiny_model
+
+    model = make_tiny_model()
+    honest, calls = model.forward, []
+
+    def forward_going_to_nan(images, layers=(), **kw):
+        calls.append(1)
+        result = honest(images, layers, **kw)
+        if len(calls) > 3:  # the first top-5, then steps 0 and 1 are finite
+            result.logits = result.logits * float("nan")
+        return result
+
+    model.forward = forward_going_to_nan
+    ctx = prepare_run(ADVERSARIAL_ATTACK, model, sample_image, {"attack": "bim", "steps": 5}, seed=0)
+    events = []
+    with pytest.raises(BadInput, match="non-finite logits at step 2") as error:
+        events.extend(iterate(ADVERSARIAL_ATTACK, ctx))
+    assert (error.value.field, error.value.status) == ("model", 422)
+    assert [frame.step for frame in of_type(events, Frame)] == [0, 1]
+    assert not of_type(events, Result)
+
+
+def test_attack_steps_on_a_batch_equals_torchattacks_on_the_batch(tiny_model, tiny_oracle, sample_image):
+    from skimage import data
+
+    pictures = [sample_image, data.astronaut(), data.coffee()]
+    inputs = torch.cat([to_tensor(picture, tiny_model.input_size) for picture in pictures])
+    labels = torch.tensor([1, 4, 7])
+    generator = torch.Generator().manual_seed(SEED)
+    states = list(
+        attack_steps(
+            tiny_model,
+            inputs,
+            attack="pgd",
+            norm="linf",
+            epsilon=8 / 255,
+            step=2 / 255,
+            steps=10,
+            label=labels,
+            targeted=False,
+            generator=generator,
+        )
+    )
+    torch.manual_seed(SEED)
+    expected = torchattacks.PGD(tiny_oracle, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True)(
+        inputs, labels
+    )
+    assert float((states[-1][1] - expected).abs().max()) <= TOLERANCE
+    assert states[-1][2].shape == (3, 10)
+
+    with torch.no_grad():
+        labels = tiny_oracle(inputs).argmax(
+            dim=1
+        )  # DeepFool moves only pictures whose top class is the label
+    fooled = torchattacks.DeepFool(tiny_oracle, steps=10, overshoot=0.02)(inputs, labels)
+    states = states_of(
+        tiny_model, inputs, attack="deepfool", steps=10, overshoot=0.02, candidates=10, label=labels
+    )
+    assert float((states[-1][1] - fooled).abs().max()) <= TOLERANCE
+
+
+FORWARD_ONLY = "forward-only"
+
+
+@pytest.fixture
+def forward_only_model(app, monkeypatch):
+    """The app also offers ``forward-only``: the tiny model without gradients, for the rest of the test."""
+    from convlens.testing import make_tiny_model
+
+    model = make_tiny_model()
+    model.__class__ = type(
+        "ForwardOnly", (type(model),), {"capabilities": property(lambda self: frozenset())}
+    )
+    jobs = app.extensions["convlens"].jobs
+    installed = jobs.get_model
+    monkeypatch.setattr(jobs, "get_model", lambda name: model if name == FORWARD_ONLY else installed(name))
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "status", "field"),
+    [
+        ("efficientnet_lite0.onnx", {"epsilon": -1}, 400, "params.epsilon"),
+        ("efficientnet_lite0.onnx", {"epsilon": 255.5}, 400, "params.epsilon"),
+        ("efficientnet_lite0.onnx", {"target": 1000}, 400, "params.target"),
+        ("efficientnet_lite0.onnx", {"target": -1}, 400, "params.target"),
+        ("efficientnet_lite0.onnx", {"steps": 0}, 400, "params.steps"),
+        ("efficientnet_lite0.onnx", {"attack": "fgsm", "norm": "l2"}, 400, "params.norm"),
+        ("efficientnet_lite0.onnx", {"attack": "cw", "c": 0}, 400, "params.c"),
+        ("efficientnet_lite0.onnx", {"attack": "cw", "c": -0.5}, 400, "params.c"),
+        ("efficientnet_lite0.onnx", {"attack": "deepfool", "target": 3}, 400, "params.target"),
+        ("efficientnet_lite0.onnx", {"attack": "sparse"}, 400, "params.attack"),
+        (FORWARD_ONLY, {}, 422, "method"),
+    ],
+)
+def test_bad_attack_requests_through_the_api_are_4xx_naming_the_field(
+    client, forward_only_model, model, params, status, field
+):
+    body = {"method": "adversarial_attack", "model": model, "image": "chelsea", "params": params}
+    answer = client.post("/api/jobs", json=body)
+    assert answer.status_code == status, answer.get_json()
+    assert answer.get_json()["field"] == field
+    assert answer.get_json()["error"]
+    if status == 422:
+        assert "gradients" in answer.get_json()["error"]

@@ -174,3 +174,33 @@ def test_a_setting_in_the_environment_that_is_not_a_number_exits_non_zero_naming
         assert answer.returncode == 2, answer.stderr
         assert f"convlens: error: {name}: {expected}" in answer.stderr
         assert "Traceback" not in answer.stderr
+
+
+def test_run_writes_the_newest_top_classes_of_each_panel_into_result_json(models_dir, tmp_path):
+    out = tmp_path / "fgsm"
+    answer = convlens(
+        "run", "adversarial_attack", "--model", "efficientnet_lite0.pt", "--image", "chelsea",
+        "--param", "attack=fgsm", "--out", str(out), "--quiet",
+        models_dir=models_dir,
+    )  # fmt: skip
+    assert answer.returncode == 0, answer.stderr
+    result = json.loads((out / "result.json").read_text())
+    newest = result["panel_predictions"]
+    assert newest["step"] == 1 and set(newest["tops"]) == {"original", "adversarial"}
+
+    # The oracle: the TorchScript module itself on the saved adversarial picture, normalised by the card.
+    card = json.loads((models_dir / "efficientnet_lite0.json").read_text())
+    net = torch.jit.load(str(models_dir / "efficientnet_lite0.pt")).eval()
+    labels = (models_dir / card["labels"]).read_text().splitlines()
+    picture = torch.from_numpy(np.load(out / "adversarial.npy")).permute(2, 0, 1)[None].float()
+    mean, std = (torch.tensor(card[name]).view(1, 3, 1, 1) for name in ("mean", "std"))
+    with torch.no_grad():
+        probabilities = net((picture - mean) / std)[0].double().softmax(0)
+    values, indices = probabilities.topk(5)
+    shown = newest["tops"]["adversarial"]
+    assert [entry["class"] for entry in shown] == indices.tolist()
+    assert [entry["label"] for entry in shown] == [labels[i] for i in indices.tolist()]
+    np.testing.assert_allclose([entry["probability"] for entry in shown], values.numpy(), atol=1e-4)
+    # The original's list is the top-5 of the picture the run started from.
+    original = [entry["class"] for entry in newest["tops"]["original"]]
+    assert original == [entry["index"] for entry in result["predictions"]]

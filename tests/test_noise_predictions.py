@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from convlens.errors import BadInput
-from convlens.events import Frame, Progress, Result
+from convlens.events import Frame, Predictions, Progress, Result
 from convlens.images import to_tensor
 from convlens.plugins import get_plugin_manager, sample_images
 from convlens.runner import samples_only
@@ -31,7 +31,7 @@ def events(tiny):
     from convlens.testing import run_method
 
     image = np.zeros((8, 8, 3), dtype=np.uint8)
-    return run_method("noise_predictions", tiny, image, seed=SEED, draws=DRAWS, batch=BATCH)
+    return run_method("noise_predictions", tiny, image, seed=SEED, draws=DRAWS, batch=BATCH, models=[])
 
 
 def module_probabilities(model, images: np.ndarray) -> np.ndarray:
@@ -59,8 +59,10 @@ def test_same_seed_repeats_bit_for_bit_and_another_differs(tiny, events):
     from convlens.testing import run_method
 
     image = np.zeros((8, 8, 3), dtype=np.uint8)
-    again = run_method("noise_predictions", tiny, image, seed=SEED, draws=DRAWS, batch=BATCH)[-1]
-    other = run_method("noise_predictions", tiny, image, seed=SEED + 1, draws=DRAWS, batch=BATCH)[-1]
+    again = run_method("noise_predictions", tiny, image, seed=SEED, draws=DRAWS, batch=BATCH, models=[])[-1]
+    other = run_method("noise_predictions", tiny, image, seed=SEED + 1, draws=DRAWS, batch=BATCH, models=[])[
+        -1
+    ]
     first = events[-1]
     for name in ("top_probabilities", "patterns"):
         assert np.array_equal(first.arrays[name], again.arrays[name])
@@ -126,13 +128,21 @@ def test_rejected_share_of_sample_photos_equals_an_independent_count(tiny, event
     assert result.data["samples_rejected"] == np.count_nonzero(top <= threshold) / len(names)
 
 
-def test_streams_progress_per_batch_and_the_histogram_as_it_fills(events):
+def test_streams_each_pattern_with_its_top5_then_the_histogram_as_it_fills(events):
     batches = -(-DRAWS // BATCH)
     assert [p.step for p in of_type(events, Progress)] == list(range(batches + 1))
-    histograms = [f for f in of_type(events, Frame) if f.label == "histogram"]
+    histograms = [f for f in of_type(events, Frame) if f.label == "histogram · tiny"]
     assert len(histograms) == batches + 1
-    assert [f.label for f in of_type(events, Frame)][0] == "patterns"
-    assert isinstance(events[-1], Result)
+    names = ["gaussian", "uniform", "stripes", "checkerboard"]
+    assert [f.label for f in of_type(events, Frame)][:4] == [f"{name} · tiny" for name in names]
+    tops = of_type(events, Predictions)[-1].tops
+    assert tops == {
+        f"{name} · tiny": [
+            {"class": e["index"], "label": e["label"], "probability": e["probability"]} for e in top
+        ]
+        for name, top in events[-1].data["patterns"].items()
+    }
+    assert isinstance(events[-1], Result) and events[-1].data["models"] == ["tiny"]
 
 
 def test_zero_draws_is_refused_naming_the_field(tiny):
@@ -141,3 +151,141 @@ def test_zero_draws_is_refused_naming_the_field(tiny):
     with pytest.raises(BadInput) as error:
         run_method("noise_predictions", tiny, np.zeros((8, 8, 3), dtype=np.uint8), draws=0)
     assert error.value.field == "params.draws"
+
+
+MANY_DRAWS, MANY_BATCH, BIG, SMALL = 12, 8, (224, 224), (32, 32)
+ORDER = ["efficientnet_lite0.onnx", "tiny32.pt", "efficientnet_lite0.pt2"]
+"""The run's model first, then the others in the order the request names them."""
+
+
+@pytest.fixture(scope="module")
+def shelf(models_dir, tmp_path_factory):
+    """The default model's files and the tiny net traced to TorchScript, carded at 32 px: a model of another size."""
+    import json
+
+    from convlens.models.store import ModelStore
+
+    directory = tmp_path_factory.mktemp("noise-models")
+    tiny = make_tiny_model()
+    with torch.no_grad():
+        torch.jit.save(torch.jit.trace(tiny.module, torch.rand(2, 3, *SMALL)), str(directory / "tiny32.pt"))
+    card = {"input_size": list(SMALL), "mean": list(tiny.card.mean), "std": list(tiny.card.std)}
+    (directory / "tiny32.json").write_text(json.dumps({**card, "labels": tiny.card.labels}))
+    return ModelStore([models_dir, directory])
+
+
+@pytest.fixture(scope="module")
+def many(shelf, default_model):
+    from convlens.runner import iterate, prepare_run
+    from convlens.testing import find_method
+
+    method = find_method("noise_predictions")
+    params = {"models": ["tiny32.pt", "efficientnet_lite0.pt2"], "draws": MANY_DRAWS, "batch": MANY_BATCH}
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    return list(iterate(method, prepare_run(method, default_model, image, params, seed=SEED, models=shelf)))
+
+
+@pytest.fixture(scope="module")
+def eager(pixel_space, default_model):
+    """Softmax of each model's eager module on Nx3xHxW [0, 1] images, by model id."""
+    from convlens.models.efficientnet_lite import build_efficientnet_lite0
+
+    tiny = make_tiny_model()
+    efficientnet = pixel_space(build_efficientnet_lite0(), default_model.card.mean, default_model.card.std)
+    small = pixel_space(tiny.module, tiny.card.mean, tiny.card.std)
+
+    def probabilities(model_id: str, images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            net = small if model_id == "tiny32.pt" else efficientnet
+            return torch.softmax(net(torch.as_tensor(images, dtype=torch.float32)).double(), dim=1).numpy()
+
+    return probabilities
+
+
+def test_every_model_sees_the_seeded_noise_at_its_own_size_as_its_eager_module_does(many, eager):
+    result = many[-1]
+    assert result.data["models"] == [entry["model"] for entry in result.data["by_model"]] == ORDER
+    rng = np.random.default_rng(SEED)
+    rng.normal(size=(1, 3, *BIG)), rng.random((1, 3, *BIG))  # the two noise patterns
+    draws = {BIG: [], SMALL: []}
+    for start in range(0, MANY_DRAWS, MANY_BATCH):
+        count = min(MANY_BATCH, MANY_DRAWS - start)
+        for size in (BIG, SMALL):  # the run's model's size first, then the others' in their order
+            draws[size].append(np.clip(rng.normal(0.5, 0.25, (count, 3, *size)), 0, 1).astype(np.float32))
+    reported = result.arrays["top_probabilities_by_model"]
+    for which, entry in enumerate(result.data["by_model"]):
+        size = SMALL if entry["model"] == "tiny32.pt" else BIG
+        top = eager(entry["model"], np.concatenate(draws[size])).max(axis=1)
+        np.testing.assert_allclose(reported[which], top, rtol=1e-4)
+        assert entry["bins"]["counts"] == np.histogram(top, bins=20, range=(0, 1))[0].tolist()
+        assert entry["threshold"] == np.quantile(reported[which], 0.99)
+        assert entry["input_size"] == list(size)
+    assert np.array_equal(result.arrays["top_probabilities"], reported[0])
+    assert result.data["threshold"] == result.data["by_model"][0]["threshold"]
+
+
+def test_each_model_has_its_top5_of_each_pattern_and_its_share_of_sample_photos_rejected(many, eager):
+    import torch.nn.functional as F  # noqa: N812
+
+    result = many[-1]
+    shown = result.arrays["patterns"].transpose(0, 3, 1, 2)
+    small = F.interpolate(torch.from_numpy(shown), size=SMALL, mode="bilinear", antialias=True).clamp(0, 1)
+    names = [sample.id for sample in sample_images(get_plugin_manager())]
+    load = samples_only()
+    for entry in result.data["by_model"]:
+        size, patterns = (SMALL, small.numpy()) if entry["model"] == "tiny32.pt" else (BIG, shown)
+        for row, top in zip(eager(entry["model"], patterns), entry["patterns"].values(), strict=True):
+            assert [e["index"] for e in top] == list(np.argsort(-row)[:5])
+            np.testing.assert_allclose(
+                [e["probability"] for e in top], np.sort(row)[::-1][:5], rtol=1e-4, atol=1e-6
+            )
+        photos = np.concatenate([to_tensor(load(name), size).numpy() for name in names])
+        photo_top = eager(entry["model"], photos).max(axis=1)
+        rejected = [bool(p <= entry["threshold"]) for p in photo_top]
+        assert [s["rejected"] for s in entry["samples"]] == rejected
+        assert entry["samples_rejected"] == sum(rejected) / len(names)
+
+
+def test_a_frame_a_pattern_with_a_panel_and_a_top5_a_model(many):
+    frames = of_type(many, Frame)[:4]
+    for frame, name in zip(frames, ["gaussian", "uniform", "stripes", "checkerboard"], strict=True):
+        assert frame.label == " | ".join(f"{name} · {model_id}" for model_id in ORDER)
+        assert frame.pixels().shape[1] % len(ORDER) == 0
+    tops = of_type(many, Predictions)[-1].tops
+    by_model = {entry["model"]: entry for entry in many[-1].data["by_model"]}
+    for panel, top in tops.items():
+        name, model_id = panel.split(" · ")
+        assert [e["class"] for e in top] == [e["index"] for e in by_model[model_id]["patterns"][name]]
+    assert len(tops) == 4 * len(ORDER)
+
+
+def test_a_run_through_the_server_compares_the_models_it_names(client, eager):
+    import io
+    import time
+
+    request = {
+        "method": "noise_predictions",
+        "model": "efficientnet_lite0.onnx",
+        "image": "chelsea",
+        "seed": SEED,
+        "params": {"models": ["efficientnet_lite0.pt2"], "draws": 8, "batch": 8},
+    }
+    answer = client.post("/api/jobs", json=request)
+    assert answer.status_code == 202, answer.get_json()
+    deadline = time.monotonic() + 120
+    while (job := client.get(f"/api/jobs/{answer.get_json()['id']}").get_json())["state"] not in (
+        "done",
+        "failed",
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert job["state"] == "done", job["error"]
+    assert job["result"]["data"]["models"] == ["efficientnet_lite0.onnx", "efficientnet_lite0.pt2"]
+    rng = np.random.default_rng(SEED)
+    rng.normal(size=(1, 3, *BIG)), rng.random((1, 3, *BIG))
+    noise = np.clip(rng.normal(0.5, 0.25, (8, 3, *BIG)), 0, 1).astype(np.float32)
+    top = eager("efficientnet_lite0.onnx", noise).max(axis=1)
+    data = client.get(f"/api/jobs/{job['id']}/arrays/top_probabilities_by_model.npy").data
+    np.testing.assert_allclose(np.load(io.BytesIO(data)), [top, top], rtol=1e-4)
+    bad = client.post("/api/jobs", json={**request, "params": {"models": ["efficientnet_lite0.pt3"]}})
+    assert bad.status_code == 400 and bad.get_json()["field"] == "params.models"

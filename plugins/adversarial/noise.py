@@ -1,17 +1,22 @@
-"""What the model says about pictures of nothing: noise, stripes and checkerboards, and how sure it is.
+"""What models say about pictures of nothing: noise, stripes and checkerboards, and how sure each is.
 
 Nguyen, Yosinski & Clune, "Deep Neural Networks are Easily Fooled", CVPR 2015 (arXiv:1412.1897): a network
-gives high confidence to images a person sees as nothing. This method shows the plain baseline of that claim.
-Four patterns at the model's input size (Gaussian noise N(0.5, 0.25²) clipped to [0, 1], uniform noise,
-stripes, a checkerboard) with the model's top-5 each; then ``draws`` Gaussian noise images through the model,
-forward only, a histogram of the top softmax probability, the threshold that would reject ``reject`` (0.99)
-of them (their ``reject`` quantile; an image is rejected when its top probability is at or below it), and
-the share of the installed sample photos that the same threshold rejects.
+gives high confidence to images a person sees as nothing. This method shows the plain baseline of that claim,
+for the run's model and, beside it, every other chosen one (``models``: by default every model the server has).
+Four patterns at the run's model's input size (Gaussian noise N(0.5, 0.25²) clipped to [0, 1], uniform noise,
+stripes, a checkerboard), one frame each with a panel a model and each model's top-5 under its panel; then
+``draws`` Gaussian noise images through each model, forward only, a histogram of the top softmax probability
+per model, the threshold that would reject ``reject`` (0.99) of its noise (the ``reject`` quantile; an image
+is rejected when its top probability is at or below it), and the share of the installed sample photos that
+the same threshold rejects on that model.
 
-Differences from the paper: the paper evolves images to fool the net; here the noise is
-plain, to show the base rate of confidence on meaningless input. Only the chosen model runs (a method sees
-one model), not every loaded one. The stripes (horizontal) and checkerboard are black and white with a
-period of an eighth of the input's height; only the two noises draw from the seed.
+Differences from the paper: the paper evolves images to fool the net; here the noise is plain, to show the
+base rate of confidence on meaningless input. The stripes (horizontal) and checkerboard are black and white
+with a period of an eighth of the input's height; only the two noises draw from the seed. A model whose input
+size differs from the run's model's sees the four patterns resized (bilinear, antialiased, in float), and its
+own noise draws at its own size, so each model's noise follows the stated law; models of one size see the same
+draws. The single-model keys of the result (``threshold``, ``samples``...) are the run's model's; ``by_model``
+holds every model's.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual name
 
-from convlens.events import Event, Frame, Metrics, Progress, Result
+from convlens.events import Event, Frame, Log, Metrics, Predictions, Progress, Result
 from convlens.images import to_tensor
 from convlens.methods import Method, RunContext
-from convlens.params import Float, Int
+from convlens.params import Float, Int, Models
 
 if TYPE_CHECKING:
     from convlens.models.base import Model
@@ -38,6 +45,10 @@ NOISE_STD = 0.25
 PATTERNS = ("gaussian", "uniform", "stripes", "checkerboard")
 HISTOGRAM_SIZE = (160, 320)
 """Height and width of the drawn histogram, in pixels."""
+ROW_WIDTH = 1024
+"""A pattern's frame (one panel a model) is shrunk to fit this width."""
+PANEL_SEPARATOR = " | "
+"""Between the panel names of a frame's label: each panel is one model's, with its top-5 under it."""
 
 
 def gaussian_noise(
@@ -125,61 +136,144 @@ def sample_photos(size: tuple[int, int]) -> dict[str, np.ndarray]:
     }
 
 
+def panel_row(image: np.ndarray, count: int, width: int = ROW_WIDTH) -> np.ndarray:
+    """``count`` copies of the 1x3xHxW ``image`` side by side as HxWx3 float32, each tile shrunk (area) to at
+    most ``width / count`` pixels wide: the equal panels of a frame labelled ``"a | b | ..."``."""
+    tile = torch.from_numpy(np.ascontiguousarray(image)).float()
+    height, side = tile.shape[2:]
+    tile_width = min(side, max(1, width // count))
+    if tile_width < side:
+        tile = F.interpolate(tile, size=(max(1, round(height * tile_width / side)), tile_width), mode="area")
+    row = torch.cat([tile] * count, dim=3)
+    return row[0].permute(1, 2, 0).numpy()
+
+
+def seen_by(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nx3xHxW ``images`` as a model of input ``size`` sees them: as they are at that size, else resized
+    (bilinear, antialiased, in float)."""
+    if tuple(images.shape[2:]) == tuple(size):
+        return images
+    resized = F.interpolate(
+        torch.from_numpy(images), size=tuple(size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return resized.clamp(0, 1).numpy()
+
+
+def as_classes(top: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A :func:`top_k` list in the keys of :class:`~convlens.events.Predictions`: class, label, probability."""
+    return [{"class": e["index"], "label": e["label"], "probability": e["probability"]} for e in top]
+
+
 def run_noise_predictions(ctx: RunContext) -> Iterator[Event]:
-    model, params = ctx.model, ctx.params
-    size = tuple(model.input_size)
-    k = min(5, len(model.labels) or 5)
+    params = ctx.params
+    models = ctx.models.get("models") or [ctx.model]
+    for model_id, reason in ctx.models_left_out.items():
+        yield Log(f"{model_id} left out: it cannot be loaded ({reason})", level="warning")
+    size = tuple(ctx.model.input_size)
+    ids = [model.id for model in models]
 
     shown = patterns(ctx.rng, size)
-    yield Frame(patterns_mosaic(list(shown.values())), step=0, label="patterns")
-    pattern_probabilities = softmax(model.logits(np.concatenate(list(shown.values()))))
-    pattern_top = {name: top_k(model, row, k) for name, row in zip(shown, pattern_probabilities, strict=True)}
+    pattern_top: list[dict[str, list[dict[str, Any]]]] = [{} for _ in models]
+    tops: dict[str, list[dict[str, Any]]] = {}
+    for step, (name, image) in enumerate(shown.items()):
+        panels = [f"{name} · {model_id}" for model_id in ids]
+        for index, model in enumerate(models):
+            probabilities = softmax(model.logits(seen_by(image, model.input_size)))[0]
+            pattern_top[index][name] = top_k(model, probabilities, min(5, len(model.labels) or 5))
+            tops[panels[index]] = as_classes(pattern_top[index][name])
+        yield Frame(panel_row(image, len(models)), step=step, label=PANEL_SEPARATOR.join(panels))
+        yield Predictions(dict(tops), step=step)
 
     draws, batch, bins = params["draws"], params["batch"], params["bins"]
     batches = -(-draws // batch)
-    top = np.empty(0, dtype=np.float64)
-    counts = np.zeros(bins, dtype=np.int64)
+    # Noise of the stated law at each model's own input size; models of one size see the same draws.
+    sizes = list(dict.fromkeys(tuple(model.input_size) for model in models))
+    top = [np.empty(0, dtype=np.float64) for _ in models]
+    counts = np.zeros((len(models), bins), dtype=np.int64)
+    histogram_label = PANEL_SEPARATOR.join(f"histogram · {model_id}" for model_id in ids)
     yield Progress(0, batches)
     for index in range(batches):
         count = min(batch, draws - index * batch)
-        probabilities = softmax(model.logits(gaussian_noise(ctx.rng, count, size), batch_size=batch))
-        batch_top = probabilities.max(axis=1)
-        top = np.concatenate([top, batch_top])
-        counts += np.histogram(batch_top, bins=bins, range=(0.0, 1.0))[0]
-        yield Frame(histogram_image(counts), step=index + 1, label="histogram")
-        yield Metrics({"mean_top_probability": float(top.mean())}, step=index + 1)
+        noise = {shape: gaussian_noise(ctx.rng, count, shape) for shape in sizes}
+        for which, model in enumerate(models):
+            logits = model.logits(noise[tuple(model.input_size)], batch_size=batch)
+            batch_top = softmax(logits).max(axis=1)
+            top[which] = np.concatenate([top[which], batch_top])
+            counts[which] += np.histogram(batch_top, bins=bins, range=(0.0, 1.0))[0]
+        yield Frame(histograms_row(counts), step=index + 1, label=histogram_label)
+        yield Metrics(
+            {
+                "mean_top_probability": float(top[0].mean()),
+                **{f"mean top probability · {i}": float(t.mean()) for i, t in zip(ids, top, strict=True)},
+            },
+            step=index + 1,
+        )
         yield Progress(index + 1, batches)
 
-    threshold = rejection_threshold(top, params["reject"])
-    photos = sample_photos(size)
-    photo_top = (
-        softmax(model.logits(np.concatenate(list(photos.values())))).max(axis=1) if photos else np.empty(0)
-    )
-    photo_rejected = photo_top <= threshold
-    histogram = histogram_image(counts, threshold)
-    yield Frame(histogram, step=batches + 1, label="histogram")
+    by_model = []
+    for which, model in enumerate(models):
+        threshold = rejection_threshold(top[which], params["reject"])
+        photos = sample_photos(tuple(model.input_size))
+        photo_top = (
+            softmax(model.logits(np.concatenate(list(photos.values())))).max(axis=1)
+            if photos
+            else np.empty(0)
+        )
+        photo_rejected = photo_top <= threshold
+        by_model.append(
+            {
+                "model": model.id,
+                "input_size": list(model.input_size),
+                "patterns": pattern_top[which],
+                "bins": {"edges": np.linspace(0.0, 1.0, bins + 1).tolist(), "counts": counts[which].tolist()},
+                "mean_top_probability": float(top[which].mean()),
+                "threshold": threshold,
+                "noise_rejected": float(np.mean(top[which] <= threshold)),
+                "samples": [
+                    {"id": name, "top_probability": float(p), "rejected": bool(r)}
+                    for name, p, r in zip(photos, photo_top, photo_rejected, strict=True)
+                ],
+                "samples_rejected": float(photo_rejected.mean()) if photos else None,
+            }
+        )
+        yield Log(
+            f"{model.id}: threshold {threshold:.4f} rejects {by_model[-1]['noise_rejected']:.1%} of the noise "
+            f"and {by_model[-1]['samples_rejected'] or 0:.1%} of the sample photos"
+        )
+    thresholds = [entry["threshold"] for entry in by_model]
+    histograms = histograms_row(counts, thresholds)
+    yield Frame(histograms, step=batches + 1, label=histogram_label)
+    own = by_model[0]
     yield Result(
-        images={"patterns": patterns_mosaic(list(shown.values())), "histogram": histogram},
+        images={
+            "patterns": patterns_mosaic(list(shown.values())),
+            "histogram": histogram_image(counts[0], own["threshold"]),
+            "histograms": histograms,
+        },
         arrays={
-            "top_probabilities": top,
+            "top_probabilities": top[0],
+            "top_probabilities_by_model": np.stack(top),
             "patterns": np.concatenate(list(shown.values())).transpose(0, 2, 3, 1),
         },
         data={
-            "patterns": pattern_top,
+            **{key: own[key] for key in ("patterns", "bins", "mean_top_probability", "threshold")},
             "draws": draws,
-            "bins": {"edges": np.linspace(0.0, 1.0, bins + 1).tolist(), "counts": counts.tolist()},
-            "mean_top_probability": float(top.mean()),
             "reject": params["reject"],
-            "threshold": threshold,
-            "noise_rejected": float(np.mean(top <= threshold)),
-            "samples": [
-                {"id": name, "top_probability": float(p), "rejected": bool(r)}
-                for name, p, r in zip(photos, photo_top, photo_rejected, strict=True)
-            ],
-            "samples_rejected": float(photo_rejected.mean()) if photos else None,
-            "models": [model.id],
+            **{key: own[key] for key in ("noise_rejected", "samples", "samples_rejected")},
+            "models": ids,
+            "by_model": by_model,
+            "left_out": dict(ctx.models_left_out),
         },
     )
+
+
+def histograms_row(counts: np.ndarray, thresholds: list[float] | None = None) -> np.ndarray:
+    """Each model's histogram (a row of ``counts``) side by side, HxWx3 uint8, with its threshold when given."""
+    pictures = [
+        histogram_image(row, None if thresholds is None else thresholds[index])
+        for index, row in enumerate(counts)
+    ]
+    return np.concatenate(pictures, axis=1)
 
 
 NOISE_PREDICTIONS = Method(
@@ -188,6 +282,13 @@ NOISE_PREDICTIONS = Method(
     topic="How easily it is fooled",
     run=run_noise_predictions,
     params=(
+        Models(
+            "models",
+            run_model="first",
+            title="Models",
+            help='The models to compare, after the run\'s own: "*" every model the server has (the default), '
+            "or those chosen.",
+        ),
         Int(
             "draws",
             256,
