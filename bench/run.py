@@ -49,6 +49,9 @@ SCRIPTS = {
     "feature_store": {"limit_s": 1800, "quick": ["--images", "200"]},
     "code_map": {"limit_s": 2400, "quick": ["--images", "2000", "--repeats", "1"]},
     "code_map_fps": {"limit_s": 900, "quick": ["--repeats", "1", "--seconds", "3"]},
+    "pgd": {"limit_s": 900, "quick": ["--repeats", "1"]},
+    "adversarial_patch": {"limit_s": 1800, "quick": ["--steps", "20"]},
+    "fooling": {"limit_s": 1800, "quick": ["--queries", "64", "--steps", "20"]},
 }
 """Script name → time limit and the arguments of a quick run."""
 

@@ -6,11 +6,25 @@ from convlens import hookimpl
 from convlens.methods import Method
 
 from .attacks import ADVERSARIAL_ATTACK
+from .fooling import FOOLING_EVOLUTION
+from .fooling_gradient import FOOLING_GRADIENT
 from .goldfish import GOLDFISH_WEIGHTS
 from .linear import LINEAR_EXPLANATION
 from .noise import NOISE_PREDICTIONS
+from .nudge import LINEAR_NUDGE
+from .patch import ADVERSARIAL_PATCH, APPLY_PATCH
 
 
 @hookimpl
 def register_methods() -> list[Method]:
-    return [ADVERSARIAL_ATTACK, LINEAR_EXPLANATION, GOLDFISH_WEIGHTS, NOISE_PREDICTIONS]
+    return [
+        ADVERSARIAL_ATTACK,
+        LINEAR_EXPLANATION,
+        GOLDFISH_WEIGHTS,
+        LINEAR_NUDGE,
+        NOISE_PREDICTIONS,
+        ADVERSARIAL_PATCH,
+        APPLY_PATCH,
+        FOOLING_GRADIENT,
+        FOOLING_EVOLUTION,
+    ]
