@@ -356,3 +356,62 @@ def test_a_bad_thumbnail_size_is_a_400_naming_size(client, size):
     answer = client.get("/api/images/chelsea", query_string={"size": size})
     assert answer.status_code == 400
     assert answer.get_json()["field"] == "size" and answer.get_json()["error"]
+
+
+def test_a_run_names_models_of_the_servers_own_folders_not_only_the_process_defaults(
+    models_folder, tmp_path, monkeypatch
+):
+    """The app's model store reaches the jobs: ``other.pt`` is in a folder only the app's Config names (the
+    process default, ``Config()`` under an empty home, has no models), so only that store can find it."""
+    import torch
+    from torch import nn
+
+    monkeypatch.setenv("CONVLENS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CONVLENS_MODELS_DIRS", raising=False)
+    monkeypatch.setattr(
+        convlens.app, "get_plugin_manager", lambda: make_plugin_manager({"basics", "adversarial"})
+    )
+    folder = tmp_path / "more-models"
+    folder.mkdir()
+    torch.manual_seed(1)
+    other = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).eval()
+    with torch.no_grad():
+        torch.jit.save(torch.jit.trace(other, torch.rand(2, 3, 16, 16)), str(folder / "other.pt"))
+    (folder / "other.json").write_text(json.dumps({"title": "Other", "input_size": [16, 16]}))
+    config = Config(
+        models_dirs=[models_folder, folder], data_dir=tmp_path / "data", ensure_default_model=False
+    )
+    client = create_app(config).test_client()
+
+    def noise_run(models):
+        return client.post(
+            "/api/jobs",
+            json={
+                "method": "noise_predictions",
+                "model": MODEL,
+                "image": "chelsea",
+                "params": {"models": models, "draws": 4, "batch": 4},
+            },
+        )
+
+    answer = noise_run(["other.pt"])
+    assert answer.status_code == 202, answer.get_json()
+    done = ended(client, answer.get_json()["id"])
+    assert done["state"] == "done", done["error"]
+    by_model = done["result"]["data"]["by_model"]
+    assert [entry["model"] for entry in by_model] == [MODEL, "other.pt"]
+    # other.pt's top class of each pattern is that of its module, run here in plain torch (ImageNet normalisation).
+    patterns = np.load(io.BytesIO(client.get(done["result"]["array_urls"]["patterns"]).data))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    with torch.no_grad():
+        logits = other(
+            (torch.from_numpy(patterns).permute(0, 3, 1, 2) - mean[:, None, None]) / std[:, None, None]
+        )
+    tops = [entry[0]["index"] for entry in by_model[1]["patterns"].values()]
+    assert tops == logits.argmax(dim=1).tolist()
+
+    unknown = noise_run(["elsewhere.pt"])
+    assert unknown.status_code == 400
+    assert unknown.get_json()["field"] == "params.models" and "'elsewhere.pt'" in unknown.get_json()["error"]

@@ -198,6 +198,7 @@ def test_each_step_is_streamed_and_the_flip_is_logged_where_it_happens(
     flips = [k for k, p in enumerate(probabilities) if int(p.argmax()) != true_class]
     assert flips and flips[0] > 1, "choose parameters whose flip comes after the first step"
     assert result.data["flipped_at"] == flips[0]
+    assert result.data["flipped_to"]["class"] == int(probabilities[flips[0]].argmax())
     logs = [log.message for log in of_type(events, Log)]
     assert len(logs) == 1 and logs[0].startswith(f"step {flips[0]}:")
 

@@ -265,7 +265,7 @@ def run_attack(ctx: RunContext) -> Iterator[Event]:
     label = target if targeted else true_class
     total = 1 if attack == "fgsm" else params["steps"]
     shown = f"{'target' if targeted else 'true class'} probability"
-    flipped_at = reached_at = None
+    flipped_at = flipped_to = reached_at = None
     generator = ctx.generator if attack == "pgd" and params["random_start"] else None
     states = attack_steps(
         ctx.model,
@@ -305,7 +305,7 @@ def run_attack(ctx: RunContext) -> Iterator[Event]:
             step=index,
         )
         if flipped_at is None and top != true_class:
-            flipped_at = index
+            flipped_at, flipped_to = index, top
             yield Log(
                 f"step {index}: top-1 flipped from {ctx.model.label(true_class)} to {ctx.model.label(top)}"
             )
@@ -338,6 +338,9 @@ def run_attack(ctx: RunContext) -> Iterator[Event]:
             "top5_before": top5_before,
             "top5_after": top_classes(ctx.model, logits),
             "flipped_at": flipped_at,
+            "flipped_to": None
+            if flipped_to is None
+            else {"class": flipped_to, "label": ctx.model.label(flipped_to)},
             "reached_target_at": reached_at,
             "perturbation_scale": scale,
             **{name: params[name] for name in STRONG.get(attack, ())},

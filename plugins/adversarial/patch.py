@@ -503,7 +503,8 @@ APPLY_PATCH = Method(
         Picture(
             "patch",
             title="Patch",
-            help="An uploaded image: the trained patch.png of an adversarial_patch run.",
+            help="The trained patch of an adversarial_patch run: job:<its id>:patch (its 'Apply this patch'), "
+            "or an upload.",
         ),
         Int(
             "size",

@@ -37,7 +37,13 @@ class Services:
 
 
 def build_library(pm, config: Config) -> ImageLibrary:
-    return ImageLibrary(sample_images(pm), config.uploads_dir, config.max_upload_bytes, config.max_pixels)
+    return ImageLibrary(
+        sample_images(pm),
+        config.uploads_dir,
+        config.max_upload_bytes,
+        config.max_pixels,
+        results_dir=config.results_dir,
+    )
 
 
 def build_dataset_library(pm, config: Config) -> DatasetLibrary:
@@ -92,6 +98,8 @@ def create_app(config: Config | None = None) -> Flask:
         stream_hz=config.stream_hz,
         stream_budget=config.stream_budget,
     )
+    # So that job:<id>:<name> of a job still running is a 409 that says so, not an unknown job's 404.
+    images.job_state = lambda job_id: getattr(jobs.store.get(job_id), "state", None)
     app.extensions["convlens"] = Services(config, models, methods, images, datasets, jobs, relay, socketio)
     app.register_blueprint(api.blueprint)
     sockets.register(socketio, app.extensions["convlens"])

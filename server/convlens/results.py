@@ -143,7 +143,10 @@ def write_result(
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     summary = to_jsonable(summary)
-    (out_dir / "result.json").write_text(json.dumps(summary, indent=2))
+    # Written last and whole (a reader never sees half of it): its presence says the run's files are all there.
+    partial = out_dir / "result.json.tmp"
+    partial.write_text(json.dumps(summary, indent=2))
+    partial.replace(out_dir / "result.json")
     return summary
 
 

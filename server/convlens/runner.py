@@ -174,7 +174,7 @@ def _resolve(
         try:
             found[name] = lookup(value)
         except BadInput as error:
-            raise BadInput(f"params.{name}", error.reason, status=error.status) from None
+            raise BadInput(f"params.{name}", error.reason) from None
     return found
 
 

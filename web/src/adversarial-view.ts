@@ -83,9 +83,9 @@ export class AttackSummary {
     const after = (data.top5_after as TopClass[] | undefined)?.[0];
     const flippedAt = data.flipped_at;
     if (typeof flippedAt === "number") {
-      const seen = this.flip && this.flip.step === flippedAt ? this.flip : null;
-      const from = seen?.from ?? before?.label ?? "?";
-      const to = seen?.to ?? after?.label ?? "?";
+      const flippedTo = (data.flipped_to as { label?: string } | null | undefined)?.label;
+      const from = before?.label ?? "?";
+      const to = flippedTo ?? after?.label ?? "?";
       this.showFlip(`label flipped at step ${flippedAt}: ${from} → ${to}`);
     } else if (flippedAt === null && before) {
       this.flipEl.dataset.flipped = "false";

@@ -298,6 +298,7 @@ export class ConvlensApp extends HTMLElement {
       api: this.api,
       modelId: model.id,
     });
+    if (this.presets?.method === method.name) this.form.preset(this.presets.params);
     this.presets = null;
     replaceChildren(this.formSlot, this.form.element);
     this.runButton.disabled = false;

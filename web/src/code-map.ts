@@ -29,9 +29,10 @@ const HIDDEN = 1e9; // where a point without a grid cell is put: off every scree
 
 /** `detail` of the `convlens-open-image` event. */
 export interface OpenImage {
-  dataset: string;
-  index: number;
+  /** The image id to open: `dataset:<id>:<index>` from a code map, `job:<id>:<name>` from a job's results. */
   image: string;
+  dataset?: string;
+  index?: number;
 }
 
 interface AtlasLayout {

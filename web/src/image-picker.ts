@@ -52,12 +52,9 @@ export class ImagePicker {
   }
 
   select(id: string): void {
-    // A data set's image (a click on the code map, or ?image=dataset:<id>:<index>) joins the list when chosen.
-    if (id.startsWith("dataset:") && !this.images.some((candidate) => candidate.id === id)) {
-      const url = `/api/images/${encodeURIComponent(id)}`;
-      this.images = [...this.images, { id, title: id.slice("dataset:".length), source: "dataset", url }];
-      this.render();
-    }
+    // A data set's image (a click on the code map, or ?image=dataset:<id>:<index>) or a finished job's result
+    // image (its "use as picture", or ?image=job:<id>:<name>) joins the list when chosen.
+    this.remember(id);
     const image = this.images.find((candidate) => candidate.id === id);
     if (!image) return;
     this.selected = id;
@@ -66,6 +63,17 @@ export class ImagePicker {
     }
     this.showError("");
     this.onSelect(image);
+  }
+
+  /** Offers a data set's or a job's image id (see `select`) without choosing it; false for other ids. */
+  remember(id: string): boolean {
+    const known = describeImageId(id);
+    if (!known) return false;
+    if (!this.images.some((candidate) => candidate.id === id)) {
+      this.images = [...this.images, { ...known, id, url: `/api/images/${encodeURIComponent(id)}` }];
+      this.render();
+    }
+    return true;
   }
 
   /** An error about the chosen image (field `image` of a job request); "" clears it. */
@@ -124,4 +132,13 @@ export class ImagePicker {
       this.input.value = "";
     }
   }
+}
+
+/** The title and source of a data set's image id (`dataset:<id>:<index>`) or of a finished job's result image
+ * (`job:<job id>:<image name>`: "patch · job 1a2b3c"); null for other ids. */
+export function describeImageId(id: string): { title: string; source: string } | null {
+  if (id.startsWith("dataset:")) return { title: id.slice("dataset:".length), source: "dataset" };
+  const job = /^job:([^:]+):(.+)$/.exec(id);
+  if (job) return { title: `${job[2]} · job ${job[1]}`, source: "result" };
+  return null;
 }
