@@ -551,3 +551,22 @@ def in_fresh_thread(function: Callable[[], T]) -> T:
     if not ok:
         raise value
     return value
+
+
+def pixel_space(net, mean, std):
+    """``net`` taking [0, 1] pixels, normalised inside as ``Model.normalise`` does: the ``nn.Module`` (in eval
+    mode) a reference tool that needs one (torchattacks, ART) is given, so it sees what convlens sees."""
+    import torch
+    from torch import nn
+
+    class PixelSpace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+            self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.net((images - self.mean) / self.std)
+
+    return PixelSpace().eval()

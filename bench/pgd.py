@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from live import exit_on_sigterm, in_fresh_thread, machine_note, median, write_summary
+from live import exit_on_sigterm, in_fresh_thread, machine_note, median, pixel_space, write_summary
 from torch import nn
 
 EPSILON, STEP, STEPS = 8 / 255, 2 / 255, 10
@@ -30,19 +30,6 @@ PHOTOGRAPHS = (
     "chelsea", "astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "cat",
     "retina", "colorwheel", "logo", "page", "camera", "moon", "clock", "coins", "text",
 )  # fmt: skip
-
-
-class PixelSpace(nn.Module):
-    """``net`` taking [0, 1] pixels, normalised inside as ``Model.normalise`` does."""
-
-    def __init__(self, net: nn.Module, mean, std) -> None:
-        super().__init__()
-        self.net = net
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net((images - self.mean) / self.std)
 
 
 def pictures(count: int, size: tuple[int, int]) -> torch.Tensor:
@@ -124,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     module = build_efficientnet_lite0(pretrained=True).eval()
     card = ModelCard(title="EfficientNet-Lite0 (eager)", input_size=(224, 224))
     model = ModuleModel("efficientnet_lite0 (eager)", module, card)
-    oracle = PixelSpace(module, card.mean, card.std).eval()
+    oracle = pixel_space(module, card.mean, card.std)
     print(f"pgd: L∞ {STEPS} steps, ε 8/255, step 2/255, random start; {machine_note()}", flush=True)
 
     rows, details = [], {}
