@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from convlens import testing
-from local import REPO, free_port
+from local import FORWARD_ONLY, REPO, free_port
 
 pytest_plugins = ["no_skips_in_ci"]
 
@@ -188,6 +188,21 @@ def app(app_config):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def forward_only_model(app, monkeypatch):
+    """The app also offers ``FORWARD_ONLY`` (tests/local.py): the tiny model without gradients, for the rest of
+    the test."""
+    from convlens.testing import make_tiny_model
+
+    model = make_tiny_model()
+    model.__class__ = type(
+        "ForwardOnly", (type(model),), {"capabilities": property(lambda self: frozenset())}
+    )
+    jobs = app.extensions["convlens"].jobs
+    installed = jobs.get_model
+    monkeypatch.setattr(jobs, "get_model", lambda name: model if name == FORWARD_ONLY else installed(name))
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ import socket
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+FORWARD_ONLY = "forward-only"
+"""The id under which the ``forward_only_model`` fixture offers the tiny model without gradients."""
 
 
 def free_port() -> int:

@@ -29,6 +29,7 @@ from convlens.images import to_tensor
 from convlens.models.store import ModelStore
 from convlens.testing import find_method, of_type
 from convlens_plugins.adversarial.attacks import ADVERSARIAL_ATTACK, attack_steps
+from local import FORWARD_ONLY
 
 TOLERANCE = 1e-6
 SEED = 3
@@ -568,23 +569,6 @@ def test_attack_steps_on_a_batch_equals_torchattacks_on_the_batch(tiny_model, ti
         tiny_model, inputs, attack="deepfool", steps=10, overshoot=0.02, candidates=10, label=labels
     )
     assert float((states[-1][1] - fooled).abs().max()) <= TOLERANCE
-
-
-FORWARD_ONLY = "forward-only"
-
-
-@pytest.fixture
-def forward_only_model(app, monkeypatch):
-    """The app also offers ``forward-only``: the tiny model without gradients, for the rest of the test."""
-    from convlens.testing import make_tiny_model
-
-    model = make_tiny_model()
-    model.__class__ = type(
-        "ForwardOnly", (type(model),), {"capabilities": property(lambda self: frozenset())}
-    )
-    jobs = app.extensions["convlens"].jobs
-    installed = jobs.get_model
-    monkeypatch.setattr(jobs, "get_model", lambda name: model if name == FORWARD_ONLY else installed(name))
 
 
 @pytest.mark.parametrize(

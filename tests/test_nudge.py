@@ -26,6 +26,7 @@ from convlens.models.base import ModelCard
 from convlens.models.module import ModuleModel
 from convlens.models.store import ModelStore
 from convlens.testing import find_method, metric, of_type
+from local import FORWARD_ONLY
 
 MIN_EPSILON, MAX_EPSILON, POINTS = 0.01, 8.0, 12
 SCAN = {"spacing": "geometric", "min_epsilon": MIN_EPSILON, "max_epsilon": MAX_EPSILON, "points": POINTS}
@@ -259,23 +260,6 @@ def test_a_gradient_that_is_not_finite_stops_the_run_naming_the_model(sample_ima
         events.extend(iterate(method, prepare_run(method, model, sample_image, {})))
     assert (error.value.field, error.value.status) == ("model", 422)
     assert not events, "nothing is shown before the gradient is known to be finite"
-
-
-FORWARD_ONLY = "forward-only"
-
-
-@pytest.fixture
-def forward_only_model(app, monkeypatch):
-    """The app also offers ``forward-only``: the tiny model without gradients, for the rest of the test."""
-    from convlens.testing import make_tiny_model
-
-    model = make_tiny_model()
-    model.__class__ = type(
-        "ForwardOnly", (type(model),), {"capabilities": property(lambda self: frozenset())}
-    )
-    jobs = app.extensions["convlens"].jobs
-    installed = jobs.get_model
-    monkeypatch.setattr(jobs, "get_model", lambda name: model if name == FORWARD_ONLY else installed(name))
 
 
 @pytest.mark.parametrize(
