@@ -104,7 +104,8 @@ def test_top_probabilities_and_histogram_equal_a_fresh_forward_of_the_draws(tiny
     oracle = module_probabilities(tiny, draws).max(axis=1)
     np.testing.assert_allclose(result.arrays["top_probabilities"], oracle, rtol=1e-5)
     bins = result.data["bins"]
-    assert bins["counts"] == np.histogram(oracle, bins=20, range=(0, 1))[0].tolist()
+    assert bins["edges"][0] == 0 and bins["edges"][-1] >= oracle.max()
+    assert bins["counts"] == np.histogram(oracle, bins=20, range=(0, bins["edges"][-1]))[0].tolist()
     assert sum(bins["counts"]) == DRAWS
 
 
@@ -217,7 +218,9 @@ def test_every_model_sees_the_seeded_noise_at_its_own_size_as_its_eager_module_d
         size = SMALL if entry["model"] == "tiny32.pt" else BIG
         top = eager(entry["model"], np.concatenate(draws[size])).max(axis=1)
         np.testing.assert_allclose(reported[which], top, rtol=1e-4)
-        assert entry["bins"]["counts"] == np.histogram(top, bins=20, range=(0, 1))[0].tolist()
+        counts, edges = np.histogram(top, bins=20, range=(0, entry["bins"]["edges"][-1]))
+        assert entry["bins"]["counts"] == counts.tolist()
+        np.testing.assert_allclose(entry["bins"]["edges"], edges, rtol=0, atol=1e-15)
         assert entry["threshold"] == np.quantile(reported[which], 0.99)
         assert entry["input_size"] == list(size)
     assert np.array_equal(result.arrays["top_probabilities"], reported[0])
@@ -289,3 +292,121 @@ def test_a_run_through_the_server_compares_the_models_it_names(client, eager):
     np.testing.assert_allclose(np.load(io.BytesIO(data)), [top, top], rtol=1e-4)
     bad = client.post("/api/jobs", json={**request, "params": {"models": ["efficientnet_lite0.pt3"]}})
     assert bad.status_code == 400 and bad.get_json()["field"] == "params.models"
+
+
+@pytest.fixture(scope="module")
+def many_oracle(many, eager):
+    """Each model's top probabilities over the run's draws by its eager module, in the run's model order."""
+    reported = many[-1].arrays["top_probabilities_by_model"]
+    for which, entry in enumerate(many[-1].data["by_model"]):
+        rng = np.random.default_rng(SEED)
+        rng.normal(size=(1, 3, *BIG)), rng.random((1, 3, *BIG))
+        size = SMALL if entry["model"] == "tiny32.pt" else BIG
+        noise = []
+        for start in range(0, MANY_DRAWS, MANY_BATCH):
+            count = min(MANY_BATCH, MANY_DRAWS - start)
+            for shape in (BIG, SMALL):
+                draw = np.clip(rng.normal(0.5, 0.25, (count, 3, *shape)), 0, 1).astype(np.float32)
+                if shape == size:
+                    noise.append(draw)
+        np.testing.assert_allclose(
+            reported[which], eager(entry["model"], np.concatenate(noise)).max(axis=1), rtol=1e-4
+        )
+    return reported
+
+
+def test_the_histograms_share_one_range_that_covers_every_draw_and_ends_on_a_readable_value(
+    many, many_oracle
+):
+    entries = many[-1].data["by_model"]
+    edges = entries[0]["bins"]["edges"]
+    assert all(entry["bins"]["edges"] == edges for entry in entries)
+    largest = many_oracle.max()
+    assert edges[0] == 0 and largest <= edges[-1] <= 1
+    assert largest / edges[-1] >= 2 / 3, "the draws fill at least two thirds of the width"
+    assert float(f"{edges[-1]:.2g}") == edges[-1], "the range's end reads in two significant digits"
+    for entry, top in zip(entries, many_oracle, strict=True):
+        assert sum(entry["bins"]["counts"]) == MANY_DRAWS
+        assert entry["bins"]["counts"] == np.histogram(top, bins=20, range=(0, edges[-1]))[0].tolist()
+
+
+def panels(picture: np.ndarray, count: int) -> list[np.ndarray]:
+    """The ``count`` equal panels of a row of histograms, left to right."""
+    assert picture.shape[1] % count == 0
+    return np.split(picture, count, axis=1)
+
+
+def test_each_threshold_line_is_at_its_column_and_bars_share_one_count_scale(many, many_oracle):
+    from plugins.adversarial.noise import PLOT_HEIGHT, PLOT_LEFT, PLOT_TOP, PLOT_WIDTH
+
+    result = many[-1]
+    limit = result.data["by_model"][0]["bins"]["edges"][-1]
+    counts = [entry["bins"]["counts"] for entry in result.data["by_model"]]
+    tallest = max(max(row) for row in counts)
+    plot_rows = slice(PLOT_TOP, PLOT_TOP + PLOT_HEIGHT)
+    for panel, top, row in zip(
+        panels(result.images["histograms"], len(ORDER)), many_oracle, counts, strict=True
+    ):
+        plot = panel[plot_rows]
+        threshold = np.quantile(top, 0.99)
+        x = PLOT_LEFT + min(int(threshold / limit * PLOT_WIDTH), PLOT_WIDTH - 1)
+        red = np.flatnonzero(np.all(plot == (220, 40, 40), axis=2).any(axis=0))
+        assert red.tolist() == [max(x - 1, PLOT_LEFT), x]
+        for index, count in enumerate(row):
+            column = PLOT_LEFT + int((index + 0.5) * PLOT_WIDTH / len(row))
+            if column in red:
+                continue
+            bar = np.count_nonzero(np.all(plot[:, column] == (70, 90, 140), axis=1))
+            assert bar == round(PLOT_HEIGHT * count / tallest), (index, count)
+
+
+def written(text: str, colour: tuple[int, int, int]) -> np.ndarray:
+    """``text`` in the default font at the histograms' size, ``colour`` on white, cropped to its ink."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from plugins.adversarial.noise import FONT_SIZE
+
+    canvas = Image.new("RGB", (200, 40), "white")
+    ImageDraw.Draw(canvas).text((10, 10), text, font=ImageFont.load_default(size=FONT_SIZE), fill=colour)
+    pixels = np.asarray(canvas)
+    rows, cols = np.nonzero((pixels != 255).any(axis=2))
+    return pixels[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+
+
+def found_at(region: np.ndarray, template: np.ndarray) -> list[tuple[int, int]]:
+    """Top-left (row, column) of every exact copy of ``template`` in ``region``."""
+    height, width = template.shape[:2]
+    windows = np.lib.stride_tricks.sliding_window_view(region, (height, width, 3))[:, :, 0]
+    rows, cols = np.nonzero(np.all(windows == template, axis=(2, 3, 4)))
+    return list(zip(rows.tolist(), cols.tolist(), strict=True))
+
+
+def test_the_ends_of_the_range_and_each_threshold_are_written_where_they_belong(many, many_oracle):
+    from plugins.adversarial.noise import PLOT_HEIGHT, PLOT_LEFT, PLOT_TOP, PLOT_WIDTH
+
+    result = many[-1]
+    limit = result.data["by_model"][0]["bins"]["edges"][-1]
+    below = PLOT_TOP + PLOT_HEIGHT
+    for panel, top in zip(panels(result.images["histograms"], len(ORDER)), many_oracle, strict=True):
+        under = panel[below:]
+        zero, end = written("0", (40, 40, 40)), written(f"{limit:g}", (40, 40, 40))
+        assert any(abs(col - PLOT_LEFT) <= 2 for _, col in found_at(under, zero))
+        assert any(abs(col + end.shape[1] - (PLOT_LEFT + PLOT_WIDTH)) <= 2 for _, col in found_at(under, end))
+        threshold = np.quantile(top, 0.99)
+        x = PLOT_LEFT + min(int(threshold / limit * PLOT_WIDTH), PLOT_WIDTH - 1)
+        value = written(f"{threshold:.3g}", (220, 40, 40))
+        places = found_at(panel[:PLOT_TOP], value)
+        assert len(places) == 1
+        ((_, col),) = places
+        assert min(abs(col - x), abs(col + value.shape[1] - x)) <= 6, "beside its line"
+
+
+def test_a_threshold_near_the_right_end_is_written_whole_left_of_its_line():
+    from plugins.adversarial.noise import PLOT_LEFT, PLOT_TOP, PLOT_WIDTH, histogram_image
+
+    threshold, limit = 0.1987, 0.2
+    picture = histogram_image(np.array([0, 3, 9, 2]), limit, threshold)
+    x = PLOT_LEFT + min(int(threshold / limit * PLOT_WIDTH), PLOT_WIDTH - 1)
+    value = written("0.199", (220, 40, 40))
+    ((_, col),) = found_at(picture[:PLOT_TOP], value)
+    assert x - 6 <= col + value.shape[1] <= x

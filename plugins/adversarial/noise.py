@@ -8,7 +8,10 @@ stripes, a checkerboard), one frame each with a panel a model and each model's t
 ``draws`` Gaussian noise images through each model, forward only, a histogram of the top softmax probability
 per model, the threshold that would reject ``reject`` (0.99) of its noise (the ``reject`` quantile; an image
 is rejected when its top probability is at or below it), and the share of the installed sample photos that
-the same threshold rejects on that model.
+the same threshold rejects on that model. The histograms share one x range, from 0 to the largest top
+probability of any model rounded up to a readable step (an ImageNet model's top probability on noise rarely
+passes 0.2, so [0, 1] would squeeze every bar into its left edge), and one count scale, so they compare side
+by side; the result's ``bins`` (edges and counts per model) let a client redraw them.
 
 Differences from the paper: the paper evolves images to fool the net; here the noise is plain, to show the
 base rate of confidence on meaningless input. The stripes (horizontal) and checkerboard are black and white
@@ -21,12 +24,14 @@ holds every model's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
+from PIL import Image, ImageDraw, ImageFont
 
 from convlens.events import Event, Frame, Log, Metrics, Predictions, Progress, Result
 from convlens.images import to_tensor
@@ -43,8 +48,16 @@ REFERENCE = (
 NOISE_MEAN = 0.5
 NOISE_STD = 0.25
 PATTERNS = ("gaussian", "uniform", "stripes", "checkerboard")
-HISTOGRAM_SIZE = (160, 320)
-"""Height and width of the drawn histogram, in pixels."""
+PLOT_TOP, PLOT_LEFT, PLOT_HEIGHT, PLOT_WIDTH = 18, 44, 160, 320
+"""Where a histogram's bars lie in its picture, in pixels: above them the threshold's value, left of them the
+counts, below them the x range's ends and the axis name."""
+HISTOGRAM_SIZE = (PLOT_TOP + PLOT_HEIGHT + 32, PLOT_LEFT + PLOT_WIDTH + 8)
+"""Height and width of one model's histogram picture, in pixels."""
+FONT_SIZE = 12
+BAR_COLOUR = (70, 90, 140)
+AXIS_COLOUR = (90, 90, 90)
+TEXT_COLOUR = (40, 40, 40)
+THRESHOLD_COLOUR = (220, 40, 40)
 ROW_WIDTH = 1024
 """A pattern's frame (one panel a model) is shrunk to fit this width."""
 PANEL_SEPARATOR = " | "
@@ -97,21 +110,75 @@ def rejection_threshold(top_probabilities: np.ndarray, reject: float) -> float:
     return float(np.quantile(top_probabilities, reject))
 
 
-def histogram_image(counts: np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """``counts`` (equal bins over [0, 1]) as bars, HxWx3 uint8; the threshold as a red line when given."""
-    height, width = HISTOGRAM_SIZE
-    picture = np.full((height, width, 3), 255, dtype=np.uint8)
-    bins = len(counts)
-    tallest = max(int(counts.max()), 1)
-    edges = np.linspace(0, width, bins + 1).astype(int)
-    for count, left, right in zip(counts, edges[:-1], edges[1:], strict=True):
-        bar = round((height - 4) * int(count) / tallest)
+def histogram_limit(largest: float) -> float:
+    """The right end of the histograms' x range: the smallest multiple of half a power of ten at or above the
+    ``largest`` top probability (0.127 → 0.15, 0.0031 → 0.0035, 0.93 → 0.95), at most 1, so every draw lies in
+    the range, it fills at least two thirds of the width and its end reads in two digits."""
+    if largest <= 0:
+        return 1.0
+    step = 10.0 ** math.floor(math.log10(largest)) / 2
+    decimals = max(0, -math.floor(math.log10(step)))
+    limit = round(math.ceil(round(largest / step, 9)) * step, decimals)
+    if limit < largest:
+        limit = round(limit + step, decimals)
+    return min(limit, 1.0)
+
+
+def histogram_counts(top_probabilities: np.ndarray, bins: int, limit: float) -> np.ndarray:
+    """How many top probabilities fall in each of ``bins`` equal bins over [0, ``limit``]."""
+    return np.histogram(top_probabilities, bins=bins, range=(0.0, limit))[0]
+
+
+def plot_column(value: float, limit: float) -> int:
+    """The pixel column of ``value`` on a histogram whose x range is [0, ``limit``]."""
+    return PLOT_LEFT + min(int(value / limit * PLOT_WIDTH), PLOT_WIDTH - 1)
+
+
+def histogram_image(
+    counts: np.ndarray, limit: float, threshold: float | None = None, tallest: int | None = None
+) -> np.ndarray:
+    """``counts`` (equal bins over [0, ``limit``]) as bars, HxWx3 uint8, with axes, the two ends of the x range
+    and the ``tallest`` count (by default this histogram's) written at their ends; the threshold as a red line
+    with its value above it when given."""
+    picture = np.full((*HISTOGRAM_SIZE, 3), 255, dtype=np.uint8)
+    top, bottom, right = PLOT_TOP, PLOT_TOP + PLOT_HEIGHT, PLOT_LEFT + PLOT_WIDTH
+    tallest = max(int(counts.max()) if tallest is None else tallest, 1)
+    edges = PLOT_LEFT + np.linspace(0, PLOT_WIDTH, len(counts) + 1).astype(int)
+    for count, left, end in zip(counts, edges[:-1], edges[1:], strict=True):
+        bar = round(PLOT_HEIGHT * int(count) / tallest)
         if bar:
-            picture[height - bar :, left : max(left + 1, right - 1)] = (70, 90, 140)
+            picture[bottom - bar : bottom, left : max(left + 1, end - 1)] = BAR_COLOUR
+    picture[top:bottom, PLOT_LEFT - 1] = AXIS_COLOUR
+    picture[bottom, PLOT_LEFT - 1 : right] = AXIS_COLOUR
+    picture[bottom : bottom + 4, [PLOT_LEFT, right - 1]] = AXIS_COLOUR
     if threshold is not None:
-        x = min(int(threshold * width), width - 1)
-        picture[:, max(x - 1, 0) : x + 1] = (220, 40, 40)
-    return picture
+        x = plot_column(threshold, limit)
+        picture[top:bottom, max(x - 1, PLOT_LEFT) : x + 1] = THRESHOLD_COLOUR
+    canvas = Image.fromarray(picture)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=FONT_SIZE)
+
+    def write(text: str, x: float, y: int, align: str = "left", fill: tuple[int, int, int] = TEXT_COLOUR):
+        width = draw.textlength(text, font=font)
+        shift = {"left": 0, "centre": width / 2, "right": width}[align]
+        draw.text((round(x - shift), y), text, font=font, fill=fill)
+
+    write("0", PLOT_LEFT, bottom + 4)
+    write(tick_label(limit), right, bottom + 4, "right")
+    write("top probability", PLOT_LEFT + PLOT_WIDTH / 2, bottom + 16, "centre")
+    write(str(tallest), PLOT_LEFT - 4, top - 3, "right")
+    write("0", PLOT_LEFT - 4, bottom - 12, "right")
+    write("draws", 2, 0)
+    if threshold is not None:
+        text = f"{threshold:.3g}"
+        fits = x + 3 + draw.textlength(text, font=font) <= right
+        write(text, x + 3 if fits else x - 3, 0, "left" if fits else "right", THRESHOLD_COLOUR)
+    return np.asarray(canvas)
+
+
+def tick_label(value: float) -> str:
+    """A tick's value as it reads: ``0.15``, ``0.0035``, ``1``."""
+    return f"{value:g}"
 
 
 def patterns_mosaic(images: list[np.ndarray], gap: int = 4) -> np.ndarray:
@@ -189,7 +256,6 @@ def run_noise_predictions(ctx: RunContext) -> Iterator[Event]:
     # Noise of the stated law at each model's own input size; models of one size see the same draws.
     sizes = list(dict.fromkeys(tuple(model.input_size) for model in models))
     top = [np.empty(0, dtype=np.float64) for _ in models]
-    counts = np.zeros((len(models), bins), dtype=np.int64)
     histogram_label = PANEL_SEPARATOR.join(f"histogram · {model_id}" for model_id in ids)
     yield Progress(0, batches)
     for index in range(batches):
@@ -197,10 +263,8 @@ def run_noise_predictions(ctx: RunContext) -> Iterator[Event]:
         noise = {shape: gaussian_noise(ctx.rng, count, shape) for shape in sizes}
         for which, model in enumerate(models):
             logits = model.logits(noise[tuple(model.input_size)], batch_size=batch)
-            batch_top = softmax(logits).max(axis=1)
-            top[which] = np.concatenate([top[which], batch_top])
-            counts[which] += np.histogram(batch_top, bins=bins, range=(0.0, 1.0))[0]
-        yield Frame(histograms_row(counts), step=index + 1, label=histogram_label)
+            top[which] = np.concatenate([top[which], softmax(logits).max(axis=1)])
+        yield Frame(histograms_row(top, bins), step=index + 1, label=histogram_label)
         yield Metrics(
             {
                 "mean_top_probability": float(top[0].mean()),
@@ -210,6 +274,8 @@ def run_noise_predictions(ctx: RunContext) -> Iterator[Event]:
         )
         yield Progress(index + 1, batches)
 
+    limit = histogram_limit(max(float(t.max()) for t in top))
+    edges = np.linspace(0.0, limit, bins + 1).tolist()
     by_model = []
     for which, model in enumerate(models):
         threshold = rejection_threshold(top[which], params["reject"])
@@ -225,7 +291,7 @@ def run_noise_predictions(ctx: RunContext) -> Iterator[Event]:
                 "model": model.id,
                 "input_size": list(model.input_size),
                 "patterns": pattern_top[which],
-                "bins": {"edges": np.linspace(0.0, 1.0, bins + 1).tolist(), "counts": counts[which].tolist()},
+                "bins": {"edges": edges, "counts": histogram_counts(top[which], bins, limit).tolist()},
                 "mean_top_probability": float(top[which].mean()),
                 "threshold": threshold,
                 "noise_rejected": float(np.mean(top[which] <= threshold)),
@@ -241,13 +307,13 @@ def run_noise_predictions(ctx: RunContext) -> Iterator[Event]:
             f"and {by_model[-1]['samples_rejected'] or 0:.1%} of the sample photos"
         )
     thresholds = [entry["threshold"] for entry in by_model]
-    histograms = histograms_row(counts, thresholds)
+    histograms = histograms_row(top, bins, thresholds)
     yield Frame(histograms, step=batches + 1, label=histogram_label)
     own = by_model[0]
     yield Result(
         images={
             "patterns": patterns_mosaic(list(shown.values())),
-            "histogram": histogram_image(counts[0], own["threshold"]),
+            "histogram": histogram_image(np.array(own["bins"]["counts"]), limit, own["threshold"]),
             "histograms": histograms,
         },
         arrays={
@@ -267,10 +333,14 @@ def run_noise_predictions(ctx: RunContext) -> Iterator[Event]:
     )
 
 
-def histograms_row(counts: np.ndarray, thresholds: list[float] | None = None) -> np.ndarray:
-    """Each model's histogram (a row of ``counts``) side by side, HxWx3 uint8, with its threshold when given."""
+def histograms_row(top: list[np.ndarray], bins: int, thresholds: list[float] | None = None) -> np.ndarray:
+    """Each model's histogram of its ``top`` probabilities side by side, HxWx3 uint8, on one x range (up to
+    :func:`histogram_limit` of the largest of them all) and one count scale, with its threshold when given."""
+    limit = histogram_limit(max(float(t.max()) for t in top))
+    counts = [histogram_counts(t, bins, limit) for t in top]
+    tallest = max(int(c.max()) for c in counts)
     pictures = [
-        histogram_image(row, None if thresholds is None else thresholds[index])
+        histogram_image(row, limit, None if thresholds is None else thresholds[index], tallest)
         for index, row in enumerate(counts)
     ]
     return np.concatenate(pictures, axis=1)
@@ -298,7 +368,14 @@ NOISE_PREDICTIONS = Method(
             help="Gaussian noise images to classify.",
         ),
         Int("batch", 32, minimum=1, maximum=256, title="Batch", help="Noise images per forward pass."),
-        Int("bins", 20, minimum=2, maximum=100, title="Histogram bins", help="Equal bins over [0, 1]."),
+        Int(
+            "bins",
+            20,
+            minimum=2,
+            maximum=100,
+            title="Histogram bins",
+            help="Equal bins from 0 to the largest top probability, rounded up.",
+        ),
         Float(
             "reject",
             0.99,
