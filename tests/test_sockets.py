@@ -438,3 +438,142 @@ def test_a_job_yielding_bad_predictions_fails_with_what_was_wrong(app, client, e
     job = ended(app, start(client, "bad_tops", {}))
     assert job.state == "failed"
     assert "tops['adversarial'][0]['probability'] must be in [0, 1], got 2.0" in job.error["error"]
+
+
+def top_list(name: str, first: int) -> list[dict]:
+    """A panel's top-3: classes ``first``, ``first + 1``, ``first + 2`` with falling probabilities."""
+    return [
+        {"class": first + rank, "label": f"{name} {first + rank}", "probability": p}
+        for rank, p in enumerate([0.5, 0.25, 0.125])
+    ]
+
+
+GAUSSIAN = "gaussian · a | gaussian · b"
+STRIPES = "stripes · a | stripes · b"
+HISTOGRAM = "histogram"
+PICTURES = [np.random.default_rng(seed).integers(0, 256, (6, 10, 3), dtype=np.uint8) for seed in range(4)]
+"""The pictures the ``patterned`` method shows, in order (random, so that no two are alike)."""
+GA0, GB0, SA1, SB1, GA3, SUMMARY4 = (
+    top_list(name, first) for first, name in enumerate("ga gb sa sb ga s".split(), 1)
+)
+"""The lists the ``patterned`` method yields, by panel and the step it names them at."""
+PATTERNED = [
+    (Frame(PICTURES[0], step=0, label=GAUSSIAN), {"gaussian · a": GA0, "gaussian · b": GB0}),
+    (Frame(PICTURES[1], step=1, label=STRIPES), {"stripes · a": SA1, "stripes · b": SB1}),
+    (Frame(PICTURES[2], step=2, label=HISTOGRAM), None),
+    # The gaussian panels again, a list only for one of them: the other keeps step 0's.
+    (Frame(PICTURES[3], step=3, label=GAUSSIAN), {"gaussian · a": GA3}),
+    # A list of a panel that no frame shows.
+    (None, {"summary": SUMMARY4}),
+]
+
+
+def patterned(released: threading.Event | None = None) -> Method:
+    """A method yielding frames under three labels, like noise_predictions' patterns then histograms, each
+    with its panels' lists; it starts once ``released`` is set."""
+
+    def run(ctx):
+        if released is not None:
+            assert released.wait(ENDS)
+        for step, (frame, tops) in enumerate(PATTERNED):
+            if frame is not None:
+                yield frame
+            if tops is not None:
+                yield Predictions(tops, step=step)
+        yield Result(data={})
+
+    return Method(name="patterned", title="Patterned", topic="Tests", run=run)
+
+
+def test_a_late_viewer_sees_the_newest_frame_of_each_label_and_every_panels_newest_top(
+    app, client, socket_client, extra_methods
+):
+    extra_methods(patterned())
+    job_id = start(client, "patterned", {})
+    ended(app, job_id)
+    assert socket_client.emit("subscribe", {"job": job_id, "format": "png"}, callback=True)["ok"] is True
+    received = socket_client.get_received()
+    assert [p["name"] for p in received] == [
+        "job", "metrics_history",
+        "frame", "predictions", "predictions",  # the gaussian strip: its panels' lists are of two steps
+        "frame", "predictions",  # the stripes
+        "frame",  # the histogram, whose panel has no list
+        "predictions",  # the summary, which no frame shows
+        "done",
+    ]  # fmt: skip
+    frames = [p["args"][0] for p in received if p["name"] == "frame"]
+    # In the order the labels first came, each its newest picture, exactly (PNG) as the method yielded it.
+    assert [(f["label"], f["step"], f["seq"]) for f in frames] == [
+        (GAUSSIAN, 3, 3),
+        (STRIPES, 1, 1),
+        (HISTOGRAM, 2, 2),
+    ]
+    for frame, picture in zip(frames, (PICTURES[3], PICTURES[1], PICTURES[2]), strict=True):
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(frame["data"])).convert("RGB")), picture)
+    lists = [p["args"][0] for p in received if p["name"] == "predictions"]
+    assert lists == [
+        {"job": job_id, "step": 3, "tops": {"gaussian · a": GA3}},
+        {"job": job_id, "step": 0, "tops": {"gaussian · b": GB0}},
+        {"job": job_id, "step": 1, "tops": {"stripes · a": SA1, "stripes · b": SB1}},
+        {"job": job_id, "step": 4, "tops": {"summary": SUMMARY4}},
+    ]
+    # The result keeps every panel's newest list too, with the newest event's step.
+    result = client.get(f"/api/jobs/{job_id}/result").get_json()
+    newest = {
+        "gaussian · a": GA3,
+        "gaussian · b": GB0,
+        "stripes · a": SA1,
+        "stripes · b": SB1,
+        "summary": SUMMARY4,
+    }
+    assert result["panel_predictions"] == {"step": 4, "tops": newest}
+
+
+def test_a_live_viewer_gets_the_newest_frame_at_the_jobs_pace_and_every_panels_newest_top(
+    app, client, socket_client, extra_methods, monkeypatch
+):
+    # One send an hour: what the run makes is held back until its end, then sent as a live send is: the
+    # job's single newest frame (not one a label: that is a late viewer's catch-up), with every panel's
+    # newest list (a panel whose frame came between two sends keeps its list).
+    monkeypatch.setattr(app.extensions["convlens"].jobs, "send_interval", 3600.0)
+    released = threading.Event()
+    extra_methods(patterned(released))
+    job_id = start(client, "patterned", {})
+    assert socket_client.emit("subscribe", {"job": job_id, "format": "png"}, callback=True)["ok"] is True
+    released.set()
+    events = collect(socket_client, job_id, {"done", "failed"})
+    frames = [p["args"][0] for p in events if p["name"] == "frame"]
+    assert [(f["label"], f["seq"]) for f in frames] == [(GAUSSIAN, 3)]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(frames[0]["data"])).convert("RGB")), PICTURES[3])
+    lists = [p["args"][0] for p in events if p["name"] == "predictions"]
+    shown = {panel: (message["step"], top) for message in lists for panel, top in message["tops"].items()}
+    assert shown == {
+        "gaussian · a": (3, GA3),
+        "gaussian · b": (0, GB0),
+        "stripes · a": (1, SA1),
+        "stripes · b": (1, SB1),
+        "summary": (4, SUMMARY4),
+    }
+    assert len(lists) == 4, "one message a step"
+
+
+def test_a_late_viewer_gets_the_32_labels_whose_newest_frames_are_newest(
+    app, client, socket_client, extra_methods
+):
+    # 40 labels, label 0 shown again after label 20: labels 1 to 8 have the oldest newest frames.
+    order = [*range(21), 0, *range(21, 40)]
+
+    def run(ctx):
+        for step, label in enumerate(order):
+            yield Frame(np.full((2, 2, 3), step, dtype=np.uint8), step=step, label=f"label {label}")
+        yield Result()
+
+    extra_methods(Method(name="many_labels", title="Many labels", topic="Tests", run=run))
+    job_id = start(client, "many_labels", {})
+    ended(app, job_id)
+    assert socket_client.emit("subscribe", {"job": job_id, "format": "png"}, callback=True)["ok"] is True
+    frames = [p["args"][0] for p in socket_client.get_received() if p["name"] == "frame"]
+    kept = [0, *range(9, 40)]
+    assert [frame["label"] for frame in frames] == [f"label {label}" for label in kept]
+    newest = {label: step for step, label in enumerate(order)}
+    assert [frame["step"] for frame in frames] == [newest[label] for label in kept]

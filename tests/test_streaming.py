@@ -69,7 +69,7 @@ def test_a_lost_ack_does_not_freeze_a_viewer_forever():
 
 def test_subscribing_sends_the_latest_frame_and_disconnect_forgets_the_viewer():
     relay, sent, _ = make_relay()
-    relay.subscribe("job", "late", latest=frame(41))
+    relay.subscribe("job", "late", latest=lambda: [frame(41)])
     assert sent == [("late", 41)]
     relay.drop("late")
     relay.publish("job", frame(42))
@@ -85,3 +85,25 @@ def test_a_frame_kept_for_a_busy_viewer_is_encoded_by_the_publisher_not_by_the_a
     assert sent == [("busy", 0)] and "jpeg" in waiting._encoded
     relay.ack("job", "busy", 0)
     assert sent == [("busy", 0), ("busy", 1)]
+
+
+def test_a_late_viewer_gets_every_label_at_once_and_a_frame_published_meanwhile_after_them():
+    relay, sent, _ = make_relay()
+    latest = [labelled(3, "a"), labelled(5, "b"), labelled(6, "c")]
+
+    def read_latest():
+        relay.publish("job", labelled(7, "a"))  # the job publishes while the viewer is being added
+        return latest
+
+    told: list[int] = []
+    relay.subscribe("job", "late", latest=read_latest, after=lambda frame: told.append(frame.seq))
+    assert sent == [("late", 3), ("late", 5), ("late", 6)] and told == [3, 5, 6]
+    relay.ack("job", "late", 3)
+    relay.ack("job", "late", 5)
+    assert sent == [("late", 3), ("late", 5), ("late", 6)], "the new frame waits for the last of them"
+    relay.ack("job", "late", 6)
+    assert sent[-1] == ("late", 7), "and is not drawn over by an older frame of its label"
+
+
+def labelled(seq: int, label: str) -> EncodedFrame:
+    return EncodedFrame(seq, seq, label, np.full((8, 8, 3), seq, dtype=np.uint8))

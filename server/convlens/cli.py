@@ -256,14 +256,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         models=store,
     )
     predictions = model.predict(ctx.model_input(), k=5)
-    reel, metrics, final, tops = Reel(), {}, ev.Result(), None
+    reel, metrics, final, tops = Reel(), {}, ev.Result(), ev.PanelTops()
     for event in runner.iterate(method, ctx):
         if isinstance(event, ev.Frame):
             reel.add(ev.held(event.image))
         elif isinstance(event, ev.Metrics):
             metrics = {name: float(value) for name, value in event.values.items()}
         elif isinstance(event, ev.Predictions):
-            tops = event
+            tops.add(event)
         elif isinstance(event, ev.Progress) and not args.quiet:
             print(f"\r{method.name}: {event.step}/{event.total}", end="", file=sys.stderr, flush=True)
         elif isinstance(event, ev.Log) and not args.quiet:

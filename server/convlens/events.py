@@ -6,6 +6,7 @@ Socket.IO message for the job's room; the CLI writes frames and the result to di
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -85,9 +86,10 @@ class Predictions:
     """What the model says now about the pictures a frame shows: the top classes of each, by panel name.
 
     ``tops`` maps a panel's name (e.g. ``"original"``, ``"adversarial"``) to its most probable classes, best
-    first, each ``{"class": int, "label": str, "probability": float}``. Viewers get the newest at the job's pace,
-    like frames, and show each list by the panel it names (a frame labelled ``"original | adversarial"`` shows
-    two panels, each with the list named after it). Kept as plain Python numbers copied when yielded (numpy or
+    first, each ``{"class": int, "label": str, "probability": float}``. Viewers get the newest list of each panel
+    at the job's pace, like frames, and show each list by the panel it names (a frame labelled
+    ``"original | adversarial"`` shows two panels, each with the list named after it); an event need name only
+    the panels whose lists changed (see :class:`PanelTops`). Kept as plain Python numbers copied when yielded (numpy or
     torch scalars are welcome), so the method may go on changing its own lists.
     """
 
@@ -171,9 +173,55 @@ def tops_of(tops: object) -> dict[str, list[dict[str, Any]]]:
     return plain
 
 
-def panel_predictions(predictions: Predictions | None) -> dict[str, Any] | None:
-    """What ``result.json`` keeps of a run's newest :class:`Predictions`: ``{"step", "tops"}``, or ``None``."""
-    return None if predictions is None else {"step": predictions.step, "tops": predictions.tops}
+PANEL_SEPARATOR = " | "
+"""Between the panel names of a frame's label: one labelled ``"original | adversarial"`` shows two pictures of
+equal width side by side, each with the top classes a :class:`Predictions` names after it."""
+
+
+def panel_names(label: str) -> list[str]:
+    """The names of the panels a frame labelled ``label`` shows (the label itself for a frame of one picture)."""
+    return [name.strip() for name in label.split(PANEL_SEPARATOR)]
+
+
+class PanelTops:
+    """The newest top classes of each panel over a run's :class:`Predictions`: a later event's panels replace the
+    lists of the same names, the other panels keep theirs (a method that shows its panels one frame at a time
+    names only that frame's). Panels stay in the order they first appeared; each keeps the step it was named at.
+    """
+
+    def __init__(self) -> None:
+        self._panels: dict[str, tuple[int | None, list[dict[str, Any]]]] = {}
+        self.step: int | None = None
+        """The step of the newest event added."""
+
+    def __bool__(self) -> bool:
+        return bool(self._panels)
+
+    def add(self, predictions: Predictions) -> None:
+        for panel, top in predictions.tops.items():
+            self._panels[panel] = (predictions.step, top)
+        self.step = predictions.step
+
+    def events(self, panels: Iterable[str] | None = None) -> list[Predictions]:
+        """The newest lists of ``panels`` (all by default; names without a list are left out) as events, one per
+        step, in the order the panels first appeared."""
+        kept = dict(self._panels)  # a copy: another thread may add meanwhile
+        wanted = set(kept if panels is None else panels)
+        by_step: dict[int | None, dict[str, list[dict[str, Any]]]] = {}
+        for name, (step, top) in kept.items():
+            if name in wanted:
+                by_step.setdefault(step, {})[name] = top
+        return [Predictions(tops, step=step) for step, tops in by_step.items()]
+
+    def tops(self) -> dict[str, list[dict[str, Any]]]:
+        """Every panel's newest list, by name."""
+        return {name: top for name, (_, top) in dict(self._panels).items()}
+
+
+def panel_predictions(tops: PanelTops) -> dict[str, Any] | None:
+    """What ``result.json`` keeps of a run's :class:`Predictions`: ``{"step", "tops"}`` with the newest event's
+    step and every panel's newest list, or ``None`` if it yielded none."""
+    return {"step": tops.step, "tops": tops.tops()} if tops else None
 
 
 def _top_entry(panel: str, rank: int, entry: object) -> dict[str, Any]:

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 STATES = ("queued", "running", "paused", "done", "failed", "stopped")
 FINAL_STATES = ("done", "failed", "stopped")
 MAX_METRICS_HISTORY = 5000
+MAX_LATE_LABELS = 32
+"""How many frame labels a job keeps its newest frame of, for a viewer who subscribes late; past that, the label
+whose newest frame is the oldest is forgotten."""
 
 
 class JobEvents(Protocol):
@@ -61,8 +64,8 @@ class Outbox:
     points: list[dict[str, Any]] = field(default_factory=list)
     positions: dict[str, ev.Points] = field(default_factory=dict)
     """The newest :class:`~convlens.events.Points` of each label not yet sent (latest wins, like the frame)."""
-    tops: ev.Predictions | None = None
-    """The newest :class:`~convlens.events.Predictions` not yet sent (latest wins, like the frame)."""
+    tops: ev.PanelTops = field(default_factory=ev.PanelTops)
+    """The newest top classes of each panel not yet sent (latest wins per panel, like the frame per job)."""
     sent_at: float = float("-inf")
     cost: float | None = None
     """Seconds a send takes, smoothed over the last few; ``None`` before the first."""
@@ -90,10 +93,13 @@ class Job:
     finished: float | None = None
     frames: int = 0
     latest_frame: EncodedFrame | None = field(default=None, repr=False)
+    latest_frames: dict[str, EncodedFrame] = field(default_factory=dict, repr=False)
+    """The newest frame of each label (of :data:`MAX_LATE_LABELS` at most), in the order the labels first
+    appeared: what a viewer who subscribes late is shown, as a viewer who watched saw it."""
     latest_points: dict[str, ev.Points] = field(default_factory=dict, repr=False)
     """The newest Points of each label, for a viewer who subscribes late."""
-    latest_tops: ev.Predictions | None = field(default=None, repr=False)
-    """The newest Predictions (the top classes of each panel), for a viewer who subscribes late."""
+    latest_tops: ev.PanelTops = field(default_factory=ev.PanelTops, repr=False)
+    """The newest top classes of each panel, for a viewer who subscribes late and for ``result.json``."""
     reel: Reel = field(default_factory=Reel, repr=False)
     """The frames for the run's GIF."""
     outbox: Outbox = field(default_factory=Outbox, repr=False)
@@ -318,6 +324,7 @@ class JobManager:
             frame = EncodedFrame(job.frames, event.step, event.label, ev.held(event.image), self.jpeg_quality)
             job.frames += 1
             job.latest_frame = frame
+            _keep_newest(job.latest_frames, frame)
             job.reel.add(frame.image)
             with job.outbox.lock:
                 job.outbox.frame = frame
@@ -326,9 +333,9 @@ class JobManager:
             with job.outbox.lock:
                 job.outbox.positions[event.label] = event
         elif isinstance(event, ev.Predictions):
-            job.latest_tops = event
+            job.latest_tops.add(event)
             with job.outbox.lock:
-                job.outbox.tops = event
+                job.outbox.tops.add(event)
         elif isinstance(event, ev.Progress):
             # The server's clock at the step, so a viewer can show the run's own it/s, not its receipt times.
             with job.outbox.lock:
@@ -360,8 +367,7 @@ class JobManager:
 
     def _send(self, job: Job) -> bool:
         """Send what the job's viewers have not seen yet: the newest frame, the newest Points of each label, the
-        newest Predictions, the metrics points, then progress;
-        whether there was anything to send.
+        newest top classes of each panel, the metrics points, then progress; whether there was anything to send.
 
         The frame first: its pixels and JPEG are made before a message wakes the sockets' threads, which would
         take the GIL whenever a torch op lets go of it (a 128-px frame's pixels took 0.7 ms after the metrics
@@ -370,7 +376,7 @@ class JobManager:
         outbox = job.outbox
         with outbox.lock:  # held while sending, so two threads' sends cannot interleave out of order
             outbox.sent_at = self.clock()
-            waiting = outbox.frame is not None or outbox.tops is not None
+            waiting = outbox.frame is not None or bool(outbox.tops)
             if not (waiting or outbox.points or outbox.positions or outbox.progress):
                 return False
             if outbox.frame is not None:
@@ -380,9 +386,10 @@ class JobManager:
                 positions, outbox.positions = outbox.positions, {}
                 for points in positions.values():
                     self.sink.positions(job, points)
-            if outbox.tops is not None:
-                tops, outbox.tops = outbox.tops, None
-                self.sink.predictions(job, tops)
+            if outbox.tops:
+                tops, outbox.tops = outbox.tops, ev.PanelTops()
+                for predictions in tops.events():
+                    self.sink.predictions(job, predictions)
             if outbox.points:
                 points, outbox.points = outbox.points, []
                 self.sink.metrics(job, points)
@@ -437,6 +444,13 @@ class JobManager:
         self._send(job)  # a state change comes after every event before it
         job.state = state
         self.sink.state(job)
+
+
+def _keep_newest(frames: dict[str, EncodedFrame], frame: EncodedFrame) -> None:
+    """``frame`` as the newest of its label in ``frames``, which keeps :data:`MAX_LATE_LABELS` labels at most."""
+    if frame.label not in frames and len(frames) >= MAX_LATE_LABELS:
+        del frames[min(frames, key=lambda label: frames[label].seq)]
+    frames[frame.label] = frame
 
 
 def _required_string(request: dict[str, Any], name: str) -> str:

@@ -13,6 +13,7 @@ from flask_socketio import SocketIO, join_room, leave_room
 
 from .encode import MIME, EncodedFrame
 from .errors import BadInput
+from .events import panel_names
 from .streaming import FrameRelay
 
 if TYPE_CHECKING:
@@ -125,11 +126,22 @@ def register(socketio: SocketIO, services: Services) -> None:
         socketio.emit("metrics_history", {"job": job.id, "history": job.metrics_history}, to=request.sid)
         for line in job.logs[-200:]:
             socketio.emit("log", {"job": job.id, **line}, to=request.sid)
-        relay.subscribe(job.id, request.sid, fmt, latest=job.latest_frame)
+        # What a viewer who watched sees now: the newest frame of each label, in the order they first came,
+        # each followed by the top classes of its panels; then the lists of panels no kept frame shows.
+        sid, shown = request.sid, set()
+
+        def tops_under(frame: EncodedFrame) -> None:
+            panels = panel_names(frame.label)
+            shown.update(panels)
+            for predictions in job.latest_tops.events(panels):
+                socketio.emit("predictions", predictions_message(job, predictions), to=sid)
+
+        relay.subscribe(job.id, sid, fmt, latest=lambda: list(job.latest_frames.values()), after=tops_under)
         for points in list(job.latest_points.values()):
-            socketio.emit("points", points_message(job, points), to=request.sid)
-        if job.latest_tops is not None:
-            socketio.emit("predictions", predictions_message(job, job.latest_tops), to=request.sid)
+            socketio.emit("points", points_message(job, points), to=sid)
+        rest = [panel for panel in job.latest_tops.tops() if panel not in shown]
+        for predictions in job.latest_tops.events(rest):
+            socketio.emit("predictions", predictions_message(job, predictions), to=sid)
         # A job that ended before the viewer joined its room sent its final event to the others only. Read
         # after joining: a job ending meanwhile may send it twice, never not at all.
         final = final_event(job)

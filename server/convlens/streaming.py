@@ -4,14 +4,16 @@ Socket.IO's ``emit`` never blocks, so a job that sends every frame to a slow
 viewer builds an unbounded queue. Here each viewer has at most one frame in
 flight: it is sent the next one only after it acknowledges drawing the last
 (``frame_ack``), and meanwhile only the newest waiting frame is kept. A slow
-viewer gets fewer, newer frames; the job never waits for anyone.
+viewer gets fewer, newer frames; the job never waits for anyone. A viewer who
+subscribes late is first sent the newest frame of each label at once (a bounded
+catch-up, ``Job.latest_frames``); its next frame waits for the last of those.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .encode import EncodedFrame
@@ -48,6 +50,10 @@ ACK_TIMEOUT_S = 10.0
 """A viewer that never acknowledges still gets a frame this often, so a lost ack cannot freeze it."""
 
 
+_CATCHING_UP = -1
+"""A viewer's frame in flight while it is being added: what the job publishes meanwhile waits."""
+
+
 @dataclass
 class _Viewer:
     fmt: str
@@ -65,13 +71,38 @@ class FrameRelay:
         self._lock = threading.Lock()
         self._viewers: dict[str, dict[str, _Viewer]] = {}
 
-    def subscribe(self, job_id: str, sid: str, fmt: str = "jpeg", latest: EncodedFrame | None = None) -> None:
+    def subscribe(
+        self,
+        job_id: str,
+        sid: str,
+        fmt: str = "jpeg",
+        latest: Callable[[], Iterable[EncodedFrame]] = tuple,
+        after: Callable[[EncodedFrame], None] | None = None,
+    ) -> None:
+        """Add a viewer and send it the frames ``latest()`` gives (the newest of each label), in order, each
+        followed by ``after(frame)``; the job's next frame waits for the viewer's ack of the last of them.
+
+        ``latest`` is read once the viewer is added: a frame published before is among them, one published
+        since waits for them (and is not drawn over by an older frame of its label).
+        """
         with self._lock:
             viewer = self._viewers.setdefault(job_id, {}).setdefault(sid, _Viewer(fmt))
             viewer.fmt = fmt
-            viewer.in_flight_seq = None
-        if latest is not None:
-            self.publish(job_id, latest, only=sid)
+            viewer.in_flight_seq = _CATCHING_UP
+            viewer.sent_at = self._clock()
+        frames = list(latest())
+        with self._lock:
+            viewer.in_flight_seq = frames[-1].seq if frames else None
+            viewer.sent += len(frames)
+            waiting = None if frames else viewer.waiting
+            if waiting is not None:
+                viewer.waiting = None
+        for frame in frames:
+            self._send(sid, frame.message(job_id, fmt))
+            if after is not None:
+                after(frame)
+        if waiting is not None:
+            self.publish(job_id, waiting, only=sid)
 
     def unsubscribe(self, job_id: str, sid: str) -> None:
         with self._lock:

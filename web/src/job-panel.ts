@@ -42,7 +42,8 @@ export class JobPanel {
   private readonly canvases = new Map<string, HTMLCanvasElement>();
   /** Frames of several panels (labels with " | "), by label. */
   private readonly strips = new Map<string, PanelStrip>();
-  private tops: { tops: Record<string, TopClass[]>; step: number | null } | null = null;
+  /** The newest top classes of each panel: a `predictions` event replaces the lists it names, others stay. */
+  private readonly tops = new Map<string, { top: TopClass[]; step: number | null }>();
   private readonly notes = new Map<string, string>();
   private readonly stateEl: HTMLElement;
   private readonly titleEl: HTMLElement;
@@ -259,14 +260,16 @@ export class JobPanel {
     // The first frames are panels: the empty canvas waiting for a single picture goes.
     if (this.canvases.size === 0) this.framesEl.querySelector("figure:not(.panel)")?.remove();
     this.framesEl.insertBefore(strip.element, this.waitingEl);
-    if (this.tops) strip.setTops(this.tops.tops, this.tops.step);
+    for (const [name, { top, step }] of this.tops) strip.setTops({ [name]: top }, step);
     for (const [name, note] of this.notes) strip.setNote(name, note);
     return strip;
   }
 
-  /** The newest top classes of each panel (a `predictions` event), under the panels they name. */
+  /** The newest top classes of the panels a `predictions` event names, under those panels (now, and in a
+   * strip made later: a late viewer's frames may be drawn after their lists came); the others keep theirs. */
   setTops(tops: Record<string, TopClass[]>, step: number | null): void {
-    this.tops = { tops, step };
+    for (const [name, top] of Object.entries(tops))
+      if (Array.isArray(top)) this.tops.set(name, { top, step });
     for (const strip of this.strips.values()) strip.setTops(tops, step);
   }
 

@@ -1,7 +1,9 @@
 // A live line chart of a job's metrics on one canvas: a row per metric name,
 // each with its own vertical scale (a loss and a probability rarely share one).
+// Each row's header (name, newest value, range) is text laid over the canvas, so
+// a long name ends in an ellipsis (in full in its tooltip) and never runs into the numbers.
 
-import { formatNumber, Throttle } from "./dom";
+import { formatNumber, h, Throttle } from "./dom";
 
 export interface MetricsPoint {
   step: number | null;
@@ -13,6 +15,14 @@ interface Series {
   values: number[];
 }
 
+/** A row's header: the metric's name, its newest value and the range the row's plot spans. */
+interface Header {
+  element: HTMLElement;
+  name: HTMLElement;
+  value: HTMLElement;
+  range: HTMLElement;
+}
+
 const ROW_HEIGHT = 72;
 const PALETTE = ["#5aa9ff", "#f2a541", "#6fd08c", "#e86a92", "#b892ff", "#4fd1c5", "#f6e05e", "#ff8a65"];
 const MAX_POINTS = 5000;
@@ -22,6 +32,9 @@ const REDRAW_MS = 100;
 
 export class MetricsChart {
   private readonly series = new Map<string, Series>();
+  /** The rows' headers, over the canvas (placed after it, in its parent). */
+  readonly labels: HTMLElement = h("div", { class: "chart-labels", "data-testid": "chart-labels" });
+  private readonly headers = new Map<string, Header>();
   private pointCount = 0;
   private frame = 0;
   private readonly redraw = new Throttle(REDRAW_MS, () => {
@@ -30,7 +43,7 @@ export class MetricsChart {
       this.draw();
     });
   });
-  private colours: { text: string; grid: string } | null = null;
+  private grid: string | null = null;
   private readonly resize: ResizeObserver;
 
   constructor(
@@ -38,10 +51,11 @@ export class MetricsChart {
     private readonly onChange: (names: string[]) => void = () => {},
   ) {
     this.resize = new ResizeObserver(() => {
-      this.colours = null; // the page's theme may have changed with it
+      this.grid = null; // the page's theme may have changed with it
       this.schedule();
     });
     this.resize.observe(canvas);
+    canvas.after(this.labels);
   }
 
   get names(): string[] {
@@ -50,6 +64,7 @@ export class MetricsChart {
 
   clear(): void {
     this.series.clear();
+    this.dropHeaders();
     this.pointCount = 0;
     this.onChange(this.names);
     this.schedule();
@@ -57,6 +72,7 @@ export class MetricsChart {
 
   setHistory(history: MetricsPoint[]): void {
     this.series.clear();
+    this.dropHeaders();
     this.pointCount = 0;
     for (const point of history) this.record(point);
     this.onChange(this.names);
@@ -75,6 +91,38 @@ export class MetricsChart {
     this.redraw.cancel();
     cancelAnimationFrame(this.frame);
     this.frame = 0;
+    this.labels.remove();
+  }
+
+  private dropHeaders(): void {
+    this.headers.clear();
+    this.labels.replaceChildren();
+  }
+
+  /** The header of row `row` (made on first use) showing `name`, `value` and the range `low … high`. */
+  private showHeader(name: string, row: number, colour: string, value: number, low: number, high: number) {
+    let header = this.headers.get(name);
+    if (!header) {
+      const nameEl = h("span", { class: "name", "data-testid": "chart-name", title: name }, name);
+      const valueEl = h("span", { class: "value", "data-testid": "chart-value" });
+      const rangeEl = h("span", { class: "range", "data-testid": "chart-range" });
+      // Rows only ever come after the others (a chart is cleared whole), so its place and colour stay.
+      const style = `top:${row * ROW_HEIGHT}px;color:${colour}`;
+      const element = h(
+        "div",
+        { class: "chart-label", "data-metric": name, style },
+        nameEl,
+        valueEl,
+        rangeEl,
+      );
+      header = { element, name: nameEl, value: valueEl, range: rangeEl };
+      this.headers.set(name, header);
+      this.labels.append(element);
+    }
+    const shown = formatNumber(value);
+    if (header.value.textContent !== shown) header.value.textContent = shown;
+    const range = `${formatNumber(low)} … ${formatNumber(high)}`;
+    if (header.range.textContent !== range) header.range.textContent = range;
   }
 
   private record(point: MetricsPoint): void {
@@ -127,16 +175,8 @@ export class MetricsChart {
     if (!context) return;
     context.setTransform(ratio, 0, 0, ratio, 0, 0);
     context.clearRect(0, 0, cssWidth, cssHeight);
-    if (!this.colours) {
-      const style = getComputedStyle(canvas);
-      this.colours = {
-        text: style.getPropertyValue("--cl-muted").trim() || "#9aa3ad",
-        grid: style.getPropertyValue("--cl-grid").trim() || "rgba(255,255,255,0.08)",
-      };
-    }
-    const { text, grid } = this.colours;
-    context.font = "11px system-ui, sans-serif";
-    context.textBaseline = "top";
+    this.grid ??= getComputedStyle(canvas).getPropertyValue("--cl-grid").trim() || "rgba(255,255,255,0.08)";
+    const grid = this.grid;
 
     names.forEach((name, row) => {
       const series = this.series.get(name) as Series;
@@ -169,13 +209,7 @@ export class MetricsChart {
         plot.bottom - plot.top - 1,
       );
 
-      context.fillStyle = colour;
-      const latest = series.values[series.values.length - 1];
-      context.fillText(`${name}  ${formatNumber(latest)}`, plot.left, top + 3);
-      context.fillStyle = text;
-      context.textAlign = "right";
-      context.fillText(`${formatNumber(low)} … ${formatNumber(high)}`, plot.right, top + 3);
-      context.textAlign = "left";
+      this.showHeader(name, row, colour, series.values[series.values.length - 1], low, high);
 
       context.strokeStyle = colour;
       context.lineWidth = 1.75;
