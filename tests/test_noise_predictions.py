@@ -13,7 +13,7 @@ from convlens.images import to_tensor
 from convlens.plugins import get_plugin_manager, sample_images
 from convlens.runner import samples_only
 from convlens.testing import make_tiny_model, of_type
-from plugins.adversarial.noise import gaussian_noise
+from convlens_plugins.adversarial.noise import gaussian_noise
 
 SEED = 7
 DRAWS = 70
@@ -337,7 +337,7 @@ def panels(picture: np.ndarray, count: int) -> list[np.ndarray]:
 
 
 def test_each_threshold_line_is_at_its_column_and_bars_share_one_count_scale(many, many_oracle):
-    from plugins.adversarial.noise import PLOT_HEIGHT, PLOT_LEFT, PLOT_TOP, PLOT_WIDTH
+    from convlens_plugins.adversarial.noise import PLOT_HEIGHT, PLOT_LEFT, PLOT_TOP, PLOT_WIDTH
 
     result = many[-1]
     limit = result.data["by_model"][0]["bins"]["edges"][-1]
@@ -364,7 +364,7 @@ def written(text: str, colour: tuple[int, int, int]) -> np.ndarray:
     """``text`` in the default font at the histograms' size, ``colour`` on white, cropped to its ink."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from plugins.adversarial.noise import FONT_SIZE
+    from convlens_plugins.adversarial.noise import FONT_SIZE
 
     canvas = Image.new("RGB", (200, 40), "white")
     ImageDraw.Draw(canvas).text((10, 10), text, font=ImageFont.load_default(size=FONT_SIZE), fill=colour)
@@ -382,7 +382,7 @@ def found_at(region: np.ndarray, template: np.ndarray) -> list[tuple[int, int]]:
 
 
 def test_the_ends_of_the_range_and_each_threshold_are_written_where_they_belong(many, many_oracle):
-    from plugins.adversarial.noise import PLOT_HEIGHT, PLOT_LEFT, PLOT_TOP, PLOT_WIDTH
+    from convlens_plugins.adversarial.noise import PLOT_HEIGHT, PLOT_LEFT, PLOT_TOP, PLOT_WIDTH
 
     result = many[-1]
     limit = result.data["by_model"][0]["bins"]["edges"][-1]
@@ -402,7 +402,7 @@ def test_the_ends_of_the_range_and_each_threshold_are_written_where_they_belong(
 
 
 def test_a_threshold_near_the_right_end_is_written_whole_left_of_its_line():
-    from plugins.adversarial.noise import PLOT_LEFT, PLOT_TOP, PLOT_WIDTH, histogram_image
+    from convlens_plugins.adversarial.noise import PLOT_LEFT, PLOT_TOP, PLOT_WIDTH, histogram_image
 
     threshold, limit = 0.1987, 0.2
     picture = histogram_image(np.array([0, 3, 9, 2]), limit, threshold)

@@ -35,6 +35,7 @@ from convlens.images import to_image
 from convlens.methods import Method, RunContext
 from convlens.params import Bool, Choice, ClassIndex, Float, Int
 
+from .classes import top_classes
 from .strong import cw_steps, deepfool_steps
 from .transfer import TRANSFER, transfer_report
 
@@ -58,7 +59,6 @@ DIVISION_GUARD = 1e-10
 """Added to the gradient's L2 norm before dividing by it (torchattacks' ``eps_for_division``): a zero gradient."""
 FRAME_WIDTH = 512
 """The streamed frame's three panels are shrunk to fit this width."""
-TOP = 5
 
 
 def random_start(image: torch.Tensor, norm: str, epsilon: float, generator: torch.Generator) -> torch.Tensor:
@@ -179,16 +179,6 @@ def gradient_sign_steps(
             length = gradient.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + DIVISION_GUARD
             moved = adversarial + step * gradient / length
         adversarial = project(moved, image, norm, epsilon).detach()
-
-
-def top_classes(model: Model, logits: torch.Tensor) -> list[dict[str, Any]]:
-    """The ``TOP`` most probable classes of one image's logits, with their probabilities."""
-    probabilities = logits[0].double().softmax(0)
-    values, indices = probabilities.topk(min(TOP, probabilities.numel()))
-    return [
-        {"class": int(index), "label": model.label(int(index)), "probability": float(value)}
-        for value, index in zip(values, indices, strict=True)
-    ]
 
 
 def perturbation_view(delta: torch.Tensor, scale: float) -> torch.Tensor:

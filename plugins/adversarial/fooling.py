@@ -17,7 +17,6 @@ the budget is a number of model queries.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ from convlens.events import Event, Frame, Log, Metrics, Predictions, Progress, R
 from convlens.methods import Method, RunContext
 from convlens.params import Choice, Float, Int, Param, plain_int
 
+from .classes import log_softmax, top_classes
 from .evolution import Archive, Champion, Cppn, Direct, cma_es, map_elites
 
 if TYPE_CHECKING:
@@ -46,7 +46,6 @@ NEAR_SURE = 0.99
 """Queries until this confidence are reported, whatever the bar."""
 FRAME_WIDTH = 1024
 """The streamed frame's panels are shrunk so that the row fits this width."""
-TOP = 5
 ALGORITHMS = ("map_elites", "cma_es")
 ENCODINGS = ("cppn", "direct")
 FIELD = "params.targets"
@@ -110,21 +109,6 @@ def panels_row(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     if shown != width:
         pictures = F.interpolate(pictures, size=(max(1, round(height * shown / width)), shown), mode="area")
     return torch.cat(pictures.unbind(0), dim=2)[None].clone()
-
-
-def top_classes(model: Model, log_probabilities: np.ndarray) -> list[dict[str, Any]]:
-    """The :data:`TOP` most probable classes of one picture's log-probabilities, best first."""
-    order = np.argsort(-log_probabilities, kind="stable")[: min(TOP, len(log_probabilities))]
-    return [
-        {"class": int(i), "label": model.label(int(i)), "probability": math.exp(log_probabilities[i])}
-        for i in order
-    ]
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax of NxK logits, in float64."""
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
 def check_logits(model: Model, logits: np.ndarray, when: str) -> None:

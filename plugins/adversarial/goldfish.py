@@ -26,6 +26,8 @@ from convlens.events import Event, Frame, Metrics, Progress, Result
 from convlens.methods import Method, RunContext
 from convlens.params import Float, Int
 
+from .classes import log_softmax
+
 REFERENCE = (
     "Goodfellow, Shlens, Szegedy 2015, Explaining and Harnessing Adversarial Examples, arXiv:1412.6572, §3"
 )
@@ -68,11 +70,6 @@ def train_softmax(features: np.ndarray, labels: np.ndarray, c: float = C) -> tup
         options={"maxiter": 10_000, "gtol": 1e-10, "ftol": 1e-15},
     ).x
     return theta[: CLASSES * dims].reshape(CLASSES, dims), theta[CLASSES * dims :]
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def nudge(digit: np.ndarray, weights: np.ndarray, label: int, target: int, epsilon: float) -> np.ndarray:

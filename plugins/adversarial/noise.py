@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,8 +38,7 @@ from convlens.images import to_tensor
 from convlens.methods import Method, RunContext
 from convlens.params import Float, Int, Models
 
-if TYPE_CHECKING:
-    from convlens.models.base import Model
+from .classes import softmax, top_classes
 
 REFERENCE = (
     "Nguyen, Yosinski, Clune 2015, Deep Neural Networks are Easily Fooled: High Confidence Predictions for "
@@ -88,21 +87,6 @@ def patterns(rng: np.random.Generator, size: tuple[int, int]) -> dict[str, np.nd
         "stripes": np.broadcast_to(stripes, (1, 3, height, width)).astype(np.float32),
         "checkerboard": np.broadcast_to(checkerboard, (1, 3, height, width)).astype(np.float32),
     }
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of NxK logits, in float64."""
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def top_k(model: Model, probabilities: np.ndarray, k: int = 5) -> list[dict[str, Any]]:
-    """The ``k`` most probable classes of one row of probabilities: index, label, probability."""
-    order = np.argsort(-probabilities, kind="stable")[:k]
-    return [
-        {"index": int(i), "label": model.label(int(i)), "probability": float(probabilities[i])} for i in order
-    ]
 
 
 def rejection_threshold(top_probabilities: np.ndarray, reject: float) -> float:
@@ -226,11 +210,6 @@ def seen_by(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized.clamp(0, 1).numpy()
 
 
-def as_classes(top: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A :func:`top_k` list in the keys of :class:`~convlens.events.Predictions`: class, label, probability."""
-    return [{"class": e["index"], "label": e["label"], "probability": e["probability"]} for e in top]
-
-
 def run_noise_predictions(ctx: RunContext) -> Iterator[Event]:
     params = ctx.params
     models = ctx.models.get("models") or [ctx.model]
@@ -245,9 +224,11 @@ def run_noise_predictions(ctx: RunContext) -> Iterator[Event]:
     for step, (name, image) in enumerate(shown.items()):
         panels = [f"{name} · {model_id}" for model_id in ids]
         for index, model in enumerate(models):
-            probabilities = softmax(model.logits(seen_by(image, model.input_size)))[0]
-            pattern_top[index][name] = top_k(model, probabilities, min(5, len(model.labels) or 5))
-            tops[panels[index]] = as_classes(pattern_top[index][name])
+            tops[panels[index]] = top_classes(model, model.logits(seen_by(image, model.input_size)))
+            pattern_top[index][name] = [
+                {"index": e["class"], "label": e["label"], "probability": e["probability"]}
+                for e in tops[panels[index]]
+            ]
         yield Frame(panel_row(image, len(models)), step=step, label=PANEL_SEPARATOR.join(panels))
         yield Predictions(dict(tops), step=step)
 

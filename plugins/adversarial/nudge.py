@@ -34,7 +34,8 @@ from convlens.images import to_image
 from convlens.methods import Method, RunContext
 from convlens.params import Choice, ClassIndex, Float, Int
 
-from .attacks import PIXEL, refuse_non_finite, side_by_side, top_classes
+from .attacks import PIXEL, refuse_non_finite, side_by_side
+from .classes import top_classes
 
 if TYPE_CHECKING:
     from convlens.models.base import Model

@@ -39,7 +39,7 @@ from convlens.images import to_image, to_tensor
 from convlens.methods import Method, RunContext
 from convlens.params import Choice, ClassIndex, Dataset, Float, Int, Picture
 
-from .attacks import top_classes
+from .classes import top_classes
 
 if TYPE_CHECKING:
     from convlens.datasets import Dataset as ImageSet

@@ -21,12 +21,13 @@ from __future__ import annotations
 from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 
 from convlens.events import Log
 from convlens.params import Models
+
+from .classes import top_classes
 
 if TYPE_CHECKING:
     from convlens.methods import RunContext
@@ -47,14 +48,6 @@ def at_size(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return resized.clamp(0, 1)
 
 
-def top1(model: Model, logits: np.ndarray) -> dict[str, Any]:
-    """The most probable class of one row of logits: ``{"class", "label", "probability"}``."""
-    exp = np.exp(logits.astype(np.float64) - logits.max())
-    probabilities = exp / exp.sum()
-    index = int(np.argmax(probabilities))
-    return {"class": index, "label": model.label(index), "probability": float(probabilities[index])}
-
-
 def transfer_rows(
     original: torch.Tensor,
     adversarial: torch.Tensor,
@@ -69,7 +62,7 @@ def transfer_rows(
     rows = []
     for model in models:
         before, after = model.logits(at_size(pair, model.input_size))
-        first, then = top1(model, before), top1(model, after)
+        first, then = top_classes(model, before, k=1)[0], top_classes(model, after, k=1)[0]
         same_labels = list(model.labels) == list(source.labels)
         rows.append(
             {
