@@ -459,3 +459,25 @@ def test_a_long_runs_gif_spans_the_whole_run_evenly(client, monkeypatch):
     assert len(every) == 7 and len(thinned) == 4
     assert all(np.array_equal(a, b) for a, b in zip(thinned, every[::2], strict=True))
     assert not np.array_equal(every[0], every[-1])
+
+
+@pytest.mark.parametrize("labels", [("a", "b", "a"), ("a", "a", "b"), ("b", "a")])
+def test_the_latest_frame_is_the_newest_of_any_label(client, extra_methods, labels):
+    """The frames are red, green, blue (the last ones of that list): blue, the newest, whatever its label."""
+    from convlens.events import Frame, Result
+    from convlens.methods import Method
+
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)][-len(labels) :]
+
+    def run_colours(ctx):
+        for step, (label, colour) in enumerate(zip(labels, colours, strict=True)):
+            yield Frame(np.full((16, 16, 3), colour, dtype=np.uint8), step=step, label=label)
+        yield Result()
+
+    extra_methods(Method(name="colours", title="Colours", topic="Tests", run=run_colours))
+    job = run_job(client, "colours")
+    assert job["state"] == "done"
+    answer = client.get(f"/api/jobs/{job['id']}/frames/latest")
+    assert answer.status_code == 200 and answer.mimetype == "image/jpeg"
+    pixels = np.asarray(Image.open(io.BytesIO(answer.data)).convert("RGB"), dtype=np.float64)
+    assert np.abs(pixels.mean(axis=(0, 1)) - (0, 0, 255)).max() < 12, pixels.mean(axis=(0, 1))

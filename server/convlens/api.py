@@ -320,10 +320,10 @@ def job_video(job_id: str):
 
 @blueprint.get("/jobs/<job_id>/frames/latest")
 def latest_frame(job_id: str):
-    job = services().jobs.get(job_id)
-    if job.latest_frame is None:
+    frame = services().jobs.get(job_id).latest_frame
+    if frame is None:
         raise NotFound("frame", f"job {job_id!r} has drawn no frame yet")
-    return send_file(io.BytesIO(job.latest_frame.data("jpeg")), mimetype="image/jpeg")
+    return send_file(io.BytesIO(frame.data("jpeg")), mimetype="image/jpeg")
 
 
 @blueprint.route("/<path:_rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])

@@ -92,7 +92,6 @@ class Job:
     started: float | None = None
     finished: float | None = None
     frames: int = 0
-    latest_frame: EncodedFrame | None = field(default=None, repr=False)
     latest_frames: dict[str, EncodedFrame] = field(default_factory=dict, repr=False)
     """The newest frame of each label (of :data:`MAX_LATE_LABELS` at most), in the order the labels first
     appeared: what a viewer who subscribes late is shown, as a viewer who watched saw it."""
@@ -110,6 +109,12 @@ class Job:
 
     def __post_init__(self) -> None:
         self.resume_event.set()
+
+    @property
+    def latest_frame(self) -> EncodedFrame | None:
+        """The job's newest frame, of any label (``GET /api/jobs/<id>/frames/latest``)."""
+        kept = list(self.latest_frames.values())  # one step, so the job's thread cannot change it meanwhile
+        return max(kept, key=lambda frame: frame.seq, default=None)
 
     @property
     def finished_state(self) -> bool:
@@ -323,7 +328,6 @@ class JobManager:
             # No pixels yet: a tensor becomes pixels only if a viewer gets it, and the reel's at the end.
             frame = EncodedFrame(job.frames, event.step, event.label, ev.held(event.image), self.jpeg_quality)
             job.frames += 1
-            job.latest_frame = frame
             _keep_newest(job.latest_frames, frame)
             job.reel.add(frame.image)
             with job.outbox.lock:
