@@ -1,10 +1,14 @@
 """The images a user can pick: plugins' samples, uploads (kept on disk by content hash), data sets' images
 (``dataset:<data set id>:<index>``, e.g. a click on the code map) and finished jobs' result images
-(``job:<job id>:<image name>``, e.g. a trained adversarial patch, read from the results folder)."""
+(``job:<job id>:<image name>``, e.g. a trained adversarial patch, read from the results folder).
+
+Decoded pictures and encoded thumbnails are kept in one cache bounded in bytes; an upload belongs to the clients
+that sent it, each under the name it gave (:mod:`convlens.upload_owners`), and anyone with its id may read it."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import threading
@@ -15,9 +19,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from .byte_cache import ByteLRU
 from .errors import BadInput, NotFound
 from .images import MAX_PIXELS, MAX_UPLOAD_BYTES, SampleImage, decode_image, read_image_file
 from .params import plain_int
+from .upload_owners import UploadOwners, upload_name
 
 if TYPE_CHECKING:
     from .datasets import DatasetLibrary
@@ -27,6 +33,17 @@ JOB_PREFIX = "job:"
 JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """What a job id may be: the server's are 12 hex digits; no dots or slashes, so no path leaves the results folder."""
 MAX_JOB_IMAGE_ID = 200
+CACHE_BYTES = 256 * 2**20
+
+
+def encode_png(pixels: np.ndarray, size: int = 0) -> bytes:
+    """HxWx3 uint8 as PNG bytes, scaled down to fit ``size`` x ``size`` when given (a thumbnail)."""
+    picture = Image.fromarray(pixels)
+    if size:
+        picture.thumbnail((size, size))
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 class ImageLibrary:
@@ -38,6 +55,7 @@ class ImageLibrary:
         max_pixels: int = MAX_PIXELS,
         datasets: DatasetLibrary | None = None,
         results_dir: Path | None = None,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self.samples = {sample.id: sample for sample in samples}
         self.uploads_dir = uploads_dir
@@ -49,24 +67,29 @@ class ImageLibrary:
         self.job_state: Callable[[str], str | None] | None = None
         """The state of a job this server knows (``None`` for one it does not), so that a job still running is
         told apart from an unknown one; without it only the results folder is read."""
-        self._pixels: dict[str, np.ndarray] = {}
-        self._lock = threading.Lock()
+        self.cache = ByteLRU(cache_bytes)
+        """Decoded pixels by ``("pixels", id)`` and PNGs by ``("png", id, size)``, of samples and uploads."""
+        self.owners = UploadOwners(uploads_dir) if uploads_dir is not None else None
+        self._lock = threading.Lock()  # around changes to the uploads' files and their owners
 
-    def list(self) -> list[dict[str, str]]:
+    def list(self, client: str | None = None) -> list[dict[str, str]]:
+        """The samples, then the uploads ``client`` owns under the names it gave them, the first sent first."""
         items = [
             {"id": s.id, "title": s.title, "source": s.source or "sample", "url": f"/api/images/{s.id}"}
             for s in self.samples.values()
         ]
-        for upload_id in self._upload_ids():
-            items.append(
-                {"id": upload_id, "title": upload_id, "source": "upload", "url": f"/api/images/{upload_id}"}
-            )
+        if client is not None and self.owners is not None and self.uploads_dir.is_dir():
+            for upload_id, name in self.owners.owned_by(client):
+                items.append(
+                    {"id": upload_id, "title": name, "source": "upload", "url": f"/api/images/{upload_id}"}
+                )
         return items
 
-    def _upload_ids(self) -> list[str]:
-        if self.uploads_dir is None or not self.uploads_dir.is_dir():
-            return []
-        return sorted(path.stem for path in self.uploads_dir.glob("upload-*.png"))
+    def _upload_path(self, image_id: str) -> Path | None:
+        """The PNG of an upload id (whether it exists or not); ``None`` for another id."""
+        if self.uploads_dir is None or not image_id.startswith("upload-") or not image_id.isascii():
+            return None
+        return self.uploads_dir / f"{Path(image_id).name}.png"
 
     def get(self, image_id: str) -> np.ndarray:
         """HxWx3 uint8 pixels of a sample, an upload, a data set's image or a finished job's result image;
@@ -75,28 +98,46 @@ class ImageLibrary:
             return self._dataset_image(image_id)  # not cached: the data set's files are the copy
         if image_id.startswith(JOB_PREFIX):
             return read_image_file(self.job_image_path(image_id), field="image")
-        with self._lock:
-            cached = self._pixels.get(image_id)
+        cached = self.cache.get(("pixels", image_id))
         if cached is not None:
             return cached
+        upload = self._upload_path(image_id)
         if image_id in self.samples:
             pixels = np.asarray(self.samples[image_id].load())
             if pixels.ndim == 2:
                 pixels = np.repeat(pixels[:, :, None], 3, axis=2)
             pixels = np.ascontiguousarray(pixels[:, :, :3].astype(np.uint8))
-        elif self.uploads_dir is not None and image_id.startswith("upload-") and image_id.isascii():
-            path = self.uploads_dir / f"{Path(image_id).name}.png"
-            if not path.is_file():
+        elif upload is not None:
+            if not upload.is_file():
                 raise NotFound("image", f"unknown image {image_id!r}")
-            pixels = read_image_file(path, field="image")
+            pixels = read_image_file(upload, field="image")
         else:
             raise NotFound(
                 "image",
                 f"unknown image {image_id!r}; expected a sample ({', '.join(self.samples)}) or an upload id",
             )
-        with self._lock:
-            self._pixels[image_id] = pixels
+        # Jobs read the whole picture (a crop, a style image, deepdream's octaves), so the full size is kept.
+        self.cache.put(("pixels", image_id), pixels, pixels.nbytes)
         return pixels
+
+    def png(self, image_id: str, size: int = 0) -> bytes | Path:
+        """The image as PNG, fitted into ``size`` x ``size`` when given: an upload's or a job's own file when no
+        size is asked, else encoded once and kept in the cache (samples and uploads)."""
+        if not size:
+            upload = self._upload_path(image_id)
+            if upload is not None and upload.is_file():
+                return upload
+            if image_id.startswith(JOB_PREFIX):
+                return self.job_image_path(image_id)
+        cacheable = image_id in self.samples or self._upload_path(image_id) is not None
+        key = ("png", image_id, size)
+        cached = self.cache.get(key) if cacheable else None
+        if cached is not None:
+            return cached
+        data = encode_png(self.get(image_id), size)
+        if cacheable:
+            self.cache.put(key, data, len(data))
+        return data
 
     def _dataset_image(self, image_id: str) -> np.ndarray:
         """Item ``index`` of a data set, for ``dataset:<data set id>:<index>`` (the id may hold colons)."""
@@ -153,20 +194,40 @@ class ImageLibrary:
             )
         return folder / filename
 
-    def add_upload(self, data: bytes) -> tuple[str, np.ndarray]:
-        """Check and keep an uploaded file; returns its id and pixels."""
+    def add_upload(
+        self, data: bytes, owner: str | None = None, filename: str | None = None
+    ) -> tuple[str, np.ndarray]:
+        """Check and keep an uploaded file, owned by ``owner`` (a client id) under ``filename`` made fit to show
+        (:func:`~convlens.upload_owners.upload_name`); returns its id and pixels."""
         pixels = decode_image(data, field="file", max_bytes=self.max_upload_bytes, max_pixels=self.max_pixels)
         image_id = "upload-" + hashlib.sha256(pixels.tobytes()).hexdigest()[:16]
         if self.uploads_dir is not None:
-            self.uploads_dir.mkdir(parents=True, exist_ok=True)
-            path = self.uploads_dir / f"{image_id}.png"
-            if not path.exists():
-                tmp = path.with_suffix(".tmp")
-                Image.fromarray(pixels).save(tmp, format="PNG")
-                tmp.replace(path)
-        with self._lock:
-            self._pixels[image_id] = pixels
+            with self._lock:
+                self.uploads_dir.mkdir(parents=True, exist_ok=True)
+                path = self.uploads_dir / f"{image_id}.png"
+                if not path.exists():
+                    tmp = path.with_suffix(".tmp")
+                    Image.fromarray(pixels).save(tmp, format="PNG")
+                    tmp.replace(path)
+                if owner is not None:
+                    self.owners.add(image_id, owner, upload_name(filename, image_id))
+        self.cache.put(("pixels", image_id), pixels, pixels.nbytes)
         return image_id, pixels
+
+    def delete_upload(self, image_id: str, owner: str) -> None:
+        """``owner`` gives up its upload ``image_id``; the file goes with its last owner. 404 for an id that is
+        no upload here, 403 for a sample or an upload ``owner`` does not own."""
+        if image_id in self.samples:
+            raise BadInput("image", f"{image_id!r} is a sample: it belongs to the server", status=403)
+        path = self._upload_path(image_id)
+        if path is None or self.owners is None or not path.is_file():
+            raise NotFound("image", f"no upload {image_id[:120]!r}")
+        with self._lock:
+            if owner not in self.owners.owners(image_id):
+                raise BadInput("image", f"upload {image_id!r} is not yours to delete", status=403)
+            if not self.owners.remove(image_id, owner):
+                path.unlink(missing_ok=True)
+                self.cache.discard(lambda key: key[1] == image_id)
 
     def resolve(self, name_or_path: str) -> tuple[str, np.ndarray]:
         """For the CLI: a sample id, an upload id, a data set's or a finished job's image id, or a file path."""
