@@ -104,7 +104,10 @@ def procfile_server(models_dir, tmp_path):
 def test_the_procfile_binds_the_host_and_port_it_is_given():
     command = procfile_web_command()
     assert "--bind ${HOST:-0.0.0.0}:${PORT:-5000}" in command
-    assert "--workers 1" in command  # jobs and rooms live in one process
+    assert "--config python:convlens.serving" in command  # the settings `convlens serve` runs with too
+    from convlens import serving
+
+    assert serving.workers == 1  # jobs and rooms live in one process
 
 
 def test_the_procfiles_gunicorn_streams_a_job_over_a_websocket_with_its_malloc_settings(procfile_server):

@@ -25,6 +25,18 @@ MAX_MODELS = 16
 MAX_MODEL_ID = 255
 """The longest model id, in characters: a file name."""
 RUN_MODEL_PLACES = ("first", "excluded")
+MAX_INT = 2**53
+"""The largest magnitude of an ``int`` or ``class`` value: every integer up to it is exact as a JSON number."""
+SCHEMA_TYPES = {
+    "int": "integer",
+    "class": "integer",
+    "float": "number",
+    "bool": "boolean",
+    "string": "string",
+    "layer": "string",
+    "image": "string",
+    "dataset": "string",
+}
 
 
 def plain_int(text: str) -> int | None:
@@ -100,6 +112,32 @@ class Param:
         if self.run_model:
             schema["run_model"] = self.run_model
             schema["every"] = EVERY_MODEL
+        return schema
+
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the values :meth:`check` accepts without a model (the OpenAPI document's)."""
+        if self.kind == "models":
+            names = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": MAX_MODEL_ID}}
+            names["maxItems"] = int(self.maximum if self.maximum is not None else MAX_MODELS)
+            names["uniqueItems"] = True
+            schema: dict[str, Any] = {"anyOf": [{"const": EVERY_MODEL}, names]}
+        elif self.kind == "choice":
+            schema = {"enum": list(self.choices)}
+        else:
+            schema = {"type": SCHEMA_TYPES[self.kind]}
+            if self.kind in ("int", "class"):
+                schema |= {"minimum": -MAX_INT, "maximum": MAX_INT}
+            if self.kind in ("image", "dataset"):
+                schema["minLength"] = 1
+            if self.minimum is not None:
+                schema["minimum"] = self.minimum
+            if self.maximum is not None:
+                schema["maximum"] = self.maximum
+        schema["description"] = self.help or self.title or self.name
+        if self.default is not None:
+            schema["default"] = self.default
+        if self.nullable:
+            return {"anyOf": [schema, {"type": "null"}], "description": schema["description"]}
         return schema
 
     def parse(self, text: str) -> Any:
@@ -183,19 +221,27 @@ class Param:
 def _integer(field: str, value: Any) -> int:
     if isinstance(value, bool):
         raise BadInput(field, f"expected an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
     if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise BadInput(field, f"expected an integer, got {value!r}")
+        value = int(value)
+    if not isinstance(value, int):
+        raise BadInput(field, f"expected an integer, got {value!r:.80}")
+    if not -MAX_INT <= value <= MAX_INT:  # so a method's arithmetic and numpy's int64 never overflow
+        raise BadInput(
+            field, f"must be from {-MAX_INT} to {MAX_INT}, got an integer of {len(str(value))} digits"
+        )
+    return value
 
 
 def _number(field: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadInput(field, f"expected a number, got {value!r}")
-    if not math.isfinite(value):
+        raise BadInput(field, f"expected a number, got {value!r:.80}")
+    try:
+        number = float(value)  # an integer of 309 digits or more is too large for a float: OverflowError
+    except OverflowError:
+        raise BadInput(field, f"must be finite, got an integer of {len(str(value))} digits") from None
+    if not math.isfinite(number):
         raise BadInput(field, f"must be finite, got {value!r}")
-    return float(value)
+    return number
 
 
 def _model_ids(field: str, value: Any, most: int) -> str | list[str]:

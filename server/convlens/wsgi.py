@@ -1,6 +1,7 @@
-"""The production entry point: ``gunicorn --worker-class gthread --workers 1 --threads 64 convlens.wsgi:app``.
+"""The Procfile's WSGI app: ``gunicorn --config python:convlens.serving convlens.wsgi:app``.
 
-One worker process: jobs, rooms and frames live in it (see the Procfile).
+The gunicorn settings (one gthread worker of 64 threads: jobs, rooms and frames live in it) are in
+:mod:`convlens.serving`, which ``convlens serve`` runs too.
 """
 
 from .app import create_app
