@@ -48,7 +48,7 @@ def start_from_page(page, url: str, size: int) -> str:
     page.get_by_test_id("param-steps").fill(str(STEPS))
     page.get_by_test_id("run").click()
     page.get_by_test_id("step").filter(has_text="/").wait_for(timeout=120_000)
-    return http().get(f"{url}/api/jobs", timeout=30).json()[0]["id"]
+    return http().get(f"{url}/api/jobs", timeout=30).json()["jobs"][0]["id"]
 
 
 def measure(page, url: str, size: int, watched: bool, warm_up: float, window: float) -> float:

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+from pathlib import Path
 from urllib.parse import quote
 
 from flask import Blueprint, current_app, jsonify, request, send_file
 from PIL import Image
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import atlas, colormaps
+from . import atlas, colormaps, openapi
+from .auth import client_id
 from .errors import BadInput, NotFound
 from .events import to_uint8
 from .images import resize, to_tensor
+from .openapi import MAX_ID
 from .params import plain_int
+from .upload_owners import upload_name
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("api", __name__, url_prefix="/api")
@@ -44,6 +49,43 @@ def http_error(error: HTTPException):
 def unexpected(error: Exception):
     log.exception("unhandled error on %s %s", request.method, request.path)
     return jsonify({"error": f"internal error: {type(error).__name__}", "field": None}), 500
+
+
+ID_FIELDS = {"model_id": "model", "image_id": "image", "dataset_id": "dataset", "job_id": "job"}
+
+
+@blueprint.url_value_preprocessor
+def _capped_path_values(_endpoint: str | None, values: dict | None) -> None:
+    """Every id or name in a path is at most a file name long, checked before anything looks it up."""
+    for name, value in (values or {}).items():
+        if isinstance(value, str) and len(value) > MAX_ID:
+            field = ID_FIELDS.get(name, name)
+            raise NotFound(field, f"no {field} has an id of {len(value)} characters (at most {MAX_ID})")
+
+
+def _json_object() -> dict:
+    """The request's JSON body, an object; ``BadInput`` naming ``body`` (or ``params``) when it is not one."""
+    if not request.is_json:
+        raise BadInput("body", "expected a JSON object (Content-Type: application/json)")
+    try:
+        body = json.loads(request.get_data())
+    except RecursionError:  # not a ValueError: it was a 500
+        raise BadInput("body", "the JSON is nested too deeply") from None
+    except ValueError as error:  # also integers of over 4,300 digits, and bytes that are not UTF-8
+        raise BadInput("body", f"not valid JSON: {str(error)[:200]}") from None
+    if not isinstance(body, dict):
+        raise BadInput("body", f"expected a JSON object, got {type(body).__name__}")
+    if body.get("params") is not None and not isinstance(body["params"], dict):
+        raise BadInput(
+            "params", f"expected an object of parameter values, got {type(body['params']).__name__}"
+        )
+    return body
+
+
+@blueprint.get("/openapi.json")
+def openapi_document():
+    """This API's OpenAPI 3.1 document."""
+    return jsonify(openapi.document(current_app))
 
 
 @blueprint.get("/models")
@@ -99,7 +141,7 @@ def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
         return default
     value = plain_int(text.strip())
     if value is None or not minimum <= value <= maximum:
-        raise BadInput(name, f"expected an integer from {minimum} to {maximum}, got {text!r}")
+        raise BadInput(name, f"expected an integer from {minimum} to {maximum}, got {text!r:.40}")
     return value
 
 
@@ -119,18 +161,21 @@ def list_methods():
 
 @blueprint.get("/images")
 def list_images():
-    return jsonify(services().images.list())
+    """The samples and the requesting client's own uploads (:func:`convlens.auth.client_id`)."""
+    return jsonify(services().images.list(client_id()))
 
 
 @blueprint.get("/images/<image_id>")
 def image_file(image_id: str):
     """The image as PNG; ``?size=N`` scales it to fit in NxN (thumbnails); ``?model=<id>`` resizes it to that
     model's input exactly as a job does, so a map can be laid over the very picture it was computed on."""
-    pixels = services().images.get(image_id)
+    size = _int_arg("size", 0, 8, 4096)  # 0: no ?size=, the picture as it is
     model_id = request.args.get("model")
     if model_id is not None:
-        pixels = to_uint8(resize(pixels, services().models.get(model_id).input_size))
-    return _png(pixels, _int_arg("size", 0, 8, 4096))  # 0: no ?size=, the picture as it is
+        pixels = to_uint8(resize(services().images.get(image_id), services().models.get(model_id).input_size))
+        return _png(pixels, size)
+    png = services().images.png(image_id, size)  # an upload's own file, or encoded once and cached
+    return send_file(png if isinstance(png, Path) else io.BytesIO(png), mimetype="image/png", max_age=3600)
 
 
 @blueprint.post("/images")
@@ -138,12 +183,19 @@ def upload_image():
     upload = request.files.get("file")
     if upload is None:
         raise BadInput("file", "send the image as multipart form data in a field named 'file'")
-    image_id, pixels = services().images.add_upload(upload.read())
+    image_id, pixels = services().images.add_upload(upload.read(), client_id(), upload.filename)
     height, width = pixels.shape[:2]
-    title = upload.filename or image_id
+    title = upload_name(upload.filename, image_id)
     return jsonify(
         {"id": image_id, "title": title, "width": width, "height": height, "url": f"/api/images/{image_id}"}
     ), 201
+
+
+@blueprint.delete("/images/<image_id>")
+def delete_image(image_id: str):
+    """The requesting client's upload leaves its list (the file goes with its last owner) → 204."""
+    services().images.delete_upload(image_id, client_id())
+    return "", 204
 
 
 @blueprint.get("/datasets")
@@ -241,24 +293,41 @@ def _png(pixels, size: int = 0):
 
 @blueprint.post("/jobs")
 def start_job():
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError:  # not a ValueError, so silent=True lets it through: it was a 500
-        raise BadInput("body", "the JSON is nested too deeply") from None
-    if body is None:
-        raise BadInput("body", "expected a JSON object (Content-Type: application/json)")
-    job = services().jobs.submit(body)
+    body = _json_object()
+    job = services().jobs.submit(body, client=client_id())
     return jsonify(job.to_json()), 202
+
+
+MAX_JOBS_PAGE = openapi.MAX_JOBS_PAGE
 
 
 @blueprint.get("/jobs")
 def list_jobs():
-    return jsonify([job.to_json() for job in services().jobs.store.all()])
+    """A page of job summaries, newest first (``?limit=``, default 50, at most 200), and ``total``, the number of
+    jobs; ``next`` is the cursor of the page after (``?before=<next>``), ``null`` on the last page. The whole job
+    is ``GET /api/jobs/<id>``."""
+    limit = _int_arg("limit", 50, 1, MAX_JOBS_PAGE)
+    before = request.args.get("before") or None
+    try:
+        page = services().jobs.page(limit + 1, before)
+    except KeyError:
+        raise BadInput("before", f"no job {before[:40]!r} to list the jobs before") from None
+    following = page[limit - 1]["id"] if len(page) > limit else None
+    return jsonify({"jobs": page[:limit], "next": following, "total": services().jobs.store.records.count()})
 
 
 @blueprint.get("/jobs/<job_id>")
 def job_detail(job_id: str):
     return jsonify(services().jobs.get(job_id).to_json())
+
+
+def _result_file(job, filename: str, field: str):
+    """The path of a file of ``job``'s results folder; a 410 naming ``field`` when it was deleted by hand."""
+    path = services().jobs.results_dir / job.id / filename
+    if not path.is_file():
+        reason = f"the file {filename!r} of job {job.id!r} was deleted from the results folder"
+        raise BadInput(field, reason, status=410)
+    return path
 
 
 @blueprint.post("/jobs/<job_id>/<action>")
@@ -283,7 +352,7 @@ def job_image(job_id: str, name: str):
     files = (job.result or {}).get("files", {})
     if name not in files:
         raise NotFound("image", f"job {job_id!r} has no result image {name!r}")
-    return send_file(services().jobs.results_dir / job.id / files[name], mimetype="image/png")
+    return send_file(_result_file(job, files[name], "image"), mimetype="image/png")
 
 
 @blueprint.get("/jobs/<job_id>/arrays/<name>.npy")
@@ -293,7 +362,7 @@ def job_array(job_id: str, name: str):
     if name not in arrays:
         raise NotFound("array", f"job {job_id!r} has no result array {name!r}")
     return send_file(
-        services().jobs.results_dir / job.id / arrays[name],
+        _result_file(job, arrays[name], "array"),
         mimetype="application/octet-stream",
         as_attachment=True,
         download_name=f"{job.method}-{name}.npy",
@@ -303,10 +372,9 @@ def job_array(job_id: str, name: str):
 @blueprint.get("/jobs/<job_id>/frames.gif")
 def job_animation(job_id: str):
     job = services().jobs.get(job_id)
-    path = services().jobs.results_dir / job.id / "frames.gif"
-    if not path.is_file():
+    if not (job.result or {}).get("animation"):
         raise NotFound("animation", f"job {job_id!r} has no animation")
-    return send_file(path, mimetype="image/gif")
+    return send_file(_result_file(job, "frames.gif", "animation"), mimetype="image/gif")
 
 
 @blueprint.get("/jobs/<job_id>/frames.webm")
@@ -315,12 +383,15 @@ def job_video(job_id: str):
     from .video import webm_of
 
     job = services().jobs.get(job_id)
-    return send_file(webm_of(services().jobs.results_dir / job.id / "frames.gif"), mimetype="video/webm")
+    if not (job.result or {}).get("animation"):
+        raise NotFound("animation", "this run has no frames to make a video of")
+    return send_file(webm_of(_result_file(job, "frames.gif", "animation")), mimetype="video/webm")
 
 
 @blueprint.get("/jobs/<job_id>/frames/latest")
 def latest_frame(job_id: str):
-    frame = services().jobs.get(job_id).latest_frame
+    jobs = services().jobs
+    frame = jobs.shown_last(jobs.get(job_id)).latest_frame
     if frame is None:
         raise NotFound("frame", f"job {job_id!r} has drawn no frame yet")
     return send_file(io.BytesIO(frame.data("jpeg")), mimetype="image/jpeg")

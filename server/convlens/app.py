@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Flask, abort, request, send_from_directory
+from flask import Flask, abort, send_from_directory
 from flask_socketio import SocketIO
 
-from . import runner
-from .config import Config
+from . import auth, runner
+from .config import Config, origin_list
 from .dataset_zip import ZipLimits
 from .datasets import DatasetLibrary
 from .image_library import ImageLibrary
+from .job_db import SqliteJobStore
 from .jobs import JobManager
 from .models.store import ModelStore
 from .plugins import MethodRegistry, get_plugin_manager, registered_datasets, sample_images
 from .streaming import FrameRelay
 
 log = logging.getLogger(__name__)
+PRUNE_EVERY_S = 3600
 
 
 @dataclass
@@ -43,6 +46,7 @@ def build_library(pm, config: Config) -> ImageLibrary:
         config.max_upload_bytes,
         config.max_pixels,
         results_dir=config.results_dir,
+        cache_bytes=config.image_cache_bytes,
     )
 
 
@@ -70,7 +74,7 @@ def create_app(config: Config | None = None) -> Flask:
         # cores all run a job's torch threads, every thread started takes time from the job's steps.
         # A viewer's events are then also handled in the order it sent them.
         async_handlers=False,
-        cors_allowed_origins=config.cors_origins,
+        cors_allowed_origins=auth.socket_origins(origin_list(config.cors_origins)),
         max_http_buffer_size=config.max_upload_bytes,
     )
 
@@ -93,42 +97,55 @@ def create_app(config: Config | None = None) -> Flask:
         sink=sockets.RoomEvents(socketio, relay),
         start_task=socketio.start_background_task,
         results_dir=config.results_dir,
+        store=SqliteJobStore(config.jobs_db),
         max_running=config.max_running_jobs,
+        max_queued=config.max_queued_jobs,
+        max_queued_per_client=config.max_queued_per_client,
+        max_run_seconds=config.max_run_seconds,
         jpeg_quality=config.jpeg_quality,
         stream_hz=config.stream_hz,
         stream_budget=config.stream_budget,
     )
+    _keep_runs(jobs, config.keep_results_days, socketio.start_background_task)
     # So that job:<id>:<name> of a job still running is a 409 that says so, not an unknown job's 404.
     images.job_state = lambda job_id: getattr(jobs.store.get(job_id), "state", None)
     app.extensions["convlens"] = Services(config, models, methods, images, datasets, jobs, relay, socketio)
     app.register_blueprint(api.blueprint)
     sockets.register(socketio, app.extensions["convlens"])
     _serve_web(app, config.web_dist)
-    _allow_embedding(app, config.cors_origins)
+    _allow_embedding(app, config)
     return app
 
 
-def _allow_embedding(app: Flask, origins: str | list[str]) -> None:
-    """Let other sites load the custom elements' script and use the API (a module script is fetched with CORS).
+def _allow_embedding(app: Flask, config: Config) -> None:
+    """Let other sites load the custom elements' script, read the API and frame the views; only the server's
+    own pages and the listed origins change state (:mod:`convlens.auth`), and with a token, only holders."""
+    auth.install(app, origin_list(config.cors_origins), config.token)
 
-    An embedded view's JSON POST (``<convlens-compare>`` starting its jobs) is preceded by the browser's preflight
-    ``OPTIONS``, whose answer must also allow the ``Content-Type`` header.
-    """
 
-    @app.after_request
-    def add_cors(response):
-        origin = request.headers.get("Origin")
-        if origins == "*":
-            response.headers["Access-Control-Allow-Origin"] = "*"
-        elif origin and origin in origins:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers.add("Vary", "Origin")
-        else:
-            return response
-        if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST"
-            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
-        return response
+def _keep_runs(jobs: JobManager, keep_days: float, start_task) -> None:
+    """Fail the runs the last process left unfinished; with ``keep_days``, prune older runs now and hourly."""
+    lost = jobs.recover()
+    if lost:
+        log.warning("%d job(s) were lost when the server last stopped: marked failed", len(lost))
+    if keep_days <= 0:
+        return
+
+    def prune() -> None:
+        pruned = jobs.prune(time.time() - keep_days * 86400)
+        if pruned:
+            log.info("pruned %d run(s) older than %g days", len(pruned), keep_days)
+
+    def prune_hourly() -> None:
+        while True:
+            time.sleep(PRUNE_EVERY_S)
+            try:
+                prune()
+            except Exception:  # a locked file or a full disk today must not end the pruning for good
+                log.exception("pruning old runs failed")
+
+    prune()
+    start_task(prune_hourly)
 
 
 def _serve_web(app: Flask, dist: Path) -> None:

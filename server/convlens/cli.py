@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=int(os.environ.get("PORT", os.environ.get("CONVLENS_PORT", 5000)))
     )
     serve.add_argument("--debug", action="store_true")
+    serve.add_argument(
+        "--no-token",
+        action="store_true",
+        help="serve a non-loopback --host without CONVLENS_TOKEN: anyone who reaches it may use it",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     models = commands.add_parser("models", parents=[command_options], help="list the models")
@@ -142,19 +147,40 @@ def _store(args: argparse.Namespace):
     return store
 
 
+def _serving_config(args: argparse.Namespace):
+    """The server's settings, said at start-up; refused (exit 2) on an address other machines reach without a
+    token, unless ``--no-token`` (:func:`convlens.auth.access_at_start`)."""
+    from .auth import access_at_start
+
+    config = _config(args)
+    config.allow_no_token = config.allow_no_token or args.no_token
+    access = access_at_start(args.host, config.token, config.allow_no_token)
+    print(f"convlens: access: {access}", file=sys.stderr, flush=True)
+    return config
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    """gunicorn as the Procfile runs it (:mod:`convlens.serving`); ``--debug``: Werkzeug's development server."""
     from .app import create_app
     from .runtime import configure_threads
+    from .serving import serve
 
-    configure_threads()
-    app = create_app(_config(args))
-    socketio = app.extensions["socketio"]
+    config = _serving_config(args)
+
+    def worker_app():
+        configure_threads()
+        return create_app(config)
+
     print(f"convlens: serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-    socketio.run(
+    if not args.debug:
+        serve(worker_app, args.host, args.port)
+        return 0
+    app = worker_app()
+    app.extensions["socketio"].run(
         app,
         host=args.host,
         port=args.port,
-        debug=args.debug,
+        debug=True,
         use_reloader=False,
         allow_unsafe_werkzeug=True,
         request_handler=NoDelayRequestHandler,

@@ -62,10 +62,23 @@ def _default_web_dist() -> Path:
     return installed if installed.is_dir() else REPO_ROOT / "web" / "dist"
 
 
-def _origins(value: str) -> str | list[str]:
-    """``*`` or a comma-separated list of origins allowed to embed convlens views."""
-    value = value.strip()
-    return "*" if value == "*" else [origin.strip() for origin in value.split(",") if origin.strip()]
+def parse_origins(value: str) -> list[str]:
+    """A comma-separated list of origins (``https://lab.example``); ``*`` in it lets any page read and embed."""
+    return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+
+
+def origin_list(origins: str | list[str]) -> list[str]:
+    """``Config.cors_origins`` as a list, also when given as the variable's comma-separated text."""
+    return parse_origins(origins) if isinstance(origins, str) else list(origins)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
 
 
 def _env_number(name: str, default: float, kind: type = float):
@@ -96,6 +109,11 @@ class Config:
     """Folders whose sub-folders are data sets (``datasets/`` beside convlens' ``models/``, ``--datasets-dir``,
     ``CONVLENS_DATASETS_DIRS``); only read."""
     data_dir: Path = field(default_factory=_default_data_dir)
+    jobs_db_path: Path | None = field(default_factory=lambda: _env_path("CONVLENS_JOBS_DB"))
+    """The SQLite file of job records (``CONVLENS_JOBS_DB``); ``None``: ``jobs.sqlite3`` in ``data_dir``."""
+    keep_results_days: float = _env_number("CONVLENS_KEEP_RESULTS_DAYS", 0)
+    """Runs that ended longer ago than this many days lose their record and results folder (at start-up and
+    hourly); 0 keeps every run."""
     web_dist: Path = field(default_factory=_default_web_dist)
     max_upload_bytes: int = _env_number("CONVLENS_MAX_UPLOAD_BYTES", MAX_UPLOAD_BYTES, int)
     max_pixels: int = _env_number("CONVLENS_MAX_PIXELS", MAX_PIXELS, int)
@@ -105,19 +123,38 @@ class Config:
         "CONVLENS_MAX_DATASET_UNPACKED_BYTES", MAX_UNPACKED_BYTES, int
     )
     max_running_jobs: int = _env_number("CONVLENS_MAX_RUNNING_JOBS", 2, int)
+    max_queued_jobs: int = _env_number("CONVLENS_MAX_QUEUED_JOBS", 100, int)
+    """Jobs of all clients waiting for a slot (queued or paused), at most; one more is a 429. 0: no limit."""
+    max_queued_per_client: int = _env_number("CONVLENS_MAX_QUEUED_PER_CLIENT", 20, int)
+    """Jobs of one client waiting for a slot (queued or paused), at most; one more is a 429. 0: no limit."""
+    max_run_seconds: float = _env_number("CONVLENS_MAX_RUN_SECONDS", 3600)
+    """Seconds a job may run, paused time not counted, before it fails naming the limit. 0: no limit."""
     jpeg_quality: int = 85
     stream_hz: float = _env_number("CONVLENS_STREAM_HZ", STREAM_HZ)
     """Sends per second of a running job's newest frame, progress and metrics, at most; 0: one per event."""
     stream_budget: float = _env_number("CONVLENS_STREAM_BUDGET", STREAM_BUDGET)
     """The share of a running job's time its sends may take; fewer sends where they cost more. 0: no limit."""
     ensure_default_model: bool = True
-    cors_origins: str | list[str] = field(
-        default_factory=lambda: _origins(os.environ.get("CONVLENS_CORS_ORIGINS", "*"))
+    cors_origins: list[str] = field(
+        default_factory=lambda: parse_origins(os.environ.get("CONVLENS_CORS_ORIGINS", "*"))
     )
+    """Origins besides the server's own whose pages may read the API and frame its views (``*``: any); a listed
+    origin (not ``*``) may also change state: start, stop, upload, delete."""
+    token: str | None = field(default_factory=lambda: os.environ.get("CONVLENS_TOKEN") or None)
+    """When set, every ``/api`` request and Socket.IO connection must carry it (:mod:`convlens.auth`)."""
+    allow_no_token: bool = field(default_factory=lambda: _env_flag("CONVLENS_ALLOW_NO_TOKEN"))
+    """``convlens serve`` on a non-loopback address without a token starts only with this (``--no-token``)."""
+    image_cache_bytes: int = _env_number("CONVLENS_IMAGE_CACHE_BYTES", 256 * 2**20, int)
+    """The most bytes of decoded pictures and encoded thumbnails the image library keeps in memory."""
 
     @property
     def results_dir(self) -> Path:
         return self.data_dir / "results"
+
+    @property
+    def jobs_db(self) -> Path:
+        """The SQLite file of job records (:mod:`convlens.job_db`)."""
+        return self.jobs_db_path or self.data_dir / "jobs.sqlite3"
 
     @property
     def features_dir(self) -> Path:

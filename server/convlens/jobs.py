@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from . import events as ev
-from . import runner
+from . import late_view, runner
 from .encode import EncodedFrame
 from .errors import BadInput, NotFound
 from .methods import Method
 from .models.base import Model
 from .results import Reel, RunRecord, write_result
+from .scheduler import FairQueue
 from .streaming import SLOWEST_SEND_S, STREAM_BUDGET, STREAM_HZ
 
 if TYPE_CHECKING:
@@ -33,8 +36,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATES = ("queued", "running", "paused", "done", "failed", "stopped")
+LOCAL_CLIENT = "local"
+"""The client of a job submitted without one (``convlens run``, a test): its turns in the fair queue."""
 FINAL_STATES = ("done", "failed", "stopped")
 MAX_METRICS_HISTORY = 5000
+"""Metrics points a job keeps for a late viewer's chart (and its record); later points only stream."""
+MAX_LOG_LINES = 1000
+"""Log lines a job keeps (and its record); past that the oldest go, counted in a first line that says so."""
 MAX_LATE_LABELS = 32
 """How many frame labels a job keeps its newest frame of, for a viewer who subscribes late; past that, the label
 whose newest frame is the oldest is forgotten."""
@@ -92,6 +100,12 @@ class Job:
     started: float | None = None
     finished: float | None = None
     frames: int = 0
+    owner: str | None = None
+    """Who submitted the job (``convlens.auth.client_id()``); ``None`` for a job not submitted by a request."""
+    files: str | None = None
+    """``"kept"`` once a done job's results folder is written, ``"deleted"`` when it was removed by hand."""
+    logs_dropped: int = 0
+    """How many of the oldest log lines went to keep :data:`MAX_LOG_LINES`."""
     latest_frames: dict[str, EncodedFrame] = field(default_factory=dict, repr=False)
     """The newest frame of each label (of :data:`MAX_LATE_LABELS` at most), in the order the labels first
     appeared: what a viewer who subscribes late is shown, as a viewer who watched saw it."""
@@ -120,6 +134,13 @@ class Job:
     def finished_state(self) -> bool:
         return self.state in FINAL_STATES
 
+    def add_log(self, level: str, message: str) -> None:
+        """Keep a log line, dropping the oldest past :data:`MAX_LOG_LINES`."""
+        self.logs.append({"level": level, "message": message})
+        if len(self.logs) > MAX_LOG_LINES:
+            del self.logs[0]
+            self.logs_dropped += 1
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -138,33 +159,169 @@ class Job:
             "started": self.started,
             "finished": self.finished,
             "frames": self.frames,
+            "files": self.files,
         }
+
+    def summary(self) -> dict[str, Any]:
+        """What ``GET /api/jobs`` lists of the job: no parameters, metrics or result, a picture's URL if any."""
+        return summary_of(self.to_json())
+
+    def record(self) -> dict[str, Any]:
+        """All a :class:`JobStore` keeps: ``to_json``, the owner, the metrics history and the log."""
+        logs = list(self.logs)
+        if self.logs_dropped:
+            logs.insert(0, {"level": "warning", "message": f"… {self.logs_dropped} earlier lines dropped"})
+        return {
+            **self.to_json(),
+            "owner": self.owner,
+            "metrics_history": list(self.metrics_history),
+            "logs": logs,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Job:
+        """A finished job as its record has it (no frames: see :mod:`convlens.late_view`)."""
+        job = cls(
+            record["id"],
+            record["method"],
+            record["model"],
+            record["image"],
+            record["params"],
+            record["seed"],
+            state=record["state"],
+            progress=record.get("progress"),
+            metrics=record.get("metrics") or {},
+            metrics_history=record.get("metrics_history") or [],
+            logs=record.get("logs") or [],
+            error=record.get("error"),
+            predictions=record.get("predictions") or [],
+            result=record.get("result"),
+            created=record["created"],
+            started=record.get("started"),
+            finished=record.get("finished"),
+            frames=record.get("frames", 0),
+            owner=record.get("owner"),
+            files=record.get("files"),
+        )
+        job.ended.set()
+        return job
+
+
+def summary_of(job: dict[str, Any]) -> dict[str, Any]:
+    """A job's JSON (``Job.to_json``) made a list entry: who, what, when, how it ended, a picture to show."""
+    result = job.get("result") or {}
+    images = result.get("images") or {}
+    return {
+        "id": job["id"],
+        "method": job["method"],
+        "model": job["model"],
+        "image": job["image"],
+        "state": job["state"],
+        "created": job["created"],
+        "started": job.get("started"),
+        "finished": job.get("finished"),
+        "error": (job.get("error") or {}).get("error"),
+        "thumbnail": next(iter(images.values()), None),
+        "animation": result.get("animation"),
+        "files": job.get("files"),
+    }
 
 
 class JobStore(Protocol):
-    """Where job records live; in memory here, replaceable by a shared store for scale-out."""
+    """Where job records (``Job.record()``, plain JSON) live: SQLite by default (:mod:`convlens.job_db`), in
+    memory here; small so that a shared store (Redis, PostgreSQL) can replace it for scale-out."""
 
-    def add(self, job: Job) -> None: ...
-    def get(self, job_id: str) -> Job | None: ...
-    def all(self) -> list[Job]: ...
+    def save(self, record: dict[str, Any]) -> None: ...
+    def load(self, job_id: str) -> dict[str, Any] | None: ...
+    def page(self, limit: int, before: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
+        """Newest first, after the job ``before`` (``KeyError`` if unknown); history and logs may be left out."""
+        ...
+
+    def count(self, owner: str | None = None) -> int: ...
+    def unfinished(self) -> list[dict[str, Any]]: ...
+    def finished_before(self, when: float) -> list[str]: ...
+    def delete(self, job_id: str) -> None: ...
 
 
 class InMemoryJobStore:
+    """Job records in this process only (gone with it): for a ``JobManager`` made without a database."""
+
     def __init__(self) -> None:
-        self._jobs: dict[str, Job] = {}
+        self._records: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def save(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._records[record["id"]] = record
+
+    def load(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._records.get(job_id)
+
+    def page(self, limit: int, before: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            records = sorted(self._records.values(), key=lambda r: (r["created"], r["id"]), reverse=True)
+            if before is not None:
+                cursor = self._records[before]
+                records = [r for r in records if (r["created"], r["id"]) < (cursor["created"], before)]
+        return [r for r in records if owner is None or r.get("owner") == owner][:limit]
+
+    def count(self, owner: str | None = None) -> int:
+        with self._lock:
+            return sum(owner is None or r.get("owner") == owner for r in self._records.values())
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r for r in self._records.values() if r["state"] not in FINAL_STATES]
+
+    def finished_before(self, when: float) -> list[str]:
+        with self._lock:
+            return [r["id"] for r in self._records.values() if (r.get("finished") or when) < when]
+
+    def delete(self, job_id: str) -> None:
+        with self._lock:
+            self._records.pop(job_id, None)
+
+
+class JobRegistry:
+    """The jobs a manager knows: queued, running and paused ones in memory (they own a thread and its events),
+    every one's record in a :class:`JobStore`; an ended job leaves memory, and is rebuilt from its record."""
+
+    def __init__(self, records: JobStore) -> None:
+        self.records = records
+        self.live: dict[str, Job] = {}
         self._lock = threading.Lock()
 
     def add(self, job: Job) -> None:
         with self._lock:
-            self._jobs[job.id] = job
+            self.live[job.id] = job
+        self.records.save(job.record())
+
+    def save(self, job: Job) -> None:
+        self.records.save(job.record())
+
+    def retire(self, job: Job) -> None:
+        """Record the ended job and let it go: its frames, GIF reel and outbox with it."""
+        self.records.save(job.record())
+        with self._lock:
+            self.live.pop(job.id, None)
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
-            return self._jobs.get(job_id)
+            job = self.live.get(job_id)
+        if job is not None:
+            return job
+        record = self.records.load(job_id)
+        return None if record is None else Job.from_record(record)
 
-    def all(self) -> list[Job]:
+    def page(self, limit: int, before: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
+        """Summaries (``Job.summary``), newest first; a job in memory as it is now."""
         with self._lock:
-            return sorted(self._jobs.values(), key=lambda job: job.created, reverse=True)
+            live = dict(self.live)
+        return [
+            live[record["id"]].summary() if record["id"] in live else summary_of(record)
+            for record in self.records.page(limit, before, owner)
+        ]
 
 
 class JobManager:
@@ -184,6 +341,9 @@ class JobManager:
         results_dir: Path,
         store: JobStore | None = None,
         max_running: int = 2,
+        max_queued: int = 0,
+        max_queued_per_client: int = 0,
+        max_run_seconds: float = 0,
         jpeg_quality: int = 85,
         stream_hz: float = STREAM_HZ,
         stream_budget: float = STREAM_BUDGET,
@@ -198,16 +358,26 @@ class JobManager:
         self.sink = sink
         self.start_task = start_task
         self.results_dir = Path(results_dir)
-        self.store = store or InMemoryJobStore()
-        self.slots = threading.BoundedSemaphore(max(1, max_running))
+        self.store = JobRegistry(store if store is not None else InMemoryJobStore())
+        self.queue = FairQueue(
+            max_running, max_queued=max_queued, max_queued_per_client=max_queued_per_client
+        )
+        self.max_run_seconds = max_run_seconds
+        """Seconds a job may run (paused time not counted) before it fails naming the limit; 0: no limit."""
+        self._control = threading.RLock()
+        """Held while a job's state and its place in the queue change together (pause, resume, stop, admission)."""
+        self._paused_threads: dict[str, threading.Event] = {}
+        """The jobs whose thread waits in a pause, each with the event that wakes it once it has a slot again."""
         self.jpeg_quality = jpeg_quality
         self.send_interval = 1.0 / stream_hz if stream_hz > 0 else 0.0
         self.stream_budget = stream_budget
         self.clock = clock
 
     # -- requests ------------------------------------------------------------------------------------
-    def submit(self, request: Any) -> Job:
-        """Check a job request completely, then start it; ``BadInput`` names the first wrong field."""
+    def submit(self, request: Any, client: str | None = None) -> Job:
+        """Check a job request completely, then queue it for a slot; ``BadInput`` names the first wrong field, or
+        the queue limit it is over (429). ``client`` (:func:`convlens.auth.client_id`) owns it and has its turns in
+        the fair queue; without one it is :data:`LOCAL_CLIENT`'s."""
         if not isinstance(request, dict):
             raise BadInput("body", "expected a JSON object with method, model, image and params")
         method = self.get_method(_required_string(request, "method"))
@@ -229,55 +399,139 @@ class JobManager:
             seed = secrets.randbelow(2**31)
         elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise BadInput("seed", f"expected a non-negative integer, got {seed!r}")
-        job = Job(secrets.token_hex(6), method.name, model.id, image_id, params, seed)
-        self.store.add(job)
-        self.start_task(self._run, job)
+        job = Job(secrets.token_hex(6), method.name, model.id, image_id, params, seed, owner=client)
+        with self._control:  # a slot given meanwhile on another thread starts the job only once it is stored
+            self.queue.add(job.id, client or LOCAL_CLIENT, lambda: self.start_task(self._run, job))
+            self.store.add(job)
+        self.queue.dispatch()
         return job
 
     def get(self, job_id: str) -> Job:
+        """The job: the live one while it runs, else rebuilt from its record (``files`` says if its folder went)."""
         job = self.store.get(job_id)
         if job is None:
             raise NotFound("job", f"unknown job {job_id!r}")
+        if job.files == "kept" and not self._files_kept(job.id):
+            job.files = "deleted"
         return job
 
+    def page(self, limit: int, before: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
+        """Summaries of up to ``limit`` jobs, newest first, after the job ``before`` (``KeyError`` if unknown)."""
+        summaries = self.store.page(limit, before, owner)
+        for summary in summaries:
+            if summary["files"] == "kept" and not self._files_kept(summary["id"]):
+                summary["files"] = "deleted"
+        return summaries
+
+    def shown_last(self, job: Job) -> Job:
+        """``job`` with the frames, points and top classes it showed last: an ended job out of memory reads them
+        from its results folder (:mod:`convlens.late_view`)."""
+        if job.finished_state and not job.latest_frames:
+            late_view.load(self.results_dir / job.id / late_view.FOLDER, job, self.jpeg_quality)
+        return job
+
+    def _files_kept(self, job_id: str) -> bool:
+        # result.json is written last (results.write_result): without it the folder is not a run's.
+        return (self.results_dir / job_id / "result.json").is_file()
+
+    def recover(self) -> list[str]:
+        """Fail the jobs a previous process left queued, running or paused (it died with them); their ids."""
+        lost = []
+        for record in self.store.records.unfinished():
+            job = Job.from_record(record)
+            job.error = {
+                "error": f"the server restarted while this job was {job.state} (its process ended with it)",
+                "field": None,
+            }
+            job.state = "failed"
+            job.finished = time.time()
+            self.store.records.save(job.record())
+            lost.append(job.id)
+        return lost
+
+    def prune(self, before: float) -> list[str]:
+        """Delete the records and results folders of the jobs that ended before ``before`` (Unix seconds)."""
+        pruned = self.store.records.finished_before(before)
+        for job_id in pruned:
+            shutil.rmtree(self.results_dir / job_id, ignore_errors=True)
+            self.store.records.delete(job_id)
+        return pruned
+
     def stop(self, job_id: str) -> Job:
+        """Stop the job; one that never had a slot is ``stopped`` at once, a running one at its next event."""
         job = self.get(job_id)
-        job.stop_requested.set()
-        job.resume_event.set()
+        with self._control:
+            job.stop_requested.set()
+            job.resume_event.set()
+            withdrawn = self.queue.withdraw(job.id)  # if it holds no slot, it is given none
+            wake = self._paused_threads.get(job.id)
+            if wake is not None:
+                wake.set()  # its thread, held in a pause, ends the job (without a slot, if withdrawn)
+            elif withdrawn:
+                self._finish(job, "stopped")  # it never had a thread: nothing else would end it
         return job
 
     def pause(self, job_id: str) -> Job:
+        """Pause a queued or running job at once; it holds no slot while paused (a running one gives it back at
+        its next event)."""
         job = self.get(job_id)
-        if job.state in ("queued", "running"):
+        with self._control:
+            if job.state not in ("queued", "running"):
+                return job
             job.resume_event.clear()
-            if job.state == "running":
-                self._set_state(job, "paused")
+            wake = self._paused_threads.get(job.id)
+            if wake is not None and self.queue.release(job.id, partial(self._readmit, job)):
+                wake.clear()  # given a slot after a resume, its thread had not gone on yet: it waits again
+            else:
+                self.queue.hold(job.id)  # one waiting for a slot gets none until resumed
+            self._set_state(job, "paused")
+        self.queue.dispatch()
         return job
 
     def resume(self, job_id: str) -> Job:
+        """Resume a paused job: ``running`` if a slot is free for it, else ``queued`` for its turn."""
         job = self.get(job_id)
-        job.resume_event.set()
-        if job.state == "paused":
-            self._set_state(job, "running")
+        with self._control:
+            job.resume_event.set()
+            if job.state != "paused":
+                return job
+            # A job that had run goes first in its client's line: it holds memory, and it was started first.
+            self.queue.unhold(job.id, first=job.id in self._paused_threads)
+            self.queue.dispatch()  # a slot given here sets the state, under this (re-entrant) lock
+            if self.queue.is_waiting(job.id):
+                self._set_state(job, "queued")
+            elif job.state == "paused":
+                self._set_state(job, "running")
         return job
 
     # -- running -------------------------------------------------------------------------------------
     def _run(self, job: Job) -> None:
-        with self.slots:
-            try:
-                self._execute(job)
-            except BadInput as error:
-                self._fail(job, error.to_json())
-            except Exception as error:  # a plugin's bug must not take the server down
-                log.exception("job %s (%s) failed", job.id, job.method)
-                self._fail(job, {"error": f"{type(error).__name__}: {error}", "field": None})
+        """The job's thread, started once the job has a slot."""
+        try:
+            self._execute(job)
+        except BadInput as error:
+            self._fail(job, error.to_json())
+        except Exception as error:  # a plugin's bug must not take the server down
+            log.exception("job %s (%s) failed", job.id, job.method)
+            self._fail(job, {"error": f"{type(error).__name__}: {error}", "field": None})
+        finally:
+            self.queue.done(job.id)
+            self.queue.dispatch()  # its slot to the next job
 
     def _execute(self, job: Job) -> None:
-        if job.stop_requested.is_set():
-            self._finish(job, "stopped")
-            return
-        job.started = time.time()
-        self._set_state(job, "running" if job.resume_event.is_set() else "paused")
+        with self._control:
+            if job.stop_requested.is_set():
+                self._finish(job, "stopped")
+                return
+            job.started = time.time()
+            if job.state == "queued":  # not paused (or already resumed) since it was given its slot
+                self._set_state(job, "running")
+        began, paused_s = time.monotonic(), 0.0
+        if not job.resume_event.is_set():  # paused after it was given its slot: the slot goes back now
+            paused_s += self._wait_while_paused(job)
+            if job.stop_requested.is_set():
+                self._finish(job, "stopped")
+                return
         method = self.get_method(job.method)
         model = self.get_model(job.model)
         image = self.get_image(job.image)
@@ -299,9 +553,10 @@ class JobManager:
         try:
             for event in generator:
                 if not job.resume_event.is_set():
-                    self._wait_while_paused(job)
+                    paused_s += self._wait_while_paused(job)
                 if job.stop_requested.is_set():
                     break
+                self._check_run_time(time.monotonic() - began - paused_s)
                 if isinstance(event, ev.Result):
                     final = event
                 else:
@@ -314,14 +569,43 @@ class JobManager:
             return
         self._complete(job, model, final or ev.Result())
 
-    def _wait_while_paused(self, job: Job) -> None:
+    def _wait_while_paused(self, job: Job) -> float:
+        """Hold the paused job's thread, its slot given back, until it has one again or is stopped; the seconds
+        it waited. The method's generator is simply not advanced meanwhile."""
         # What the steps made since a pause request (which sent the outbox then, from its own thread).
         self._send(job)
-        if job.state == "running":
-            self._set_state(job, "paused")
-        job.resume_event.wait()
-        if job.state == "paused" and not job.stop_requested.is_set():
-            self._set_state(job, "running")
+        began = time.monotonic()
+        wake = threading.Event()
+        with self._control:
+            if job.resume_event.is_set() or job.stop_requested.is_set():
+                return 0.0
+            if job.state == "running":
+                self._set_state(job, "paused")
+            self._paused_threads[job.id] = wake
+            self.queue.release(job.id, partial(self._readmit, job))
+        self.queue.dispatch()
+        while True:
+            job.resume_event.wait()
+            wake.wait()
+            with self._control:  # a pause may have come between the resume and this thread's waking
+                if job.stop_requested.is_set() or (job.resume_event.is_set() and wake.is_set()):
+                    del self._paused_threads[job.id]
+                    return time.monotonic() - began
+
+    def _readmit(self, job: Job) -> None:
+        """A resumed job has a slot again: its paused thread goes on."""
+        with self._control:
+            if job.state in ("queued", "paused"):
+                self._set_state(job, "running")
+            self._paused_threads[job.id].set()
+
+    def _check_run_time(self, seconds: float) -> None:
+        if self.max_run_seconds and seconds > self.max_run_seconds:
+            raise BadInput(
+                "max_run_seconds",
+                f"the job ran {seconds:.1f} s, past the server's limit of {self.max_run_seconds:g} s "
+                "(CONVLENS_MAX_RUN_SECONDS; time paused is not counted)",
+            )
 
     def _handle(self, job: Job, event: ev.Event) -> None:
         if isinstance(event, ev.Frame):
@@ -354,7 +638,7 @@ class JobManager:
             with job.outbox.lock:
                 job.outbox.points.append(point)
         elif isinstance(event, ev.Log):
-            job.logs.append({"level": event.level, "message": event.message})
+            job.add_log(event.level, event.message)
             self._send(job)  # what came before the line, first
             self.sink.log(job, event.level, event.message)
             return
@@ -432,6 +716,7 @@ class JobManager:
         if (out_dir / "frames.gif").exists():
             summary["animation"] = f"/api/jobs/{job.id}/frames.gif"
         job.result = summary
+        job.files = "kept"
         self._finish(job, "done")
 
     def _fail(self, job: Job, error: dict[str, Any]) -> None:
@@ -441,12 +726,19 @@ class JobManager:
     def _finish(self, job: Job, state: str) -> None:
         job.finished = time.time()
         job.reel = Reel()  # written, or not to be
+        try:
+            late_view.write(self.results_dir / job.id / late_view.FOLDER, job)
+        except OSError:  # a full disk loses the late view, not the job's end
+            log.exception("job %s: could not keep its late view", job.id)
         self._set_state(job, state)
+        self.store.retire(job)
         job.ended.set()
 
     def _set_state(self, job: Job, state: str) -> None:
         self._send(job)  # a state change comes after every event before it
         job.state = state
+        if state not in FINAL_STATES:
+            self.store.save(job)  # the final state's record is saved once the job is retired
         self.sink.state(job)
 
 

@@ -6,20 +6,26 @@ none may wait for anything (a job, another event, a client's answer).
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from flask import request
 from flask_socketio import SocketIO, join_room, leave_room
 
+from .auth import changing_state, check_socket_connect
+from .config import origin_list
 from .encode import MIME, EncodedFrame
-from .errors import BadInput
+from .errors import BadInput, NotFound
 from .events import panel_names
+from .openapi import MAX_ID
 from .streaming import FrameRelay
 
 if TYPE_CHECKING:
     from .app import Services
     from .events import Points, Predictions
     from .jobs import Job
+
+log = logging.getLogger(__name__)
 
 
 def room(job_id: str) -> str:
@@ -97,27 +103,39 @@ def register(socketio: SocketIO, services: Services) -> None:
     relay = services.relay
 
     def guarded(handler):
-        def wrapper(data: Any = None):
+        """``handler`` taking exactly one object; any other payload is answered ``{ok: false, field: "body"}``."""
+
+        def wrapper(*args: Any):
             try:
-                if not isinstance(data, dict):
-                    raise BadInput("body", "expected an object like {job: <id>}")
-                return handler(data) or {"ok": True}
+                if len(args) != 1 or not isinstance(args[0], dict):
+                    raise BadInput("body", "expected one object like {job: <id>}")
+                return handler(args[0]) or {"ok": True}
             except BadInput as error:
                 return {"ok": False, **error.to_json()}
 
         wrapper.__name__ = handler.__name__
         return wrapper
 
+    @socketio.on_error_default
+    def unexpected(error: Exception):
+        """A handler's bug is logged and still acknowledged, as the REST API's 500 is, so no client call hangs."""
+        log.exception("unhandled error in Socket.IO event %r", request.event["message"])
+        if request.event["message"] == "connect":
+            return False  # refuse the connection rather than accept one half set up
+        return {"ok": False, "error": f"internal error: {type(error).__name__}", "field": None}
+
     def job_of(data: dict):
         job_id = data.get("job")
         if not isinstance(job_id, str):
             raise BadInput("job", "a job id string is required")
+        if len(job_id) > MAX_ID:
+            raise NotFound("job", f"no job has an id of {len(job_id)} characters (at most {MAX_ID})")
         return jobs.get(job_id)
 
     @socketio.on("subscribe")
     @guarded
     def subscribe(data: dict):
-        job = job_of(data)
+        job = jobs.shown_last(job_of(data))  # an ended job's, from disk (a folder deleted by hand: none)
         fmt = data.get("format", "jpeg")
         if fmt not in MIME:
             raise BadInput("format", f"expected one of {sorted(MIME)}, got {fmt!r}")
@@ -183,3 +201,13 @@ def register(socketio: SocketIO, services: Services) -> None:
     @socketio.on("disconnect")
     def disconnect(*_args):
         relay.drop(request.sid)
+
+    @socketio.on("connect")
+    def connect(auth: Any = None):
+        check_socket_connect(services.config.token, auth)
+
+    # Stop, pause and resume change a job: refused on a connection a page of another origin opened only to
+    # watch, as the REST API refuses its POSTs (the handshake's Origin is the connection's).
+    origins = origin_list(services.config.cors_origins)
+    for event, control in (("stop", stop), ("pause", pause), ("resume", resume)):
+        socketio.on(event)(changing_state(origins, control))

@@ -1,5 +1,7 @@
 // The shapes of the README's API section, and a small REST client bound to one server.
 
+import { authHeaders, fetchWithToken } from "./token";
+
 export interface ModelInfo {
   id: string;
   title: string;
@@ -143,6 +145,32 @@ export interface Job {
   result: JobResult | null;
 }
 
+/** A job as `GET /api/jobs` lists it; the whole job is `GET /api/jobs/<id>`. */
+export interface JobSummary {
+  id: string;
+  method: string;
+  model: string;
+  image: string;
+  state: JobState;
+  created: number;
+  started: number | null;
+  finished: number | null;
+  /** The reason a failed job gave. */
+  error: string | null;
+  /** A result image's URL, if the run made one. */
+  thumbnail: string | null;
+  animation: string | null;
+  /** `"deleted"` when the run's results folder was removed by hand. */
+  files: string | null;
+}
+
+/** A page of `GET /api/jobs`, newest first; `next` is the `?before=` of the page after, `null` on the last. */
+export interface JobPage {
+  jobs: JobSummary[];
+  next: string | null;
+  total: number;
+}
+
 export interface JobRequest {
   method: string;
   model: string;
@@ -201,13 +229,13 @@ export class ApiClient {
   }
 
   async get<T>(path: string): Promise<T> {
-    const response = await fetch(this.url(path), { headers: { Accept: "application/json" } });
+    const response = await fetchWithToken(this.url(path), { headers: { Accept: "application/json" } });
     if (!response.ok) throw await errorFrom(response, "");
     return (await response.json()) as T;
   }
 
   async post<T>(path: string, body: unknown): Promise<T> {
-    const response = await fetch(this.url(path), {
+    const response = await fetchWithToken(this.url(path), {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "application/json" },
       body: JSON.stringify(body),
@@ -255,8 +283,10 @@ export class ApiClient {
     return this.url(`/api/images/${encodeURIComponent(image)}?model=${encodeURIComponent(model)}`);
   }
 
-  jobs(): Promise<Job[]> {
-    return this.get("/api/jobs");
+  jobs(limit = 50, before?: string): Promise<JobPage> {
+    const query = new URLSearchParams({ limit: String(limit) });
+    if (before) query.set("before", before);
+    return this.get(`/api/jobs?${query}`);
   }
 
   startJob(request: JobRequest): Promise<Job> {
@@ -269,7 +299,7 @@ export class ApiClient {
 
   /** A binary download (a .npy array), or an ApiError naming `field`. */
   async bytes(path: string, field: string): Promise<ArrayBuffer> {
-    const response = await fetch(this.url(path));
+    const response = await fetchWithToken(this.url(path));
     if (!response.ok) throw await errorFrom(response, field);
     return response.arrayBuffer();
   }
@@ -277,7 +307,7 @@ export class ApiClient {
   async uploadImage(file: File): Promise<ImageInfo> {
     const form = new FormData();
     form.append("file", file, file.name);
-    const response = await fetch(this.url("/api/images"), { method: "POST", body: form });
+    const response = await fetchWithToken(this.url("/api/images"), { method: "POST", body: form });
     if (!response.ok) throw await errorFrom(response, "file");
     return (await response.json()) as ImageInfo;
   }
@@ -311,6 +341,7 @@ export class ApiClient {
       );
       request.open("POST", this.url("/api/datasets"));
       request.setRequestHeader("Accept", "application/json");
+      for (const [name, value] of Object.entries(authHeaders())) request.setRequestHeader(name, value);
       request.send(form);
     });
   }

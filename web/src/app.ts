@@ -8,6 +8,7 @@ import {
   type DatasetInfo,
   type FieldError,
   type Job,
+  type JobSummary,
   type JobRequest,
   type MethodInfo,
   type ModelDetail,
@@ -388,7 +389,7 @@ export class ConvlensApp extends HTMLElement {
     }
   }
 
-  private show(job: Job): void {
+  private show(job: Pick<Job, "id">): void {
     history.replaceState(null, "", `#job=${encodeURIComponent(job.id)}`);
     this.jobView.setAttribute("job", job.id);
     // In the one-column layout the view is below the form: bring it into sight.
@@ -425,9 +426,9 @@ export class ConvlensApp extends HTMLElement {
   }
 
   private async refreshRecent(): Promise<void> {
-    let jobs: Job[];
+    let jobs: JobSummary[];
     try {
-      jobs = await this.api.jobs();
+      jobs = (await this.api.jobs(RECENT_RUNS)).jobs;
     } catch {
       return;
     }

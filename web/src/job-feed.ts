@@ -4,6 +4,7 @@
 import { io, type Socket } from "socket.io-client";
 import type { FieldError, Job, JobResult } from "./api";
 import type { FrameEvent } from "./frame-painter";
+import { socketAuth } from "./token";
 
 export interface JobHandlers {
   job(job: Job): void;
@@ -52,7 +53,7 @@ export class JobFeed {
 
   private connect(): Socket {
     if (this.socket) return this.socket;
-    const options = { forceNew: true, reconnectionDelayMax: 5000 };
+    const options = { forceNew: true, reconnectionDelayMax: 5000, auth: socketAuth };
     const socket = this.server ? io(this.server, options) : io(options);
     this.socket = socket;
     const route = (payload: { job?: string } | null | undefined) =>

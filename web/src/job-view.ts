@@ -30,6 +30,7 @@ import css from "./styles/job-view.css?inline";
 import legendCss from "./styles/legend.css?inline";
 import theme from "./styles/theme.css?inline";
 import type { PredictionsEvent } from "./top-list";
+import { socketAuth } from "./token";
 
 interface Ack {
   ok: boolean;
@@ -197,7 +198,7 @@ export class ConvlensJobView extends HTMLElement {
   }
 
   private connect(panel: JobPanel): void {
-    const options = { forceNew: true, reconnectionDelayMax: 5000 };
+    const options = { forceNew: true, reconnectionDelayMax: 5000, auth: socketAuth };
     const socket = this.server ? io(this.server, options) : io(options);
     this.socket = socket;
     const job = this.jobId;
