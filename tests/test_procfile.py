@@ -158,3 +158,55 @@ def test_the_procfiles_gunicorn_streams_a_job_over_a_websocket_with_its_malloc_s
     assert picture.format == "JPEG" and picture.size == (last["width"], last["height"])
     state = requests.get(f"{url}/api/jobs/{job.json()['id']}", timeout=30).json()
     assert state["state"] == "done" and state["frames"] >= len(frames)
+
+
+@pytest.mark.parametrize(
+    ("settings", "refused"),
+    [({}, True), ({"CONVLENS_ALLOW_NO_TOKEN": "1"}, False), ({"CONVLENS_TOKEN": "lab-secret"}, False)],
+)
+def test_the_procfile_on_an_address_other_machines_reach_needs_a_token_as_convlens_serve_does(
+    models_dir, tmp_path, settings, refused
+):
+    """HOST=0.0.0.0 without CONVLENS_TOKEN: gunicorn exits 2 before it binds, naming the fix; with a token, or
+    CONVLENS_ALLOW_NO_TOKEN=1, it starts (stopped as soon as it says so)."""
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("MALLOC_", "CONVLENS_TOKEN", "CONVLENS_ALLOW_NO_TOKEN"))
+    }
+    environment |= {
+        "PORT": str(free_port()),
+        "HOST": "0.0.0.0",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}",
+        "CONVLENS_MODELS_DIRS": str(models_dir),
+        "CONVLENS_DATA_DIR": str(tmp_path / "data"),
+        **settings,
+    }
+    shell = subprocess.Popen(
+        ["sh", "-c", procfile_web_command()],
+        env=environment,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    said = []
+    try:
+        for line in shell.stdout:
+            said.append(line)
+            if "convlens: access:" in line or "convlens: error:" in line:
+                break
+        if refused:
+            said.append(shell.stdout.read())
+            shell.wait(timeout=60)  # it ends by itself
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGTERM)
+        shell.wait(timeout=60)
+    output = "".join(said)
+    if refused:
+        assert shell.returncode == 2, output
+        assert "convlens: error: token:" in output and "CONVLENS_TOKEN" in output
+    else:
+        assert "convlens: access:" in output and "convlens: error" not in output, output

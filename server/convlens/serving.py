@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,24 @@ SETTINGS = (
     "worker_exit",
 )
 """The names above, as gunicorn reads them from this module."""
+
+
+def on_starting(server: Any) -> None:
+    """Under the Procfile (not ``convlens serve``, which checks with its ``--no-token`` first): refuse, as
+    ``convlens serve`` does, an address other machines reach when no token is set (exit 2, naming the fix)."""
+    from .auth import access_at_start
+    from .config import Config
+    from .errors import BadInput
+
+    config = Config(ensure_default_model=False)
+    for address in server.cfg.bind:
+        host = address.rsplit(":", 1)[0] if not address.startswith("unix:") else "localhost"
+        try:
+            access = access_at_start(host, config.token, config.allow_no_token)
+        except BadInput as error:
+            print(f"convlens: error: {error.field}: {error.reason}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        print(f"convlens: access: {access}", file=sys.stderr, flush=True)
 
 
 def worker_exit(_server: Any, _worker: Any) -> None:
