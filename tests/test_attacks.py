@@ -1,13 +1,16 @@
-"""FGSM, BIM and PGD (L∞ and L2) equal torchattacks' FGSM, BIM, PGD and PGDL2 on the tiny model and on the default
-model (ONNX and TorchScript), untargeted and targeted; the result stays within epsilon and in [0, 1]; the same seed
+"""FGSM, BIM and PGD (L∞ and L2) equal torchattacks' FGSM, BIM, PGD and PGDL2 on the tiny model, on the default
+model (ONNX, TorchScript, torch.export) and on a random ResNet-18 (eager, TorchScript, torch.export; ONNX, whose
+BatchNorms are folded, under L2), untargeted and targeted; the result stays within epsilon and in [0, 1]; the same seed
 gives the same PGD bit for bit; targeted attacks on chelsea reach their class with the default budget; each step is
 streamed (frame, metrics, progress) and the step the top-1 label flips is logged; bad parameters are refused by name.
 
 The oracle is independent of convlens: torchattacks attacks the eager module wrapped to take [0, 1] pixels (the
-``pixel_space`` fixture), never convlens's ``Model.forward``; PGD's random start is drawn by torchattacks from the
-global generator seeded with the run's seed, the draws convlens makes from ``ctx.generator``. Norms, top classes and
-probabilities are recomputed here with plain torch. Units: epsilon and step are /255 (L2: the [0, 1] image's L2
-norm × 255).
+``pixel_space`` fixture), never convlens's ``Model.forward``, and for FGSM, BIM and PGD fed its pixels in
+channels-last order, as convlens feeds a CPU network (``FedChannelsLast``: the same mathematics in the same memory
+order; in another order a convolution's float noise becomes whole sign steps); PGD's random start is drawn by
+torchattacks from the global generator seeded with the run's seed, the draws convlens makes from
+``ctx.generator``. Norms, top classes and probabilities are recomputed here with plain torch. Units: epsilon and
+step are /255 (L2: the [0, 1] image's L2 norm × 255).
 
 Tolerances: 1e-6 absolute on [0, 1] pixels (float noise: one rounding of a pixel value). A sign step amplifies a
 gradient's noise only where a component is near zero; measured, none differs. L2 steps carry the gradient's own
@@ -16,6 +19,8 @@ compared over two steps (6e-8 apart).
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -36,8 +41,39 @@ SEED = 3
 LYNX, TOASTER = 287, 859
 
 
+class _ChannelsLast(torch.autograd.Function):
+    """Pixels in channels-last order; their gradient back in contiguous order (PGDL2 ``.view``s it)."""
+
+    @staticmethod
+    def forward(ctx, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def backward(ctx, gradient: torch.Tensor) -> torch.Tensor:
+        return gradient.contiguous()
+
+
+class FedChannelsLast(nn.Module):
+    """``net`` fed its pixels in channels-last order, as convlens's FGSM, BIM and PGD feed a CPU network.
+
+    Only the memory order changes, not the mathematics: a convolution sums in another order, so the logits differ
+    by float noise (1e-7), which ``sign(∇)`` would turn into whole steps of difference; in the same order both
+    sides compute the same floats and the comparison stays exact.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.eval()  # torchattacks puts the module back in the mode it was given
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(_ChannelsLast.apply(images))
+
+
 def oracle_attack(oracle: nn.Module, inputs: torch.Tensor, seed: int, target: int | None = None, **params):
-    """torchattacks' attack for ``params`` (convlens's names and /255 units) on ``inputs``."""
+    """torchattacks' attack for ``params`` (convlens's names and /255 units) on ``inputs``, the network fed
+    channels-last pixels as convlens feeds it (:class:`FedChannelsLast`)."""
+    oracle = FedChannelsLast(oracle)
     attack, norm = params.get("attack", "pgd"), params.get("norm", "linf")
     epsilon, step = params.get("epsilon", 8.0) / 255, params.get("step", 2.0) / 255
     steps, random_start = params.get("steps", 10), params.get("random_start", True)
@@ -122,12 +158,52 @@ DEFAULT_CASES = [
 
 
 @pytest.mark.parametrize("params", DEFAULT_CASES)
-@pytest.mark.parametrize("model_id", ["efficientnet_lite0.onnx", "efficientnet_lite0.pt"])
+@pytest.mark.parametrize(
+    "model_id", ["efficientnet_lite0.onnx", "efficientnet_lite0.pt", "efficientnet_lite0.pt2"]
+)
 def test_each_attack_matches_torchattacks_on_the_default_model(
     convlens_run, models_dir, default_oracle, sample_image, params, model_id
 ):
     model = ModelStore([models_dir]).get(model_id)
     check_against_torchattacks(convlens_run, model, default_oracle, sample_image, TOLERANCE, **params)
+
+
+RESNET_SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def resnet18_store(resnet18_with_statistics, export_three_formats, tmp_path_factory) -> ModelStore:
+    """The random ResNet-18 at 64 px (ImageNet normalisation, unlabelled) as ``.onnx``, ``.pt`` and ``.pt2``."""
+    directory = tmp_path_factory.mktemp("attack-models")
+    export_three_formats(resnet18_with_statistics, directory, RESNET_SIZE)
+    card = {"title": "ResNet-18 (random)", "input_size": [RESNET_SIZE, RESNET_SIZE]}
+    (directory / "resnet18.json").write_text(json.dumps(card))
+    return ModelStore([directory])
+
+
+RESNET_CASES = [
+    (model_file, params)
+    for model_file in ("eager", "resnet18.pt", "resnet18.pt2", "resnet18.onnx")
+    for params in DEFAULT_CASES
+    # torch.onnx folds the BatchNorms into the convolutions: other floats than the eager module's, which sign
+    # steps make whole steps apart (16/255 in either memory order), so the ONNX file is compared under L2.
+    if model_file != "resnet18.onnx" or params.get("norm") == "l2"
+]
+
+
+@pytest.mark.parametrize(("model_file", "params"), RESNET_CASES)
+def test_each_attack_matches_torchattacks_on_a_random_resnet18_in_each_format(
+    convlens_run, resnet18_store, resnet18_with_statistics, pixel_space, sample_image, params, model_file
+):
+    from convlens.models.module import ModuleModel
+
+    model = resnet18_store.get("resnet18.pt")
+    if model_file == "eager":
+        model = ModuleModel("resnet18 (eager)", resnet18_with_statistics, model.card)
+    else:
+        model = resnet18_store.get(model_file)
+    oracle = pixel_space(resnet18_with_statistics, model.card.mean, model.card.std)
+    check_against_torchattacks(convlens_run, model, oracle, sample_image, TOLERANCE, **params)
 
 
 @pytest.mark.parametrize("params", CASES)
@@ -554,9 +630,9 @@ def test_attack_steps_on_a_batch_equals_torchattacks_on_the_batch(tiny_model, ti
         )
     )
     torch.manual_seed(SEED)
-    expected = torchattacks.PGD(tiny_oracle, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True)(
-        inputs, labels
-    )
+    expected = torchattacks.PGD(
+        FedChannelsLast(tiny_oracle), eps=8 / 255, alpha=2 / 255, steps=10, random_start=True
+    )(inputs, labels)
     assert float((states[-1][1] - expected).abs().max()) <= TOLERANCE
     assert states[-1][2].shape == (3, 10)
 
@@ -569,6 +645,64 @@ def test_attack_steps_on_a_batch_equals_torchattacks_on_the_batch(tiny_model, ti
         tiny_model, inputs, attack="deepfool", steps=10, overshoot=0.02, candidates=10, label=labels
     )
     assert float((states[-1][1] - fooled).abs().max()) <= TOLERANCE
+
+
+class Recording(nn.Module):
+    """A convolution and a linear layer that records the memory order of each batch it is given; with ``view``
+    they are joined by ``.view``, which a channels-last activation cannot take (a ``RuntimeError``)."""
+
+    def __init__(self, view: bool) -> None:
+        super().__init__()
+        generator = torch.random.get_rng_state()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, stride=2), nn.Linear(4 * 7 * 7, 5)
+        torch.random.set_rng_state(generator)
+        self.view, self.orders = view, []
+        self.eval()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.orders.append("channels_last" if not images.is_contiguous() else "contiguous")
+        hidden = torch.relu(self.conv(images))
+        return self.fc(hidden.view(len(hidden), -1) if self.view else hidden.flatten(1))
+
+
+@pytest.mark.parametrize("view", [False, True])
+def test_the_network_is_fed_channels_last_pixels_unless_it_cannot_take_them(sample_image, pixel_space, view):
+    from convlens.models.base import ModelCard
+    from convlens.models.module import ModuleModel
+
+    net = Recording(view)
+    card = ModelCard(title="recording", input_size=(16, 16), labels=list("abcde"))
+    model = ModuleModel("recording", net, card)
+    inputs = to_tensor(sample_image, model.input_size)
+    oracle = pixel_space(net, card.mean, card.std)
+    with torch.no_grad():
+        label = int(oracle(inputs).argmax())
+    net.orders.clear()
+    states = list(
+        attack_steps(
+            model,
+            inputs,
+            attack="pgd",
+            norm="linf",
+            epsilon=8 / 255,
+            step=2 / 255,
+            steps=4,
+            label=label,
+            targeted=False,
+            generator=torch.Generator().manual_seed(SEED),
+        )
+    )
+    orders = net.orders
+    if view:  # one refused try, then every forward in contiguous order
+        assert orders == ["channels_last"] + ["contiguous"] * 5
+    else:
+        assert orders == ["channels_last"] * 5
+        oracle = FedChannelsLast(oracle)
+    torch.manual_seed(SEED)
+    expected = torchattacks.PGD(oracle, eps=8 / 255, alpha=2 / 255, steps=4)(inputs, torch.tensor([label]))
+    assert (expected - inputs).abs().max() > 0
+    assert float((states[-1][1] - expected).abs().max()) <= TOLERANCE
 
 
 @pytest.mark.parametrize(

