@@ -1,7 +1,8 @@
 """Fooling images: evolution runs on an ONNX model given as forward-only (no gradients, ``forward`` raises) and
 reaches a confidence ONNX Runtime, run here on the file, agrees with; MAP-Elites keeps for each class the best
-picture it showed the model; CMA-ES repeats for a seed, whatever NumPy's global generator does, and climbs;
-gradient ascent reaches 99.6 % on the default model, and one of its steps equals the update written out here
+picture it showed the model; CMA-ES and NES repeat for a seed, whatever NumPy's global generator does; CMA-ES
+climbs; NES, from grey or over a CPPN picture, reaches 99 % on the forward-only model and 99.6 % on the default
+model, by ONNX Runtime's own forward of the streamed picture; gradient ascent reaches 99.6 % on the default model, and one of its steps equals the update written out here
 (plain torch on the module, SciPy's Gaussian filter); bad parameters are refused by name.
 
 The oracles are independent of convlens: an ``onnxruntime.InferenceSession`` on the exported file with the
@@ -112,7 +113,15 @@ def test_evolution_fools_a_forward_only_onnx_model_and_onnx_runtime_agrees(onnx_
     assert (refused.value.field, refused.value.status) == ("model", 422)
 
     events = run_method(
-        FOOLING_EVOLUTION, model, BLANK, seed=1, targets="2", max_queries=400, confidence=0.99
+        FOOLING_EVOLUTION,
+        model,
+        BLANK,
+        seed=1,
+        targets="2",
+        algorithm="map_elites",
+        population=16,
+        max_queries=400,
+        confidence=0.99,
     )
     result = events[-1]
     probabilities = runtime_probabilities(onnx_file, pictures(result))
@@ -143,6 +152,7 @@ def test_map_elites_keeps_for_each_class_the_best_picture_the_model_saw(onnx_fil
         BLANK,
         seed=2,
         targets="2, 0, 9",
+        algorithm="map_elites",
         encoding="direct",
         resolution=4,
         population=12,
@@ -175,8 +185,10 @@ def test_map_elites_keeps_for_each_class_the_best_picture_the_model_saw(onnx_fil
     assert queries == sorted(queries) and queries[-1] == len(seen)
 
 
-@pytest.mark.parametrize("encoding", ["cppn", "direct"])
-def test_cma_es_repeats_for_a_seed_whatever_the_global_generator_does(onnx_file, encoding):
+@pytest.mark.parametrize(
+    ("algorithm", "encoding"), [("cma_es", "cppn"), ("cma_es", "direct"), ("nes", "direct"), ("nes", "cppn")]
+)
+def test_searches_repeat_for_a_seed_whatever_the_global_generator_does(onnx_file, algorithm, encoding):
     model = forward_only(onnx_file)
     honest = model.logits
     disturbances = iter(range(10**6))
@@ -188,10 +200,11 @@ def test_cma_es_repeats_for_a_seed_whatever_the_global_generator_does(onnx_file,
 
     params = {
         "targets": "2, 0",
-        "algorithm": "cma_es",
+        "algorithm": algorithm,
         "encoding": encoding,
         "resolution": 8,
         "max_queries": 96,
+        "pattern_queries": 16,
     }
     first = run_method(FOOLING_EVOLUTION, model, BLANK, seed=5, **params)
     model.logits = disturbed
@@ -222,6 +235,69 @@ def test_cma_es_climbs_toward_its_class(onnx_file):
     assert runtime_probabilities(onnx_file, pictures(events[-1]))[0, 2] == pytest.approx(
         confidences[-1], abs=1e-6
     )
+
+
+def streamed_pictures(events) -> np.ndarray:
+    """The last streamed frame's picture as 1x3xHxW (one target: one panel, unshrunk)."""
+    return of_type(events, Frame)[-1].image.numpy()
+
+
+@pytest.mark.parametrize("encoding", ["direct", "cppn"])
+def test_nes_fools_a_forward_only_onnx_model_and_onnx_runtime_agrees_on_the_streamed_picture(
+    onnx_file, encoding
+):
+    events = run_method(
+        FOOLING_EVOLUTION,
+        forward_only(onnx_file),
+        BLANK,
+        seed=1,
+        targets="2",
+        algorithm="nes",
+        encoding=encoding,
+        resolution=8,
+        population=16,
+        max_queries=1600,
+        pattern_queries=160,
+        confidence=0.99,
+    )
+    result = events[-1]
+    (target,) = result.data["targets"]
+    streamed = streamed_pictures(events)
+    assert np.array_equal(streamed, pictures(result))
+    assert runtime_probabilities(onnx_file, streamed)[0, 2] >= 0.99
+    assert target["confidence"] == pytest.approx(runtime_probabilities(onnx_file, streamed)[0, 2], abs=1e-6)
+    assert result.data["reached"] and result.data["queries"] - 16 < target["queries_to_99"] <= 1600, (
+        "it went on after the bar, or stopped short of it"
+    )
+    queries, confidences = metric(events, "queries"), metric(events, "p(c2)")
+    before = confidences[queries.index(160)] if encoding == "cppn" else confidences[0]
+    assert before < 0.9, "the CPPN or the first generation already had it: NES would prove nothing"
+
+
+def test_nes_reaches_the_papers_bar_on_the_default_model(default_model, models_dir):
+    events = run_method(
+        FOOLING_EVOLUTION,
+        default_model,
+        BLANK,
+        seed=0,
+        targets="king penguin",
+        algorithm="nes",
+        encoding="direct",
+        resolution=16,
+        population=32,
+        max_queries=8000,
+    )
+    result = events[-1]
+    session = onnxruntime.InferenceSession(
+        str(models_dir / "efficientnet_lite0.onnx"), providers=["CPUExecutionProvider"]
+    )
+    mean = np.array(default_model.card.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.array(default_model.card.std, dtype=np.float32).reshape(1, 3, 1, 1)
+    logits = session.run(None, {session.get_inputs()[0].name: (streamed_pictures(events) - mean) / std})[0]
+    probabilities = np.exp(logits.astype(np.float64) - logits.max())
+    probabilities /= probabilities.sum()
+    assert result.data["reached"] and probabilities[0, 145] >= 0.996
+    assert metric(events, "p(king penguin)")[0] < 0.01
 
 
 def test_gradient_ascent_reaches_the_papers_bar_on_the_default_model(default_model, models_dir):
@@ -314,6 +390,9 @@ def test_non_finite_logits_stop_the_run_naming_the_model():
         ),
         ("fooling_evolution", {"encoding": "direct", "resolution": 65}, "params.resolution"),
         ("fooling_evolution", {"confidence": 1.5}, "params.confidence"),
+        ("fooling_evolution", {"algorithm": "nes", "population": 15}, "params.population"),
+        ("fooling_evolution", {"algorithm": "nes", "resolution": 65}, "params.resolution"),
+        ("fooling_evolution", {"pattern_queries": -1}, "params.pattern_queries"),
         ("fooling_evolution", {"algorithm": "nsga"}, "params.algorithm"),
         ("fooling_gradient", {"targets": "10"}, "params.targets"),
         ("fooling_gradient", {"max_steps": 0}, "params.max_steps"),
