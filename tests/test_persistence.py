@@ -30,6 +30,8 @@ DREAM = {
     "params": {"steps": 3, "octaves": 1},
 }
 LONG_DREAM = {**DREAM, "params": {"steps": 500, "octaves": 3}}
+BROWSER_ID = "f" * 32
+"""The ``convlens_client`` cookie the servers' requests carry: one browser, whose runs the page lists."""
 
 
 class Server:
@@ -68,10 +70,12 @@ class Server:
         self.process.wait(60)
 
     def get(self, path: str) -> requests.Response:
-        return requests.get(self.url + path, timeout=60)
+        return requests.get(self.url + path, cookies={"convlens_client": BROWSER_ID}, timeout=60)
 
     def submit(self, body: dict) -> str:
-        answer = requests.post(f"{self.url}/api/jobs", json=body, timeout=60)
+        answer = requests.post(
+            f"{self.url}/api/jobs", json=body, cookies={"convlens_client": BROWSER_ID}, timeout=60
+        )
         assert answer.status_code == 202, answer.text
         return answer.json()["id"]
 
@@ -302,6 +306,9 @@ def test_the_pages_recent_runs_list_the_runs_from_before_the_restart(restarts, b
     assert (REPO / "web" / "dist" / "index.html").is_file(), "the page is not built: make web"
     server, done = restarts["server"], restarts["done"]
     context = browser.new_context(base_url=server.url)
+    context.add_cookies(
+        [{"name": "convlens_client", "value": BROWSER_ID, "url": server.url}]
+    )  # the same browser
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -314,3 +321,57 @@ def test_the_pages_recent_runs_list_the_runs_from_before_the_restart(restarts, b
         context.close()
     assert shown == [(restarts["long_id"], "failed"), (done["id"], "done")]
     assert not errors
+
+
+# -- whose runs --------------------------------------------------------------------------------------------
+
+
+def browser_client(app, browser_id: str):
+    """A test client that is one browser: its ``convlens_client`` cookie, as the page's first load sets it."""
+    client = app.test_client()
+    client.set_cookie("convlens_client", browser_id)
+    return client
+
+
+def test_each_browser_lists_its_own_runs_and_a_link_shares_one_with_another(own_app):
+    alice, bob = browser_client(own_app, "a" * 32), browser_client(own_app, "b" * 32)
+    alices = run_to_end(alice, DREAM)
+    bobs = run_to_end(bob, DREAM)
+    for client, own, other in ((alice, alices, bobs), (bob, bobs, alices)):
+        listed = client.get("/api/jobs?limit=200").get_json()
+        assert own["id"] in [job["id"] for job in listed["jobs"]]
+        assert other["id"] not in [job["id"] for job in listed["jobs"]], "another browser's run is not listed"
+        assert listed["total"] == len(listed["jobs"])
+        shared = client.get(f"/api/jobs/{other['id']}")  # the link works for anyone who has it
+        assert shared.status_code == 200 and shared.get_json()["result"] == other["result"]
+
+
+def test_a_run_is_deleted_by_its_owner_only_with_its_files(own_app):
+    alice, bob = browser_client(own_app, "c" * 32), browser_client(own_app, "d" * 32)
+    job = run_to_end(alice, DREAM)
+    folder = own_app.extensions["convlens"].jobs.results_dir / job["id"]
+    assert folder.is_dir()
+
+    refused = bob.delete(f"/api/jobs/{job['id']}")
+    assert refused.status_code == 403 and refused.get_json()["field"] == "job"
+    assert alice.get(f"/api/jobs/{job['id']}").status_code == 200 and folder.is_dir(), "nothing went"
+
+    assert alice.delete(f"/api/jobs/{job['id']}").status_code == 204
+    assert not folder.exists()
+    gone = alice.get(f"/api/jobs/{job['id']}")
+    assert gone.status_code == 404 and gone.get_json()["field"] == "job"
+    assert job["id"] not in [entry["id"] for entry in alice.get("/api/jobs").get_json()["jobs"]]
+    assert alice.delete(f"/api/jobs/{job['id']}").status_code == 404
+
+
+def test_a_run_under_way_is_not_deleted_until_stopped(own_app):
+    alice = browser_client(own_app, "e" * 32)
+    answer = alice.post("/api/jobs", json=LONG_DREAM)
+    job_id = answer.get_json()["id"]
+    try:
+        refused = alice.delete(f"/api/jobs/{job_id}")
+        assert refused.status_code == 409 and "stop it" in refused.get_json()["error"]
+    finally:
+        alice.post(f"/api/jobs/{job_id}/stop")
+        assert own_app.extensions["convlens"].jobs.get(job_id).ended.wait(ENDS_S)
+    assert alice.delete(f"/api/jobs/{job_id}").status_code == 204

@@ -303,17 +303,26 @@ MAX_JOBS_PAGE = openapi.MAX_JOBS_PAGE
 
 @blueprint.get("/jobs")
 def list_jobs():
-    """A page of job summaries, newest first (``?limit=``, default 50, at most 200), and ``total``, the number of
-    jobs; ``next`` is the cursor of the page after (``?before=<next>``), ``null`` on the last page. The whole job
-    is ``GET /api/jobs/<id>``."""
+    """A page of the requesting client's job summaries, newest first (``?limit=``, default 50, at most 200), and
+    ``total``, the number of its jobs; ``next`` is the cursor of the page after (``?before=<next>``), ``null`` on
+    the last page. Anyone with a job's id reads it whole at ``GET /api/jobs/<id>`` (a link shares it)."""
     limit = _int_arg("limit", 50, 1, MAX_JOBS_PAGE)
     before = request.args.get("before") or None
+    owner = client_id()
     try:
-        page = services().jobs.page(limit + 1, before)
+        page = services().jobs.page(limit + 1, before, owner)
     except KeyError:
         raise BadInput("before", f"no job {before[:40]!r} to list the jobs before") from None
     following = page[limit - 1]["id"] if len(page) > limit else None
-    return jsonify({"jobs": page[:limit], "next": following, "total": services().jobs.store.records.count()})
+    total = services().jobs.store.records.count(owner)
+    return jsonify({"jobs": page[:limit], "next": following, "total": total})
+
+
+@blueprint.delete("/jobs/<job_id>")
+def delete_job(job_id: str):
+    """The requesting client's ended job goes, its record and its results folder → 204."""
+    services().jobs.delete(job_id, client_id())
+    return "", 204
 
 
 @blueprint.get("/jobs/<job_id>")

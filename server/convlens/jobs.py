@@ -457,6 +457,19 @@ class JobManager:
             self.store.records.delete(job_id)
         return pruned
 
+    def delete(self, job_id: str, client: str) -> None:
+        """Delete an ended job's record and results folder, for its owner ``client`` only (403 for anyone else,
+        409 while it is queued, running or paused: stop it first)."""
+        job = self.get(job_id)
+        if job.owner is None or job.owner != client:
+            raise BadInput(
+                "job", f"job {job_id!r} is not yours to delete: only the client that ran it may", status=403
+            )
+        if not job.finished_state:
+            raise BadInput("job", f"job {job_id!r} is {job.state}: stop it before deleting it", status=409)
+        shutil.rmtree(self.results_dir / job.id, ignore_errors=True)
+        self.store.records.delete(job.id)
+
     def stop(self, job_id: str) -> Job:
         """Stop the job; one that never had a slot is ``stopped`` at once, a running one at its next event."""
         job = self.get(job_id)

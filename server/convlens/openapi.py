@@ -173,6 +173,7 @@ OPERATIONS: dict[str, Operation] = {
         ),
         answer=(200, "application/json", JOB_PAGE),
     ),
+    "api.delete_job": Operation(answer=NO_CONTENT),
     "api.job_detail": Operation(answer=(200, "application/json", JOB)),
     "api.job_action": Operation(
         answer=(200, "application/json", JOB), path={"action": {"enum": ["stop", "pause", "resume"]}}
