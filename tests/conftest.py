@@ -6,15 +6,13 @@ import math
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from convlens import testing
-from local import FORWARD_ONLY, REPO, free_port
+from local import FORWARD_ONLY, REPO, start_serve
 
 pytest_plugins = ["no_skips_in_ci"]
 
@@ -231,43 +229,9 @@ def start_server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     processes: list[subprocess.Popen] = []
 
     def start(env: dict[str, str] | None = None) -> str:
-        port = free_port()
-        data_dir = tmp_path_factory.mktemp("live-data")
-        log_path = data_dir / "server.log"
-        environment = {
-            **os.environ,
-            "CONVLENS_DATA_DIR": str(data_dir),
-            "PYTHONUNBUFFERED": "1",
-            **(env or {}),
-        }
-        command = [
-            sys.executable,
-            "-m",
-            "convlens",
-            "--models-dir",
-            str(models_dir),
-            "serve",
-            "--port",
-            str(port),
-        ]
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
-        processes.append(process)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"convlens serve exited with {process.returncode}:\n{log_path.read_text()}"
-                )
-            try:
-                if requests.get(f"{url}/api/models", timeout=30).ok:
-                    return url
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"convlens serve did not answer within 120 s:\n{log_path.read_text()}")
-            time.sleep(0.3)
+        served = start_serve(models_dir, tmp_path_factory.mktemp("live-data"), env)
+        processes.append(served.process)
+        return served.url
 
     yield start
     for process in processes:

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import requests
 
 REPO = Path(__file__).resolve().parents[1]
 FORWARD_ONLY = "forward-only"
@@ -15,3 +22,56 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@dataclass
+class Served:
+    """A ``convlens serve`` process started by :func:`start_serve`; its output is in ``log_path``."""
+
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def start_serve(
+    models_dir: Path, data_dir: Path, env: dict[str, str] | None = None, hang_s: float = 180
+) -> Served:
+    """``python -m convlens serve`` on a free port over ``data_dir``, returned once it answers HTTP (any status:
+    one with a token answers 401). Fails the test, with the server's output, if it exits or never answers."""
+    port = free_port()
+    environment = {**os.environ, "CONVLENS_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", **(env or {})}
+    command = [
+        sys.executable,
+        "-m",
+        "convlens",
+        "--models-dir",
+        str(models_dir),
+        "serve",
+        "--port",
+        str(port),
+    ]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / f"server-{port}.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    served = Served(process, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + hang_s  # a hang guard: the worker imports torch and the plugins
+    try:
+        while True:
+            assert process.poll() is None, f"convlens serve exited with {process.returncode}:\n{served.log()}"
+            try:
+                requests.get(f"{served.url}/api/models", timeout=30)
+                return served
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or the worker loading
+                pass
+            assert time.monotonic() < deadline, (
+                f"convlens serve did not answer in {hang_s} s:\n{served.log()}"
+            )
+            time.sleep(0.3)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise

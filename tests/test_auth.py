@@ -25,7 +25,7 @@ from convlens.methods import Method
 from convlens.models.default import DEFAULT_MODEL_ID
 from convlens.params import Param
 from convlens.plugins import make_plugin_manager
-from local import REPO, free_port
+from local import REPO, free_port, start_serve
 
 TOKEN = "open-sesame-1234"
 ELSEWHERE = "https://pages.example"
@@ -265,39 +265,11 @@ def test_without_a_token_configured_nothing_asks_for_one(make_client):
 @pytest.fixture(scope="module")
 def token_server(models_dir: Path, tmp_path_factory) -> str:
     """``convlens serve`` on 127.0.0.1 with ``CONVLENS_TOKEN`` and ``FRIEND`` as its only other origin."""
-    port = free_port()
     data = tmp_path_factory.mktemp("token-server")
-    env = {
-        **os.environ,
-        "CONVLENS_DATA_DIR": str(data),
-        "CONVLENS_TOKEN": TOKEN,
-        "CONVLENS_CORS_ORIGINS": FRIEND,
-        "PYTHONUNBUFFERED": "1",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "convlens",
-        "--models-dir",
-        str(models_dir),
-        "serve",
-        "--port",
-        str(port),
-    ]
-    log_path = data / "server.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + HANG_S
+    env = {"CONVLENS_TOKEN": TOKEN, "CONVLENS_CORS_ORIGINS": FRIEND}
+    served = start_serve(models_dir, data, env, hang_s=HANG_S)
+    process, url, log_path = served.process, served.url, served.log_path
     try:
-        while True:
-            assert process.poll() is None, f"convlens serve exited:\n{log_path.read_text()}"
-            try:
-                requests.get(url + "/", timeout=30)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, f"convlens serve never answered:\n{log_path.read_text()}"
-                time.sleep(0.3)
         assert "needs the token" in log_path.read_text(), "the start-up says how access works"
         yield url
     finally:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ from convlens.events import Log, Result
 from convlens.jobs import MAX_LOG_LINES
 from convlens.methods import Method
 from convlens.models.default import DEFAULT_MODEL_ID
-from local import free_port
+from local import start_serve
 
 ENDS_S = 240
 """Seconds a short job is given to end (or a long one to start): a hang guard, never reached when it works."""
@@ -44,25 +42,9 @@ class Server:
         self.url = ""
 
     def start(self) -> str:
-        port = free_port()
-        environment = {**os.environ, "CONVLENS_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "convlens", "--models-dir", str(self.models_dir), "serve"]
-        log_path = self.data_dir / f"server-{port}.log"
-        with open(log_path, "w") as log:
-            self.process = subprocess.Popen(
-                [*command, "--port", str(port)], env=environment, stdout=log, stderr=subprocess.STDOUT
-            )
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert self.process.poll() is None, f"convlens serve exited:\n{log_path.read_text()}"
-            try:
-                if requests.get(f"{self.url}/api/models", timeout=30).ok:
-                    return self.url
-            except (requests.ConnectionError, requests.Timeout):  # not listening yet; busy loading
-                pass
-            assert time.monotonic() < deadline, f"convlens serve did not answer:\n{log_path.read_text()}"
-            time.sleep(0.3)
+        served = start_serve(self.models_dir, self.data_dir, hang_s=120)
+        self.process, self.url = served.process, served.url
+        return self.url
 
     def end(self, sig: int = signal.SIGTERM) -> None:
         assert self.process is not None

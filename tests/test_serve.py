@@ -3,18 +3,13 @@ a websocket viewer is answered, and SIGTERM or SIGINT stops the server and its w
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 import socketio
 
-from local import free_port
+from local import start_serve
 
 
 def children(pid: int) -> list[int]:
@@ -32,33 +27,9 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_runs_gunicorn_answers_a_websocket_and_stops_on_a_signal(models_dir, tmp_path, stop):
-    port = free_port()
-    log_path = tmp_path / "serve.log"
-    environment = {**os.environ, "CONVLENS_DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "convlens",
-        "--models-dir",
-        str(models_dir),
-        "serve",
-        "--port",
-        str(port),
-    ]
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    served = start_serve(models_dir, tmp_path / "data")
+    server, url, log_path = served.process, served.url, served.log_path
     try:
-        deadline = time.monotonic() + 180  # a hang guard: the worker imports torch and the plugins
-        while True:
-            assert server.poll() is None, log_path.read_text()
-            try:
-                if requests.get(f"{url}/api/models", timeout=60).ok:
-                    break
-            except (requests.ConnectionError, requests.Timeout):
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.3)
         (worker,) = children(server.pid)  # one worker: jobs and rooms live in it
         client = socketio.Client()
         client.connect(url, transports=["websocket"])
