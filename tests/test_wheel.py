@@ -183,14 +183,18 @@ def server(installed: Installed) -> Iterator[Server]:
     def read() -> None:
         for line in process.stdout:
             output.append(line)
-            if "Running on http://" in line:  # Werkzeug says so once its socket listens
+            if "Listening at: http://" in line:  # gunicorn says so once its socket listens
                 listening.set()
         listening.set()  # it exited
 
     threading.Thread(target=read, daemon=True).start()
     try:
         assert listening.wait(HANG_GUARD_S) and process.poll() is None, "".join(output)
-        yield Server(f"http://127.0.0.1:{port}", venv_files_before)
+        url = f"http://127.0.0.1:{port}"
+        # The worker builds the app after it forks (the first time writing the default model): the request waits
+        # in the socket's backlog until then.
+        assert requests.get(url + "/api/models", timeout=HANG_GUARD_S).ok, "".join(output)
+        yield Server(url, venv_files_before)
     finally:
         process.terminate()
         try:
