@@ -78,7 +78,7 @@ def create_app(config: Config | None = None) -> Flask:
         max_http_buffer_size=config.max_upload_bytes,
     )
 
-    models = ModelStore(config.models_dirs, default_dir=config.default_models_dir)
+    models = ModelStore([*config.models_dirs, config.trained_dir], default_dir=config.default_models_dir)
     if config.ensure_default_model:
         models.ensure_default(log=lambda message: log.warning(message))
     pm = get_plugin_manager()

@@ -142,7 +142,7 @@ def _store(args: argparse.Namespace):
     from .models.store import ModelStore
 
     config = _config(args)
-    store = ModelStore(config.models_dirs, default_dir=config.default_models_dir)
+    store = ModelStore([*config.models_dirs, config.trained_dir], default_dir=config.default_models_dir)
     store.ensure_default(log=lambda message: print(message, file=sys.stderr))
     return store
 
@@ -313,8 +313,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     frames = reel.frames()
     images = dict(final.images) or ({"final": frames[-1]} if frames else {})
-    summary = write_result(args.out, record, images, frames, final.arrays)
-    print(json.dumps({"out": str(args.out), "files": summary["files"], "animation": summary["animation"]}))
+    summary = write_result(
+        args.out, record, images, frames, final.arrays, final.models, _config(args).trained_dir
+    )
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "files": summary["files"],
+                "animation": summary["animation"],
+                "models": summary["models"],
+            }
+        )
+    )
     return 0
 
 

@@ -22,6 +22,8 @@ REPO_ROOT = PACKAGE_DIR.parents[1]
 """The checkout convlens runs from (``server/convlens`` is two levels down), when it runs from one."""
 IN_CHECKOUT = PACKAGE_DIR.parent.name == "server" and (REPO_ROOT / "pyproject.toml").is_file()
 """Whether convlens runs from a source checkout (``make run``, an editable install) rather than an installed wheel."""
+TRAINED_FOLDER = "trained"
+"""The folder of ``data_dir`` that the networks jobs trained are written into (``Config.trained_dir``)."""
 
 
 def home() -> Path:
@@ -150,6 +152,11 @@ class Config:
     @property
     def results_dir(self) -> Path:
         return self.data_dir / "results"
+
+    @property
+    def trained_dir(self) -> Path:
+        """convlens' own folder of the networks jobs trained (:mod:`convlens.trained`), read as a models folder."""
+        return self.data_dir / TRAINED_FOLDER
 
     @property
     def jobs_db(self) -> Path:

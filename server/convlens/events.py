@@ -15,6 +15,8 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+    from .trained import TrainedModel
+
 
 @dataclass
 class Frame:
@@ -104,11 +106,16 @@ class Predictions:
 
 @dataclass
 class Result:
-    """The method's final output: named images, raw arrays (saved as ``.npy``) and JSON-serialisable data."""
+    """The method's final output: named images, raw arrays (saved as ``.npy``) and JSON-serialisable data.
+
+    ``models``: networks the method trained, by name, saved with the result as model files every method can run
+    on (:mod:`convlens.trained`); ``result.json``'s ``models`` lists their ids.
+    """
 
     images: dict[str, np.ndarray] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    models: dict[str, TrainedModel] = field(default_factory=dict)
 
 
 Event = Frame | Points | Predictions | Progress | Metrics | Log | Result

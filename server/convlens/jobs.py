@@ -22,6 +22,7 @@ import numpy as np
 
 from . import events as ev
 from . import late_view, runner
+from .config import TRAINED_FOLDER
 from .encode import EncodedFrame
 from .errors import BadInput, NotFound
 from .methods import Method
@@ -453,12 +454,18 @@ class JobManager:
         """Delete the records and results folders of the jobs that ended before ``before`` (Unix seconds)."""
         pruned = self.store.records.finished_before(before)
         for job_id in pruned:
-            shutil.rmtree(self.results_dir / job_id, ignore_errors=True)
+            self._remove_files(job_id)
             self.store.records.delete(job_id)
         return pruned
 
+    def _remove_files(self, job_id: str) -> None:
+        """The job's results folder and the networks it trained (``<trained>/<job id>-<name>.*``)."""
+        shutil.rmtree(self.results_dir / job_id, ignore_errors=True)
+        for path in (self.results_dir.parent / TRAINED_FOLDER).glob(f"{job_id}-*"):
+            path.unlink(missing_ok=True)
+
     def delete(self, job_id: str, client: str) -> None:
-        """Delete an ended job's record and results folder, for its owner ``client`` only (403 for anyone else,
+        """Delete an ended job's record, results folder and trained networks, for its owner ``client`` only (403 for anyone else,
         409 while it is queued, running or paused: stop it first)."""
         job = self.get(job_id)
         if job.owner is None or job.owner != client:
@@ -467,7 +474,7 @@ class JobManager:
             )
         if not job.finished_state:
             raise BadInput("job", f"job {job_id!r} is {job.state}: stop it before deleting it", status=409)
-        shutil.rmtree(self.results_dir / job.id, ignore_errors=True)
+        self._remove_files(job.id)
         self.store.records.delete(job.id)
 
     def stop(self, job_id: str) -> Job:
@@ -723,7 +730,11 @@ class JobManager:
             panel_predictions=ev.panel_predictions(job.latest_tops),
         )
         out_dir = self.results_dir / job.id
-        summary = write_result(out_dir, record, result.images, job.reel.frames(), result.arrays)
+        # Config.trained_dir: the results' and trained networks' folders are both in convlens' data folder.
+        trained_dir = self.results_dir.parent / TRAINED_FOLDER
+        summary = write_result(
+            out_dir, record, result.images, job.reel.frames(), result.arrays, result.models, trained_dir
+        )
         summary["images"] = {name: f"/api/jobs/{job.id}/images/{name}.png" for name in result.images}
         summary["array_urls"] = {name: f"/api/jobs/{job.id}/arrays/{name}.npy" for name in result.arrays}
         if (out_dir / "frames.gif").exists():

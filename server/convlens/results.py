@@ -21,6 +21,8 @@ from .events import pixels_of, to_uint8
 if TYPE_CHECKING:
     import torch
 
+    from .trained import TrainedModel
+
 GIF_MAX_SIDE = 384
 GIF_FRAME_MS = 100
 REEL_FRAMES = 500
@@ -108,9 +110,22 @@ def write_result(
     images: dict[str, np.ndarray],
     frames: list[np.ndarray],
     arrays: dict[str, np.ndarray] | None = None,
+    models: dict[str, TrainedModel] | None = None,
+    trained_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Write the run into ``out_dir`` and return what ``result.json`` holds."""
+    """Write the run into ``out_dir`` and return what ``result.json`` holds.
+
+    ``models`` (the method's trained networks) go into ``trained_dir`` as model files named after the run
+    (``out_dir``'s name), and ``result.json``'s ``models`` lists their ids.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    model_ids: list[str] = []
+    if models:
+        from .trained import write_trained
+
+        if trained_dir is None:
+            raise ValueError("the method trained models, but the run has no folder to keep them in")
+        model_ids = write_trained(trained_dir, out_dir.name, models)
     files: dict[str, str] = {}
     for name, image in images.items():
         filename = f"{name}.png"
@@ -139,6 +154,7 @@ def write_result(
         "files": files,
         "arrays": array_files,
         "animation": animation,
+        "models": model_ids,
         "frames": len(frames),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -244,7 +244,7 @@ def stored_models_only() -> ModelSource:
     from .config import Config
 
     config = Config()
-    return model_store(tuple(config.models_dirs), config.default_models_dir)
+    return model_store((*config.models_dirs, config.trained_dir), config.default_models_dir)
 
 
 @functools.cache
