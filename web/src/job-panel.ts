@@ -289,6 +289,11 @@ export class JobPanel {
     this.waitingEl.hidden = true;
   }
 
+  /** For a method that streams no frames (its own view draws what it computes): no empty frame box. */
+  hideFrames(): void {
+    this.framesEl.hidden = true;
+  }
+
   ended(state: JobState, result: JobResult | null): void {
     if (state === "done") this.completeProgress();
     if (result || state === "done") this.setResults(result);

@@ -17,6 +17,7 @@ import {
   TERMINAL_STATES,
 } from "./api";
 import { ATTACK_METHOD, AttackSummary, SCALE_SUFFIX } from "./adversarial-view";
+import { APPROXIMATION_METHOD, ApproximationView } from "./approximation-view";
 import { AttributionOverlay, isAttributionResult } from "./attribution-view";
 import type { ConvlensCodeMap } from "./code-map";
 import { formatNumber, h, replaceChildren, sheet } from "./dom";
@@ -113,6 +114,7 @@ export class ConvlensJobView extends HTMLElement {
   private overlay: AttributionOverlay | null = null;
   private codeMap: ConvlensCodeMap | null = null;
   private attack: AttackSummary | null = null;
+  private approximation: ApproximationView | null = null;
   /** A finished job's own view (the linear demo, the goldfish templates) was made. */
   private finishedView = false;
 
@@ -160,6 +162,7 @@ export class ConvlensJobView extends HTMLElement {
     this.overlay = null;
     this.codeMap = null;
     this.attack = null;
+    this.approximation = null;
     this.finishedView = false;
     if (!this.jobId) {
       replaceChildren(this.root, idlePanel());
@@ -194,6 +197,7 @@ export class ConvlensJobView extends HTMLElement {
     this.painter = null;
     this.chart?.dispose();
     this.chart = null;
+    this.approximation?.dispose();
     this.panel = null;
   }
 
@@ -225,17 +229,22 @@ export class ConvlensJobView extends HTMLElement {
     // An embedding's points, x0, y0, x1, y1, … as little-endian float32 (the newest; the server paces them).
     socket.on(
       "points",
-      (payload: { job: string; step: number | null; n: number; data: ArrayBuffer | ArrayBufferView }) => {
+      (payload: {
+        job: string;
+        step: number | null;
+        label: string;
+        n: number;
+        data: ArrayBuffer | ArrayBufferView;
+      }) => {
         if (!mine(payload)) return;
         const data = payload.data;
         const bytes =
           data instanceof ArrayBuffer
             ? data
             : data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength);
-        this.showCodeMap(panel)?.setPositions(
-          new Float32Array(bytes as ArrayBuffer, 0, 2 * payload.n),
-          payload.step,
-        );
+        const positions = new Float32Array(bytes as ArrayBuffer, 0, 2 * payload.n);
+        if (this.approximation) this.approximation.setPoints(payload.label, positions, payload.step);
+        else this.showCodeMap(panel)?.setPositions(positions, payload.step);
       },
     );
     socket.on("progress", (payload: { job: string; step: number; total: number; time?: number }) => {
@@ -351,6 +360,14 @@ export class ConvlensJobView extends HTMLElement {
     this.job = job;
     panel.setJob(job);
     if (job.method === "code_map") this.showCodeMap(panel);
+    if (job.method === APPROXIMATION_METHOD && !this.approximation) {
+      // A drawn target's run replaces this one in the view.
+      this.approximation = new ApproximationView(new ApiClient(this.server), job, (next) =>
+        this.setAttribute("job", next.id),
+      );
+      panel.showMethodView("Universal approximation", this.approximation.element);
+      panel.hideFrames(); // its curves are charts, not frames
+    }
     if (job.method === ATTACK_METHOD && !this.attack) {
       this.attack = new AttackSummary();
       panel.showMethodView("Attack", this.attack.element);
