@@ -80,7 +80,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--summary", help="write bench/run.py's rows as JSON here")
+    parser.add_argument("--json", default=None, help="write the summary rows here (for bench/run.py)")
     args = parser.parse_args()
 
     from convlens.runtime import configure_threads, tune_malloc
@@ -109,7 +109,7 @@ def main() -> int:
         f"({machine_note()})"
     )
     write_summary(
-        args.summary,
+        args.json,
         [
             {
                 "figure": "digits 2-layer training time (s)",

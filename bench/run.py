@@ -52,6 +52,9 @@ SCRIPTS = {
     "pgd": {"limit_s": 900, "quick": ["--repeats", "1"]},
     "adversarial_patch": {"limit_s": 1800, "quick": ["--steps", "20"]},
     "fooling": {"limit_s": 1800, "quick": ["--queries", "64", "--steps", "20"]},
+    "digits": {"limit_s": 900, "quick": ["--repeats", "1"]},
+    "deep_image_prior": {"limit_s": 900, "quick": ["--steps", "20", "--repeats", "1"]},
+    "bagnet": {"limit_s": 900, "quick": ["--repeats", "1"]},
 }
 """Script name → time limit and the arguments of a quick run."""
 
