@@ -9,6 +9,7 @@ from convlens.methods import Method
 from .bagnet import BAGNET, BAGNET_CORRELATION
 from .deep_image_prior import DEEP_IMAGE_PRIOR, DEEP_IMAGE_PRIOR_CURVES
 from .digits import DIGITS
+from .shortcut import SHORTCUT
 from .universal import UNIVERSAL_APPROXIMATION
 
 
@@ -20,5 +21,6 @@ def register_methods() -> list[Method]:
         DEEP_IMAGE_PRIOR,
         DEEP_IMAGE_PRIOR_CURVES,
         DIGITS,
+        SHORTCUT,
         UNIVERSAL_APPROXIMATION,
     ]
