@@ -137,6 +137,46 @@ def check_params(params: dict[str, Any], model: object) -> None:
         raise BadInput("params.learning_rate", f"must be above 0, got {params['learning_rate']}")
 
 
+def train_step(
+    net: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    epoch: int,
+    learning_rate: float,
+    who: str = "the",
+) -> float:
+    """One Adam step on a minibatch; its loss. A loss past :data:`DIVERGED_LOSS` (or NaN) stops the run with a
+    ``BadInput`` naming the learning rate (``who`` names the net where a run trains several)."""
+    loss = nn.functional.cross_entropy(net(inputs), targets)
+    value = float(loss.detach())
+    if not value <= DIVERGED_LOSS:  # NaN too
+        raise BadInput(
+            "params.learning_rate",
+            f"{who} loss became {value:.4g} in epoch {epoch}: the learning rate {learning_rate} makes "
+            "training diverge; try a smaller one",
+        )
+    optimiser.zero_grad()
+    loss.backward()
+    optimiser.step()
+    return value
+
+
+def digits_model(
+    net: nn.Module, title: str, description: str, example: torch.Tensor, extra: dict[str, Any]
+) -> TrainedModel:
+    """A digits net as a convlens model: 3×8×8 pictures in [0, 1] (:class:`DigitPictures`), the ten digits."""
+    return TrainedModel(
+        module=DigitPictures(net).eval(),
+        title=title,
+        input_size=(SIDE, SIDE),
+        labels=[str(digit) for digit in range(CLASSES)],
+        example=example,
+        description=description,
+        extra=extra,
+    )
+
+
 def run_digits(ctx: RunContext) -> Iterator[Event]:
     params = ctx.params
     layers, epochs, batch = int(params["layers"]), params["epochs"], params["batch_size"]
@@ -152,17 +192,9 @@ def run_digits(ctx: RunContext) -> Iterator[Event]:
         total = 0.0
         for start in range(0, len(order), batch):
             chosen = order[start : start + batch]
-            loss = nn.functional.cross_entropy(net(inputs[chosen]), targets[chosen])
-            value = float(loss.detach())
-            if not value <= DIVERGED_LOSS:  # NaN too
-                raise BadInput(
-                    "params.learning_rate",
-                    f"the loss became {value:.4g} in epoch {epoch}: the learning rate "
-                    f"{params['learning_rate']} makes training diverge; try a smaller one",
-                )
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+            value = train_step(
+                net, optimiser, inputs[chosen], targets[chosen], epoch, params["learning_rate"]
+            )
             total += value * len(chosen)
         with torch.no_grad():
             train_accuracy = float((net(inputs).argmax(1) == targets).float().mean())
@@ -203,11 +235,9 @@ def finish(
     layers = int(ctx.params["layers"])
     shape = "64 → 10" if layers == 1 else f"64 → {ctx.params['hidden_units']} ReLU → 10"
     example = torch.from_numpy(test_x[:1]).reshape(1, 1, SIDE, SIDE).repeat(1, 3, 1, 1)
-    model = TrainedModel(
-        module=DigitPictures(net).eval(),
-        title=f"Digits, {layers} layer{'s' * (layers > 1)} ({shape})",
-        input_size=(SIDE, SIDE),
-        labels=[str(digit) for digit in range(CLASSES)],
+    model = digits_model(
+        net,
+        f"Digits, {layers} layer{'s' * (layers > 1)} ({shape})",
         example=example,
         description=(
             f"{shape} trained on scikit-learn's digits (80 % split, seed {ctx.seed}) for {ctx.params['epochs']} "

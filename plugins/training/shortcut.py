@@ -10,21 +10,28 @@ with the mark, without it, and with the mark of another class, and the cued net'
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from convlens.errors import BadInput
 from convlens.events import Event, Frame, Log, Metrics, Progress, Result
 from convlens.methods import Method, RunContext
 from convlens.params import Float, Int
 from convlens.trained import TrainedModel
 
-from .digits import CLASSES, SIDE, DigitPictures, digit_grid, digits_net, diverging, load_digits_split
+from .digits import (
+    CLASSES,
+    SIDE,
+    check_params,
+    digit_grid,
+    digits_model,
+    digits_net,
+    diverging,
+    load_digits_split,
+    train_step,
+)
 
 REFERENCE = (
     "Geirhos, Jacobsen, Michaelis, Zemel, Brendel, Bethge, Wichmann 2020, Shortcut learning in deep neural "
@@ -48,12 +55,6 @@ def with_cue(images: np.ndarray, cue_class: np.ndarray) -> np.ndarray:
     marked = images.copy()
     marked[np.arange(len(images)), cue_index(cue_class)] = 1.0
     return marked
-
-
-def check_params(params: dict[str, Any], model: object) -> None:
-    """The learning rate's range is open at 0 (the declaration's is inclusive)."""
-    if not params["learning_rate"] > 0:
-        raise BadInput("params.learning_rate", f"must be above 0, got {params['learning_rate']}")
 
 
 def saliency(net: nn.Module, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -94,15 +95,16 @@ def run_shortcut(ctx: RunContext) -> Iterator[Event]:
         for start in range(0, len(order), batch):
             chosen = order[start : start + batch]
             for name, net in nets.items():
-                loss = nn.functional.cross_entropy(net(inputs[name][chosen]), targets[chosen])
-                if not float(loss.detach()) <= 100 * math.log(CLASSES):  # NaN too
-                    raise BadInput(
-                        "params.learning_rate",
-                        f"the {name} net's loss became {float(loss):.4g} in epoch {epoch}: try a smaller one",
-                    )
-                optimisers[name].zero_grad()
-                loss.backward()
-                optimisers[name].step()
+                rate = params["learning_rate"]
+                train_step(
+                    net,
+                    optimisers[name],
+                    inputs[name][chosen],
+                    targets[chosen],
+                    epoch,
+                    rate,
+                    f"the {name} net's",
+                )
         yield Metrics(
             {
                 "cued train accuracy": accuracy(nets["cued"], cued_train, train_y),
@@ -145,11 +147,9 @@ def trained(
 ) -> TrainedModel:
     """One of the two nets as a convlens model taking 3×8×8 pictures in [0, 1]."""
     trained_on = "digits with class-placed marks" if name == "cued" else "the same digits without marks"
-    return TrainedModel(
-        module=DigitPictures(net).eval(),
-        title=f"Digits, {name} (shortcut demo)",
-        input_size=(SIDE, SIDE),
-        labels=[str(digit) for digit in range(CLASSES)],
+    return digits_model(
+        net,
+        f"Digits, {name} (shortcut demo)",
         example=example,
         description=(
             f"64 → {ctx.params['hidden_units']} ReLU → 10 trained on {trained_on} (seed {ctx.seed}, "
