@@ -184,3 +184,24 @@ def test_a_model_that_cannot_load_is_left_out_of_every_model_but_refused_when_na
     with pytest.raises(BadInput) as error:
         prepare_run(COMPARED, tiny_model, np.zeros((4, 4, 3)), {"transfer": ["bad.onnx"]}, models=shelf)
     assert error.value.field == "params.transfer" and "truncated file" in error.value.reason
+
+
+def test_every_model_takes_at_most_the_parameters_maximum_and_says_which_it_left_out(tiny_model):
+    # Each digits run adds nets to the store; "*" must not load them all.
+    shelf = Shelf([f"m{i}.onnx" for i in range(6)])
+    capped = Method(
+        "capped",
+        "t",
+        "test",
+        draws,
+        params=(
+            Models("models", run_model="first", maximum=3),
+            Models("transfer", None, run_model="excluded", maximum=4),
+        ),
+    )
+    ctx = prepare_run(capped, tiny_model, np.zeros((4, 4, 3)), {"transfer": "*"}, models=shelf)
+    assert loaded_ids(ctx, "models") == ["tiny", "m0.onnx", "m1.onnx"]
+    assert loaded_ids(ctx, "transfer") == ["m0.onnx", "m1.onnx", "m2.onnx", "m3.onnx"]
+    assert set(ctx.models_left_out) == {"m4.onnx", "m5.onnx"}  # m2 and m3 are in "transfer"
+    assert "name others" in ctx.models_left_out["m5.onnx"]
+    assert set(shelf.loads) == {"m0.onnx", "m1.onnx", "m2.onnx", "m3.onnx"}  # m4, m5 never loaded

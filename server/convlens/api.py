@@ -314,7 +314,7 @@ def list_jobs():
     except KeyError:
         raise BadInput("before", f"no job {before[:40]!r} to list the jobs before") from None
     following = page[limit - 1]["id"] if len(page) > limit else None
-    total = services().jobs.store.records.count(owner)
+    total = services().jobs.count(owner)
     return jsonify({"jobs": page[:limit], "next": following, "total": total})
 
 

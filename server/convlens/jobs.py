@@ -424,6 +424,10 @@ class JobManager:
                 summary["files"] = "deleted"
         return summaries
 
+    def count(self, owner: str | None = None) -> int:
+        """How many jobs the store holds (``owner``'s only, when given), live and ended."""
+        return self.store.records.count(owner)
+
     def shown_last(self, job: Job) -> Job:
         """``job`` with the frames, points and top classes it showed last: an ended job out of memory reads them
         from its results folder (:mod:`convlens.late_view`)."""

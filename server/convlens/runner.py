@@ -190,8 +190,9 @@ def checked_model_ids(
     method: Method, params: Mapping[str, Any], run_model_id: str, models: ModelSource | None = None
 ) -> dict[str, list[str]]:
     """The model ids each ``models`` parameter names, in order, the run's own model placed as the parameter says
-    (first, or left out); ``"*"`` is every id ``models`` lists. Nothing is loaded. An id ``models`` does not list
-    is :class:`BadInput` naming ``params.<name>``."""
+    (first, or left out); ``"*"`` is every id ``models`` lists, the first ``maximum`` of them (the store lists its
+    own folders' models before the nets jobs trained, which grow with use). Nothing is loaded. An id ``models``
+    does not list is :class:`BadInput` naming ``params.<name>``."""
     wanted = [p for p in method.params if p.kind == "models"]
     if not wanted:
         return {}
@@ -206,6 +207,8 @@ def checked_model_ids(
             if model_id not in known and model_id != run_model_id:
                 raise BadInput(f"params.{param.name}", f"unknown model {model_id!r}; expected one of {known}")
         others = [model_id for model_id in value if model_id != run_model_id]
+        if value is known and param.maximum is not None:
+            others = others[: int(param.maximum) - (param.run_model == "first")]
         chosen[param.name] = [run_model_id, *others] if param.run_model == "first" else others
     return chosen
 
@@ -214,8 +217,8 @@ def resolve_models(
     method: Method, params: Mapping[str, Any], model: Model, models: ModelSource | None = None
 ) -> tuple[dict[str, list[Model]], dict[str, str]]:
     """The loaded models of every ``models`` parameter (:func:`checked_model_ids`; the run's own is ``model``
-    itself), and the reason each model ``"*"`` found could not be loaded, by id: those are left out, so that one
-    broken file in a folder does not stop every run. A named one that cannot be loaded is :class:`BadInput`
+    itself), and the reason each model ``"*"`` found could not be loaded or did not fit under the parameter's
+    maximum, by id: those are left out, so that one broken file in a folder does not stop every run. A named one that cannot be loaded is :class:`BadInput`
     naming ``params.<name>``."""
     chosen = checked_model_ids(method, params, model.id, models)
     if not chosen:
@@ -236,6 +239,14 @@ def resolve_models(
                 if not every:
                     raise BadInput(f"params.{name}", f"model {model_id!r}: {error.reason}") from None
                 left_out[model_id] = error.reason
+    chosen_anywhere = {model_id for ids in chosen.values() for model_id in ids}
+    for name, ids in chosen.items():
+        if params.get(name) == EVERY_MODEL:
+            for model_id in source.ids():
+                if model_id not in chosen_anywhere and model_id != model.id:
+                    left_out.setdefault(
+                        model_id, f'"*" takes at most {len(ids)} models; name others to choose them'
+                    )
     return loaded, left_out
 
 
