@@ -6,6 +6,7 @@ from convlens import hookimpl
 from convlens.methods import Method
 
 from .backprop_rules import BACKPROP_RULE_METHODS
+from .context import CONTEXT
 from .grabcut import GRABCUT
 from .gradcam import GRADCAM
 from .gradients import GRADIENT_METHODS
@@ -24,4 +25,5 @@ def register_methods() -> list[Method]:
         GRADCAM,
         GUIDED_GRADCAM,
         GRABCUT,
+        CONTEXT,
     ]

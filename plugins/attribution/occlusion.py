@@ -289,11 +289,13 @@ def occlusion(
     target: int | None,
     window: int,
     stride: int,
-    fill: str = "grey",
+    fill: str | np.ndarray = "grey",
     batch_size: int = 32,
     engine: str = "auto",
 ) -> Iterator[dict]:
     """Occlusion of 3xHxW ``pixels`` in [0, 1], one state dict per batch (the last one complete).
+
+    ``fill`` is one of :data:`FILLS` or the 3xHxW picture the window shows (``context`` keeps the subject in it).
 
     Each state holds ``attribution_sum`` and ``done`` (HxW, the drop summed over finished windows and their
     count), ``coverage`` (the count when all are done), ``probability_grid`` and ``top_class_grid`` (NaN and
@@ -304,7 +306,7 @@ def occlusion(
     check_geometry(size, window, stride)
     rows, cols = window_starts(size[0], window, stride), window_starts(size[1], window, stride)
     starts = np.stack(np.meshgrid(rows, cols, indexing="ij"), axis=-1).reshape(-1, 2)
-    baseline = fill_values(pixels, fill, window)
+    baseline = fill if isinstance(fill, np.ndarray) else fill_values(pixels, fill, window)
     forward = occlusion_engine(model, pixels, baseline, window, stride, engine)
     base = softmax(forward.base[None])[0]
     target = int(base.argmax()) if target is None else target
