@@ -22,7 +22,6 @@ WINDOW, STRIDE = 64, 32
 STARTS = np.arange(0, SIDE - WINDOW + 1, STRIDE)
 FEATHER = 2.0
 BACKGROUNDS = ["grass", "brick", "gravel", "grey", "blue", "photo", "blurred"]
-JOB_TIMEOUT = 120
 
 
 def resized(picture: np.ndarray) -> np.ndarray:
@@ -216,16 +215,17 @@ def test_a_rectangle_off_the_picture_or_a_mask_of_nothing_or_everything_is_refus
     assert refused.value.field == "params.rectangle" and words in str(refused.value)
 
 
-def test_a_job_whose_rectangle_leaves_the_picture_fails_naming_the_field(app, client):
+@pytest.mark.parametrize(
+    ("rectangle", "words"),
+    [("0,0,500,100", "goes outside the 451x300-pixel picture"), ("0,0,451,300", "covers the whole picture")],
+)
+def test_a_rectangle_off_the_posted_picture_is_refused_when_the_job_is_requested(client, rectangle, words):
     body = {
         "method": "context",
         "model": DEFAULT_MODEL,
         "image": "chelsea",
-        "params": {"rectangle": "0,0,500,100"},
+        "params": {"rectangle": rectangle},
     }
     answer = client.post("/api/jobs", json=body)
-    assert answer.status_code == 202, answer.get_json()
-    job_id = answer.get_json()["id"]
-    assert app.extensions["convlens"].jobs.get(job_id).ended.wait(JOB_TIMEOUT), "a hang guard"
-    job = client.get(f"/api/jobs/{job_id}").get_json()
-    assert job["state"] == "failed" and job["error"]["field"] == "params.rectangle"
+    assert answer.status_code == 400, answer.get_json()
+    assert answer.get_json()["field"] == "params.rectangle" and words in answer.get_json()["error"]

@@ -110,6 +110,13 @@ def check_params(params: dict[str, Any], model: Model) -> None:
     check_geometry(model.input_size, params["window"], params["stride"])
 
 
+def check_rectangle(params: dict[str, Any], model: Model, image: np.ndarray) -> None:
+    """A rectangle that leaves the run's picture or covers all of it is refused when the run is requested."""
+    rectangle = parse_rectangle(params["rectangle"])
+    if rectangle is not None:
+        input_rectangle(rectangle, image.shape[:2], model.input_size)
+
+
 def input_rectangle(
     rectangle: tuple[int, int, int, int], picture: tuple[int, int], size: tuple[int, int]
 ) -> tuple[int, int, int, int]:
@@ -387,6 +394,7 @@ CONTEXT = Method(
     ),
     needs=frozenset({"gradients"}),
     check=check_params,
+    check_image=check_rectangle,
     description="Cut the subject out of the picture (saliency-seeded GrabCut, or GrabCut from a rectangle), paste "
     "it onto other backgrounds and show the top 5 on each; then occlude the background alone and report how "
     "much of the occlusion effect lies in the background.",

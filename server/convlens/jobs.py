@@ -387,11 +387,13 @@ class JobManager:
         if reason:
             raise BadInput("method", f"{method.name!r} cannot run here: {reason}", status=422)
         image_id = _required_string(request, "image")
-        self.get_image(image_id)
+        picture = self.get_image(image_id)
         raw_params = request.get("params") or {}
         if not isinstance(raw_params, dict):
             raise BadInput("params", "expected an object of parameter values")
         params = method.validate(raw_params, model)
+        if method.check_image is not None:
+            method.check_image(params, model, picture)
         runner.resolve_pictures(method, params, self.get_image)  # an unknown style image fails the request
         runner.checked_datasets(method, params, model, self.get_dataset)  # so does an unknown data set
         runner.checked_model_ids(method, params, model.id, self.models)  # and an unknown model

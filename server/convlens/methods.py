@@ -95,6 +95,9 @@ class Method:
     check_datasets: Callable[[dict[str, Any], Model, dict[str, Dataset]], None] | None = None
     """Checks the validated parameters against the data sets they chose (``ctx.datasets``: their size, say),
     raising ``BadInput`` naming the field; called once they are found, when the run is requested."""
+    check_image: Callable[[dict[str, Any], Model, np.ndarray], None] | None = None
+    """Checks the validated parameters against the run's picture (HxWx3, as uploaded: its size, say), raising
+    ``BadInput`` naming the field; called when the run is requested, once the picture is found."""
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(NEEDS)

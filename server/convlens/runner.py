@@ -95,6 +95,8 @@ def prepare_run(
 
     check_available(method, model)
     params = method.validate(raw_params, model)
+    if method.check_image is not None:
+        method.check_image(params, model, image)
     pictures = {name: to_float(picture) for name, picture in resolve_pictures(method, params, images).items()}
     chosen = checked_datasets(method, params, model, datasets)
     if chosen and features is None:
