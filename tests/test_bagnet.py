@@ -1,9 +1,12 @@
 """BagNet (``bagnet``, ``bagnet_correlation``): the bag of patches checked against the default model's file run
-by ONNX Runtime directly, on patches cut and resized here with PIL."""
+by ONNX Runtime directly, on patches cut and resized here with PIL; and a BagNet file's one-pass map checked
+against the BagNet property: each position is the same file, run by Runtime, on its patch alone."""
 
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -11,9 +14,10 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from convlens.events import PANEL_SEPARATOR, Frame, Metrics, Points, Predictions, Progress, Result
+from convlens.events import PANEL_SEPARATOR, Frame, Log, Metrics, Points, Predictions, Progress, Result
 from convlens.models.default import DEFAULT_MODEL_ID as DEFAULT_MODEL
 from convlens.testing import metric, of_type, run_method
+from convlens_plugins.training.bagnet import FRAME_LABEL
 
 JOB_TIMEOUT = 120
 SIDE = 224
@@ -175,3 +179,135 @@ def test_a_job_through_the_api_serves_the_bags_result_and_its_arrays(app, client
     )
     np.testing.assert_allclose(grid.reshape(4, -1), expected, atol=1e-3)
     assert result["data"]["bag_top5"][0]["class"] == int(expected.mean(axis=0).argmax())
+
+
+# -- a BagNet file: the logit map of every patch in one forward pass -------------------------------------------
+BAGNET_Q = 17
+BAGNET_STRIDE = 8
+BAGNET_GRID = 26
+"""Patches of 17 px at stride 8 wholly inside 224 px: starts 0, 8, ..., 200."""
+BAD_CARDS = {
+    "patch_zero": ({"patch": 0, "stride": 8, "layer": "logit_map"}, "bagnet.patch must be a whole number"),
+    "no_stride": ({"patch": 17, "layer": "logit_map"}, "bagnet.stride must be a whole number"),
+    "fractional": ({"patch": 17.5, "stride": 8, "layer": "logit_map"}, "bagnet.patch must be a whole number"),
+    "no_layer": ({"patch": 17, "stride": 8}, "bagnet.layer must name the layer"),
+    "not_object": (17, "bagnet must be an object"),
+}
+
+
+@pytest.fixture(scope="module")
+def bagnet_folder(tmp_path_factory) -> Path:
+    """A tiny BagNet-17 (10 classes) as ``bagnet17.onnx`` and ``.pt`` with its card, and copies of the ``.pt``
+    under cards that declare ``bagnet`` badly (BAD_CARDS) or name a missing layer or a too large patch."""
+    from convlens_plugins.training.bagnet_net import bagnet, card, write_bagnet
+
+    folder = tmp_path_factory.mktemp("bagnet-models")
+    write_bagnet(folder, "bagnet17", bagnet(BAGNET_Q, classes=10, width=4, seed=3), BAGNET_Q)
+    broken = {name: declaration for name, (declaration, _) in BAD_CARDS.items()}
+    broken["missing_layer"] = {"patch": 17, "stride": 8, "layer": "nowhere"}
+    broken["huge_patch"] = {"patch": 225, "stride": 8, "layer": "logit_map"}
+    for name, declaration in broken.items():
+        (folder / f"{name}.pt").symlink_to(folder / "bagnet17.pt")
+        (folder / f"{name}.json").write_text(json.dumps({**card(17, 10), "bagnet": declaration}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bagnet_onnx(bagnet_folder):
+    from convlens.models.store import load_model
+
+    return load_model(bagnet_folder / "bagnet17.onnx")
+
+
+@pytest.fixture(scope="module")
+def bagnet_run(bagnet_onnx) -> list:
+    return run_method("bagnet", bagnet_onnx, resized_chelsea(), patch=33, stride=8)
+
+
+def patch_logits_by_runtime(model, picture: np.ndarray, corners) -> np.ndarray:
+    """The BagNet file, run by a fresh Runtime session, on each q x q patch of ``picture`` alone."""
+    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+    mean = np.asarray(model.card.mean, np.float32).reshape(3, 1, 1)
+    std = np.asarray(model.card.std, np.float32).reshape(3, 1, 1)
+    normalised = ((picture.astype(np.float32).transpose(2, 0, 1) / 255.0 - mean) / std).astype(np.float32)
+    return np.stack(
+        [
+            session.run(None, {"images": normalised[None, :, y : y + BAGNET_Q, x : x + BAGNET_Q]})[0][0]
+            for y, x in corners
+        ]
+    )
+
+
+def test_each_map_position_is_the_bagnet_file_on_that_patch_alone(bagnet_onnx, bagnet_run):
+    result = of_type(bagnet_run, Result)[0]
+    grid = result.arrays["patch_logits"]
+    assert grid.shape == (BAGNET_GRID, BAGNET_GRID, 10) and result.data["one_pass"]
+    assert (result.data["patch"], result.data["stride"]) == (BAGNET_Q, BAGNET_STRIDE)
+    corners = [(i * BAGNET_STRIDE, j * BAGNET_STRIDE) for i in range(BAGNET_GRID) for j in range(BAGNET_GRID)]
+    expected = patch_logits_by_runtime(bagnet_onnx, resized_chelsea(), corners)
+    np.testing.assert_allclose(grid.reshape(-1, 10), expected, atol=1e-4)
+    # Where the method places each patch: the evidence patches' logits and the map's corner pixels, each
+    # covered by one patch only.
+    for row in result.data["evidence"]:
+        places = [(patch["y"], patch["x"]) for patch in row["patches"]]
+        logits = patch_logits_by_runtime(bagnet_onnx, resized_chelsea(), places)[:, row["class"]]
+        np.testing.assert_allclose([patch["logit"] for patch in row["patches"]], logits, atol=1e-4)
+    chosen, class_map = result.data["class"], result.arrays["class_map"]
+    assert class_map[0, 0] == pytest.approx(expected[0, chosen], abs=1e-4)
+    assert class_map[216, 216] == pytest.approx(expected[-1, chosen], abs=1e-4)
+    assert np.isnan(class_map[217, 217])
+
+
+def test_the_bags_prediction_is_the_softmax_of_the_maps_mean(bagnet_run):
+    result = of_type(bagnet_run, Result)[0]
+    mean = result.arrays["patch_logits"].reshape(-1, 10).astype(np.float64).mean(axis=0)
+    probabilities = np.exp(mean - mean.max()) / np.exp(mean - mean.max()).sum()
+    order = np.argsort(-probabilities)[:5]
+    assert [entry["class"] for entry in result.data["bag_top5"]] == list(order)
+    np.testing.assert_allclose(
+        [entry["probability"] for entry in result.data["bag_top5"]], probabilities[order], atol=1e-6
+    )
+    # The file's own output is the map's mean too: for a BagNet the bag is the model.
+    np.testing.assert_allclose(result.arrays["model_logits"], mean, atol=1e-5)
+
+
+def test_the_map_streams_once_and_the_forms_patch_is_named_unused(bagnet_run):
+    frames = of_type(bagnet_run, Frame)
+    assert [frame.label for frame in frames] == [FRAME_LABEL, "evidence"]
+    assert [(p.step, p.total) for p in of_type(bagnet_run, Progress)] == [(BAGNET_GRID**2, BAGNET_GRID**2)]
+    assert [log.message for log in of_type(bagnet_run, Log)] == [
+        "patch 33 not used: bagnet17.onnx's card fixes it at 17"
+    ]
+
+
+def test_the_torchscript_file_under_the_same_card_gives_the_same_map(bagnet_folder, bagnet_run):
+    from convlens.models.store import load_model
+
+    events = run_method("bagnet", load_model(bagnet_folder / "bagnet17.pt"), resized_chelsea(), patch=17)
+    assert not of_type(events, Log)
+    np.testing.assert_allclose(
+        of_type(events, Result)[0].arrays["patch_logits"],
+        of_type(bagnet_run, Result)[0].arrays["patch_logits"],
+        atol=1e-4,
+    )
+
+
+def test_bad_bagnet_cards_list_the_model_as_broken_and_jobs_on_them_are_refused(bagnet_folder, tmp_path):
+    from convlens.app import create_app
+    from convlens.config import Config
+
+    app = create_app(Config(models_dirs=[bagnet_folder], data_dir=tmp_path, ensure_default_model=False))
+    client = app.test_client()
+    listing = {entry["id"]: entry for entry in client.get("/api/models").get_json()}
+    for name, (_, words) in BAD_CARDS.items():
+        assert words in listing[f"{name}.pt"]["error"], listing[f"{name}.pt"]
+    assert "error" not in listing["bagnet17.onnx"] and "error" not in listing["missing_layer.pt"]
+    refusals = {
+        "patch_zero.pt": "bagnet.patch must be a whole number",
+        "missing_layer.pt": "bagnet.layer 'nowhere' is no layer",
+        "huge_patch.pt": "bagnet.patch 225 exceeds its 224x224 input",
+    }
+    for model, words in refusals.items():
+        answer = client.post("/api/jobs", json={"method": "bagnet", "model": model, "image": "chelsea"})
+        assert answer.status_code == 400 and answer.get_json()["field"] == "model"
+        assert words in answer.get_json()["error"]

@@ -14,6 +14,13 @@ rather than on a padded feature map; each patch is cut from the picture at the m
 the paper's), and q equal to the input makes one patch, the whole picture: then the bag is the model.
 The heatmap at a pixel is the mean logit of the chosen class over the patches covering it.
 
+A BagNet file (one whose card declares ``bagnet``: ``{"patch": q, "stride": s, "layer": name}``, as
+:mod:`convlens_plugins.training.bagnet_net` writes) is the paper's net: its layer ``name`` is the NxKxH'xW'
+logit map, position (i, j) the logits of the q x q patch at (i s, j s) alone. Then the map is read off one
+forward pass of the file, q and the stride are the card's (the form's ``patch`` and ``stride`` are not used,
+and a log line says so when they differ), and no patch is cut or resized; the views and the result are the
+same, the map streamed once, whole.
+
 ``bagnet_correlation`` is the paper's Fig. 2 C: the bag's (space-averaged) logits against the full model's over
 a few sample photos, with their Pearson correlation.
 """
@@ -24,10 +31,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from convlens.colormaps import overlay
 from convlens.errors import BadInput
-from convlens.events import PANEL_SEPARATOR, Event, Frame, Metrics, Points, Predictions, Progress, Result
+from convlens.events import PANEL_SEPARATOR, Event, Frame, Log, Metrics, Points, Predictions, Progress, Result
 from convlens.images import resize, skimage_samples, to_float
 from convlens.methods import Method, RunContext
 from convlens.params import ClassIndex, Float, Int
@@ -59,6 +67,35 @@ def patch_starts(size: tuple[int, int], patch: int, stride: int) -> np.ndarray:
     ys = np.arange(0, size[0] - patch + 1, stride)
     xs = np.arange(0, size[1] - patch + 1, stride)
     return np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(-1, 2)
+
+
+def declared_bagnet(model: Model) -> dict[str, Any] | None:
+    """The card's ``bagnet`` declaration (``patch``, ``stride``, ``layer``), ``None`` for any other model."""
+    return model.card.extra.get("bagnet")
+
+
+def check_bagnet_file(model: Model) -> None:
+    """``BadInput`` naming ``model`` when the card's BagNet patch does not fit the input or its layer is
+    missing."""
+    declared = declared_bagnet(model)
+    height, width = model.input_size
+    if declared["patch"] > min(height, width):
+        raise BadInput(
+            "model",
+            f"{model.id}: the card's bagnet.patch {declared['patch']} exceeds its {height}x{width} input",
+        )
+    if declared["layer"] not in model.layer_names():
+        raise BadInput(
+            "model", f"{model.id}: the card's bagnet.layer {declared['layer']!r} is no layer of it"
+        )
+
+
+def check_bag(params: dict[str, Any], model: Model) -> None:
+    """``bagnet``'s check: the card's for a BagNet file (its own q is used), else :func:`check_patch`."""
+    if declared_bagnet(model) is not None:
+        check_bagnet_file(model)
+    else:
+        check_patch(params, model)
 
 
 def check_patch(params: dict[str, Any], model: Model) -> None:
@@ -93,6 +130,25 @@ def bag_logits(
             logits = np.empty((len(starts), computed.shape[1]), np.float32)
         logits[first : first + len(chunk)] = computed
         yield starts, logits[: first + len(chunk)]
+
+
+def map_logits(
+    model: Model, images: torch.Tensor, layer: str, stride: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One forward pass of a BagNet file on 1x3xHxW ``images``: the patches' starts (map position times
+    ``stride``), their logits (NxK, rows first) read off the logit map ``layer``, and the file's own logits."""
+    with torch.inference_mode():
+        forward = model.forward(images, [layer])
+    grid = forward.activations[layer][0].float().cpu().numpy()
+    classes = len(model.labels)
+    if grid.ndim != 3 or grid.shape[0] != classes:
+        raise BadInput(
+            "model",
+            f"{model.id}: layer {layer!r} is {list(grid.shape)}, not a logit map of {classes} classes",
+        )
+    ys, xs = np.arange(grid.shape[1]) * stride, np.arange(grid.shape[2]) * stride
+    starts = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(-1, 2)
+    return starts, grid.reshape(classes, -1).T.copy(), forward.logits[0].float().cpu().numpy()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -170,18 +226,29 @@ def pearson(first: np.ndarray, second: np.ndarray) -> float:
 
 def run_bagnet(ctx: RunContext) -> Iterator[Event]:
     params = ctx.params
-    patch, stride = params["patch"], params["stride"]
-    check_patch(params, ctx.model)
-    image = np.ascontiguousarray(ctx.model_input()[0].numpy().transpose(1, 2, 0))
+    check_bag(params, ctx.model)
+    declared = declared_bagnet(ctx.model)
+    images = ctx.model_input()
+    image = np.ascontiguousarray(images[0].numpy().transpose(1, 2, 0))
     picture = np.rint(image * 255.0).astype(np.uint8)
     size = picture.shape[:2]
-    model_logits = ctx.model.logits(image.transpose(2, 0, 1)[None])[0]
+    if declared is not None:
+        patch, stride = declared["patch"], declared["stride"]
+        for name in ("patch", "stride"):
+            if params[name] != declared[name]:
+                yield Log(
+                    f"{name} {params[name]} not used: {ctx.model.id}'s card fixes it at {declared[name]}"
+                )
+        starts, logits, model_logits = map_logits(ctx.model, images, declared["layer"], stride)
+        passes: Iterator[tuple[np.ndarray, np.ndarray]] = iter([(starts, logits)])
+    else:
+        patch, stride = params["patch"], params["stride"]
+        starts, logits = patch_starts(size, patch, stride), np.empty((0, 0), np.float32)
+        model_logits = ctx.model.logits(image.transpose(2, 0, 1)[None])[0]
+        passes = bag_logits(ctx.model, picture, patch, stride, params["batch_size"])
     model_top = top_classes(ctx.model, model_logits)
-    starts, logits = patch_starts(size, patch, stride), np.empty((0, 0), np.float32)
     total = len(starts)
-    for step, (starts, logits) in enumerate(
-        bag_logits(ctx.model, picture, patch, stride, params["batch_size"])
-    ):
+    for step, (starts, logits) in enumerate(passes):
         mean = logits.mean(axis=0)
         chosen = params["class"] if params["class"] is not None else int(mean.argmax())
         values = class_map(size, starts[: len(logits)], logits[:, chosen], patch)
@@ -216,6 +283,7 @@ def run_bagnet(ctx: RunContext) -> Iterator[Event]:
         data={
             "patch": patch,
             "stride": stride,
+            "one_pass": declared is not None,
             "patches": total,
             "grid": [len(ys), len(xs)],
             "class": chosen,
@@ -314,10 +382,11 @@ BAGNET = Method(
             "overlay", 0.7, minimum=0.0, maximum=1.0, title="Overlay opacity", help="0 shows only the image."
         ),
     ),
-    check=check_patch,
+    check=check_bag,
     description="Classify every q x q patch of the picture on its own, average the logits over space and "
     "soft-max them: the bag's top-5 beside the full model's, the chosen class's evidence as a heatmap and the "
-    "most evidential patches of each top class.",
+    "most evidential patches of each top class. On a BagNet file (its card declares bagnet) every patch's "
+    "logits come from one forward pass, at the card's q and stride.",
     reference=REFERENCE,
 )
 

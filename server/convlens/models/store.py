@@ -216,7 +216,28 @@ def _card_from(spec: dict[str, Any], card_file: Path, stem: str) -> ModelCard:
     if spec.get("default_layer") is not None:
         card.default_layer = str(spec["default_layer"])
     card.extra = {key: value for key, value in spec.items() if key not in CARD_FIELDS}
+    if "bagnet" in spec:
+        card.extra["bagnet"] = _bagnet(spec["bagnet"], name)
     return card
+
+
+def _bagnet(value: Any, card_name: str) -> dict[str, Any]:
+    """The card's ``bagnet`` object: ``patch`` and ``stride`` in pixels, ``layer`` the logit map's name."""
+    if not isinstance(value, dict):
+        raise BadInput("model", f"card {card_name}: bagnet must be an object, not {value!r}")
+    for key in ("patch", "stride"):
+        number = value.get(key)
+        if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+            raise BadInput(
+                "model",
+                f"card {card_name}: bagnet.{key} must be a whole number of pixels >= 1, not {number!r}",
+            )
+    if not isinstance(value.get("layer"), str) or not value["layer"]:
+        raise BadInput(
+            "model",
+            f"card {card_name}: bagnet.layer must name the layer of logit maps, not {value.get('layer')!r}",
+        )
+    return {"patch": value["patch"], "stride": value["stride"], "layer": value["layer"]}
 
 
 def _pair(value: Any, card_name: str) -> tuple[int, int]:
