@@ -17,7 +17,7 @@ from convlens.testing import of_type
 from convlens.trained import write_trained
 from convlens_plugins.training.digits import load_digits_split
 
-QUICK = {"layers": 2, "hidden_units": 32, "epochs": 2}
+QUICK = {"layers": "2", "hidden_units": 32, "epochs": 2}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def trained_digits(tiny_model, sample_image):
     result = of_type(run_method("digits", tiny_model, sample_image, seed=3, **QUICK), Result)[-1]
     _, _, test_x, _, _ = load_digits_split(3)
     pictures = np.repeat(test_x.reshape(-1, 1, 8, 8), 3, axis=1)
-    return result.models["digits"], pictures
+    return result.models["two_layer"], pictures
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_a_job_over_the_api_saves_its_net_and_other_methods_run_on_it(client, ap
     job = run_job(client, "digits", params=QUICK, seed=1)
     assert job["state"] == "done", job.get("error")
     ids = job["result"]["models"]
-    assert ids == [f"{job['id']}-digits.onnx", f"{job['id']}-digits.pt"]
+    assert ids == [f"{job['id']}-two_layer.onnx", f"{job['id']}-two_layer.pt"]
     for model_id in ids:
         assert (app_config.trained_dir / model_id).is_file()
     listed = {model["id"]: model for model in client.get("/api/models").get_json()}
@@ -90,18 +90,18 @@ def test_a_cli_run_saves_the_net_into_convlens_data_and_a_later_run_uses_it(
     params = [f"--param={name}={value}" for name, value in QUICK.items()]
     assert main(["run", "digits", *options, *params, "--out", str(tmp_path / "lesson")]) == 0
     result = json.loads((tmp_path / "lesson" / "result.json").read_text())
-    assert result["models"] == ["lesson-digits.onnx", "lesson-digits.pt"]
+    assert result["models"] == ["lesson-two_layer.onnx", "lesson-two_layer.pt"]
     trained = sorted(path.name for path in (tmp_path / "data" / "trained").iterdir())
-    assert trained == ["lesson-digits.json", "lesson-digits.onnx", "lesson-digits.pt"]
-    later = ["run", "predict", "--model", "lesson-digits.pt", *options, "--out", str(tmp_path / "p")]
+    assert trained == ["lesson-two_layer.json", "lesson-two_layer.onnx", "lesson-two_layer.pt"]
+    later = ["run", "predict", "--model", "lesson-two_layer.pt", *options, "--out", str(tmp_path / "p")]
     assert main(later) == 0
     predicted = json.loads((tmp_path / "p" / "result.json").read_text())
-    assert predicted["model"]["id"] == "lesson-digits.pt"
+    assert predicted["model"]["id"] == "lesson-two_layer.pt"
     assert predicted["predictions"][0]["label"] in [str(digit) for digit in range(10)]
 
 
 def test_a_training_job_stopped_midway_keeps_no_model(client, app_config):
-    job_id = start_job(client, "digits", params={"epochs": 500, "hidden_units": 32})
+    job_id = start_job(client, "digits", params={"epochs": 500, "hidden_units": 32, "layers": "2"})
     job = client.application.extensions["convlens"].jobs.get(job_id)
     deadline = time.monotonic() + 120  # only guards against a hang
     while not job.metrics_history and time.monotonic() < deadline:
@@ -119,9 +119,9 @@ def test_deleting_a_run_deletes_the_networks_it_trained(client, app_config):
     job = run_job(client, "digits", params=QUICK, seed=2)
     assert job["state"] == "done", job.get("error")
     assert sorted(path.name for path in app_config.trained_dir.glob(f"{job['id']}-*")) == [
-        f"{job['id']}-digits.json",
-        f"{job['id']}-digits.onnx",
-        f"{job['id']}-digits.pt",
+        f"{job['id']}-two_layer.json",
+        f"{job['id']}-two_layer.onnx",
+        f"{job['id']}-two_layer.pt",
     ]
     assert client.delete(f"/api/jobs/{job['id']}").status_code == 204
     assert not list(app_config.trained_dir.glob(f"{job['id']}-*"))

@@ -19,6 +19,7 @@ from .events import to_uint8
 from .images import resize, to_tensor
 from .openapi import MAX_ID
 from .params import plain_int
+from .pixel_arrays import pixels_from_json
 from .upload_owners import upload_name
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,23 @@ def model_predict(model_id: str):
     pixels = svc.images.get(image_id)
     k = _int_arg("k", 5, 1, len(model.labels))
     return jsonify(model.predict(to_tensor(pixels, model.input_size), k=k))
+
+
+@blueprint.post("/models/<path:model_id>/predict")
+def model_predict_pixels(model_id: str):
+    """Top-``k`` classes (default 5) of a picture sent as numbers: ``{"pixels": H×W or H×W×3 in [0, 1], "k"}``,
+    exactly the model's input size (a digit drawn for a net a job trained)."""
+    model = services().models.get(model_id)
+    body = _json_object()
+    k = body.get("k", 5)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(model.labels):
+        small = isinstance(k, (str, float)) or (isinstance(k, int) and abs(k) < 10**9)
+        shown = repr(k)[:40] if small else type(k).__name__  # not str() of a 5,000-digit integer
+        raise BadInput("k", f"expected an integer from 1 to {len(model.labels)}, got {shown}")
+    if "pixels" not in body:
+        raise BadInput("pixels", "give the picture as pixels: an H×W array of numbers in [0, 1]")
+    image = pixels_from_json(body["pixels"], "pixels", model.input_size)
+    return jsonify(model.predict(to_tensor(image), k=k))
 
 
 @blueprint.get("/colormaps/<name>")

@@ -2,9 +2,9 @@
 
 A :class:`Dataset` lists its items in a stable order, loads one as HxWx3 uint8 and has a fingerprint that changes
 when its content may have. :class:`FolderDataset` is a folder of images at any depth, labelled by its first-level
-folders as torchvision's ``ImageFolder`` does; plugins register others (``register_datasets``). The
-:class:`DatasetLibrary` is what the server and the CLI offer: the registered ones, the folders found in the data-set
-folders, and uploaded zips (:mod:`convlens.dataset_zip`).
+folders as torchvision's ``ImageFolder`` does; :class:`IdxDataset` a folder of MNIST's four IDX files; plugins
+register others (``register_datasets``). The :class:`DatasetLibrary` is what the server and the CLI offer: the
+registered ones, the folders found in the data-set folders, and uploaded zips (:mod:`convlens.dataset_zip`).
 """
 
 from __future__ import annotations
@@ -178,8 +178,107 @@ class FolderDataset(Dataset):
         return read_image_file(path, field="dataset")
 
 
+IDX_PARTS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "t10k": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+"""MNIST's four files by split (images, labels), each also taken gzipped (``.gz``)."""
+
+
+def idx_files(folder: Path) -> dict[str, tuple[Path, Path]] | None:
+    """The IDX files of each split when ``folder`` holds all four (plain or ``.gz``), else ``None``."""
+    found = {}
+    for split, names in IDX_PARTS.items():
+        paths = []
+        for name in names:
+            present = [folder / f for f in (name, f"{name}.gz") if (folder / f).is_file()]
+            if not present:
+                return None
+            paths.append(present[0])
+        found[split] = (paths[0], paths[1])
+    return found
+
+
+class IdxDataset(Dataset):
+    """MNIST-style data from IDX files (:mod:`convlens.idx`): the ``train`` split's items, then ``t10k``'s, keyed
+    ``train/00000``, ``t10k/00000``, ... and labelled by their label byte; each item a grey picture (ink bright, as
+    MNIST has it). The files are read when first asked; a file that is not IDX, or images and labels that do
+    not match, is ``BadInput`` naming ``dataset``."""
+
+    def __init__(self, path: Path, id: str | None = None, source: str = "folder") -> None:
+        self.path = Path(path)
+        self.id = id or self.path.name
+        self.title = self.id
+        self.source = source
+        self._lock = threading.Lock()
+        self._scanned: tuple[str, dict[str, tuple[np.ndarray, np.ndarray]], list[DatasetItem]] | None = None
+
+    def _paths(self) -> dict[str, tuple[Path, Path]]:
+        files = idx_files(self.path)
+        if files is None:
+            raise NotFound("dataset", f"data set {self.id!r}: its IDX files in {self.path} are gone")
+        return files
+
+    def fingerprint(self) -> str:
+        files = idx_files(self.path)
+        if files is None:  # no longer IDX-shaped: a digest no reading had, so the library looks at it afresh
+            return "gone"
+        digest = hashlib.sha256()
+        for images, labels in files.values():
+            for path in (images, labels):
+                try:
+                    info = path.stat()
+                except OSError:  # removed since it was found
+                    return "gone"
+                digest.update(f"{path.name}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+    def splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each split's images (N×H×W uint8) and labels (N uint8), by ``train`` and ``t10k``."""
+        return self._scan()[1]
+
+    def _scan(self) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]], list[DatasetItem]]:
+        from .idx import read_idx
+
+        with self._lock:
+            if self._scanned is None:
+                fingerprint = self.fingerprint()
+                splits, items = {}, []
+                for split, (image_path, label_path) in self._paths().items():
+                    images = read_idx(image_path, "dataset", 3)
+                    labels = read_idx(label_path, "dataset", 1)
+                    if len(images) != len(labels):
+                        raise BadInput(
+                            "dataset",
+                            f"data set {self.id!r}: {image_path.name} holds {len(images)} images but "
+                            f"{label_path.name} {len(labels)} labels",
+                        )
+                    if splits and images.shape[1:] != next(iter(splits.values()))[0].shape[1:]:
+                        raise BadInput("dataset", f"data set {self.id!r}: the splits' images differ in size")
+                    splits[split] = (images, labels)
+                    items += [DatasetItem(f"{split}/{i:05d}", str(label)) for i, label in enumerate(labels)]
+                self._scanned = (fingerprint, splits, items)
+            return self._scanned
+
+    def items(self) -> list[DatasetItem]:
+        return self._scan()[2]
+
+    def load(self, index: int) -> np.ndarray:
+        self._check_index(index)
+        split, number = self.items()[index].key.split("/")
+        grey = self.splits()[split][0][int(number)]
+        return np.repeat(grey[..., None], 3, axis=2)
+
+
 RECHECK_S = 1.0
 """How long the library trusts a folder's listing before looking at its files again."""
+
+
+def open_folder(path: Path, dataset_id: str, source: str) -> FolderDataset | IdxDataset:
+    """The folder as an :class:`IdxDataset` when it holds MNIST's four IDX files, else a :class:`FolderDataset`."""
+    if idx_files(path) is not None:
+        return IdxDataset(path, id=dataset_id, source=source)
+    return FolderDataset(path, id=dataset_id, source=source)
 
 
 class DatasetLibrary:
@@ -198,7 +297,7 @@ class DatasetLibrary:
         self.dirs = [Path(d) for d in dirs]
         self.uploads_dir = uploads_dir
         self.zip_limits = zip_limits or ZipLimits()
-        self._folders: dict[Path, tuple[FolderDataset, float]] = {}
+        self._folders: dict[Path, tuple[FolderDataset | IdxDataset, float]] = {}
         self._lock = threading.Lock()
 
     def _folder_paths(self) -> dict[str, tuple[Path, str]]:
@@ -238,7 +337,7 @@ class DatasetLibrary:
                     or dataset._scanned is None
                     or dataset._scanned[0] != dataset.fingerprint()
                 ):
-                    dataset = FolderDataset(path, id=dataset_id, source=source)
+                    dataset = open_folder(path, dataset_id, source)
                 self._folders[path] = (dataset, time.monotonic())
         return dataset
 
@@ -262,10 +361,12 @@ class DatasetLibrary:
         if self.uploads_dir is None:
             raise BadInput("file", "this server keeps no uploads", status=403)
         folder = unpack_zip(data, self.uploads_dir, Path(filename or "dataset").stem, self.zip_limits)
-        dataset = FolderDataset(folder, source="upload")
+        dataset = open_folder(folder, folder.name, "upload")
         try:
             dataset.items()
         except BadInput as error:
             shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(dataset, IdxDataset):
+                raise BadInput("file", f"the zip's IDX files cannot be read: {error.reason}") from None
             raise BadInput("file", f"the zip holds no images PIL can read ({error.reason})") from None
         return self.get(folder.name)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import atlas, colormaps
 from .jobs import STATES
 from .params import MAX_MODEL_ID
+from .pixel_arrays import MAX_SIDE as MAX_PIXEL_SIDE
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -122,8 +123,9 @@ class Operation:
     query: tuple[Query, ...] = ()
     answer: tuple[int, str, dict[str, Any]] = (200, "application/json", ANY_JSON)
     """``(status, media type, schema)``; a media type ``""`` for an answer without a body."""
-    body: str | None = None
-    """``"job"``: the job request; ``"file"``: a multipart upload in a field named ``file``."""
+    body: str | dict[str, Any] | None = None
+    """``"job"``: the job request; ``"file"``: a multipart upload in a field named ``file``; a schema: a JSON
+    body of that schema."""
     path: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Path arguments whose schema is narrower than an id (an index, an action)."""
 
@@ -138,6 +140,26 @@ ATLAS_QUERY = (
     Query("offset", "integer", 0),
     Query("limit", "integer", 1, atlas.MAX_ITEMS),
 )
+PIXEL = {"type": "number", "minimum": 0, "maximum": 1}
+PIXELS_BODY = {
+    "type": "object",
+    "properties": {
+        "pixels": {
+            "description": "H×W grey (or H×W×3 RGB) values in [0, 1], ink bright, the model's input size",
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_PIXEL_SIDE,
+            "items": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_PIXEL_SIDE,
+                "items": {"anyOf": [PIXEL, {"type": "array", "items": PIXEL, "minItems": 3, "maxItems": 3}]},
+            },
+        },
+        "k": {"type": "integer", "minimum": 1, "default": 5},
+    },
+    "required": ["pixels"],
+}
 OPERATIONS: dict[str, Operation] = {
     "api.openapi_document": Operation(answer=(200, "application/json", OBJECT)),
     "api.list_models": Operation(answer=(200, "application/json", _list(MODEL))),
@@ -147,6 +169,7 @@ OPERATIONS: dict[str, Operation] = {
         query=(Query("image", required=True), Query("k", "integer", 1)),
         answer=(200, "application/json", _list(OBJECT)),
     ),
+    "api.model_predict_pixels": Operation(body=PIXELS_BODY, answer=(200, "application/json", _list(OBJECT))),
     "api.colormap_table": Operation(
         answer=(200, "application/json", OBJECT),
         path={"name": {"type": "string", "maxLength": MAX_ID, "examples": list(colormaps.NAMES)}},
@@ -269,6 +292,11 @@ def _operation(endpoint: str, view, names: list[str], declared: Operation) -> di
         operation["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}},
+        }
+    elif isinstance(declared.body, dict):
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": declared.body}},
         }
     elif declared.body == "file":
         file_part = {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
