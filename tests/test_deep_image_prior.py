@@ -3,6 +3,8 @@ paper's Figure 2 ordering holds on the streamed learning curves."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio
@@ -13,8 +15,8 @@ from convlens.testing import metric, of_type, run_method
 
 
 def result_of(events) -> Result:
-    (result,) = of_type(events, Result)
-    return result
+    """The final result: each shown step yields the result so far, the last one is the run's."""
+    return of_type(events, Result)[-1]
 
 
 def test_the_best_restoration_beats_the_noisy_picture_by_3_db_within_the_default_budget(
@@ -29,7 +31,21 @@ def test_the_best_restoration_beats_the_noisy_picture_by_3_db_within_the_default
     assert best_psnr >= noisy_psnr + 3.0
     # The streamed PSNR is the same measure: its running best is the kept image's.
     assert metric(events, "best psnr")[-1] == pytest.approx(best_psnr, abs=1e-3)
-    assert of_type(events, Frame)[-1].label == "corrupted | restoration | clean"
+    assert of_type(events, Frame)[-1].label == "corrupted | restoration | best | clean"
+    # The level to beat is streamed with the numbers, a chart's reference line.
+    reference = metric(events, "corrupted psnr")
+    assert len(set(reference)) == 1 and reference[0] == pytest.approx(noisy_psnr, abs=1e-3)
+
+
+def test_the_peak_is_streamed_at_its_own_step_between_shown_steps(tiny_model, sample_image):
+    events = run_method("deep_image_prior", tiny_model, sample_image, size=64, steps=120, every=25, seed=3)
+    data = result_of(events).data
+    assert data["best_step"] % 25 != 0  # the peak fell between two shown steps
+    shown = [(m.values["psnr"], m.step) for m in of_type(events, Metrics) if "psnr" in m.values]
+    assert max(shown) == (pytest.approx(data["psnr_best"], abs=1e-6), data["best_step"])
+    # The best panel of each frame is the best picture so far: the last frame's is the result's.
+    best_panel = of_type(events, Frame)[-1].image[..., 2 * 64 : 3 * 64]
+    assert np.allclose(best_panel[0].permute(1, 2, 0).numpy(), result_of(events).arrays["best"], atol=1e-6)
 
 
 def test_stop_at_best_stops_after_patience_steps_and_keeps_the_best_and_the_last(tiny_model, sample_image):
@@ -116,6 +132,39 @@ def test_a_job_through_the_api_ends_with_the_best_and_last_pictures(client):
     job = client.get(f"/api/jobs/{job_id}").get_json()
     assert job["state"] == "done", job
     assert {"best", "last", "clean", "corrupted"} <= set(job["result"]["images"])
+
+
+def test_a_job_stopped_midway_keeps_the_best_picture_and_its_step(client):
+    body = {"method": "deep_image_prior", "model": MODEL, "image": "chelsea"}
+    answer = client.post(
+        "/api/jobs", json={**body, "params": {"size": 64, "steps": 5000, "every": 5}, "seed": 0}
+    )
+    assert answer.status_code == 202, answer.get_json()
+    job_id = answer.get_json()["id"]
+    job = client.application.extensions["convlens"].jobs.get(job_id)
+    while (job.progress or {}).get("step", 0) < 20 and not job.ended.is_set():
+        job.ended.wait(0.05)
+    assert client.post(f"/api/jobs/{job_id}/stop").status_code == 200
+    assert job.ended.wait(120)
+    detail = client.get(f"/api/jobs/{job_id}").get_json()
+    assert detail["state"] == "done", detail  # ended by the stop, with the result as of the last shown step
+    data = detail["result"]["data"]
+    assert 20 <= data["steps"] < 5000 and data["stopped_early"]
+    assert 1 <= data["best_step"] <= data["steps"]
+
+    def array(name):
+        response = client.get(f"/api/jobs/{job_id}/arrays/{name}.npy")
+        assert response.status_code == 200, name
+        return np.load(io.BytesIO(response.data))
+
+    clean = array("clean")
+    assert peak_signal_noise_ratio(clean, array("best"), data_range=1.0) == pytest.approx(
+        data["psnr_best"], abs=1e-3
+    )
+    assert data["psnr_best"] >= peak_signal_noise_ratio(clean, array("last"), data_range=1.0) - 1e-3
+    history = [point for point in job.metrics_history if "psnr" in point["values"]]
+    peak = max(history, key=lambda point: point["values"]["psnr"])
+    assert (peak["step"], peak["values"]["psnr"]) == (data["best_step"], pytest.approx(data["psnr_best"]))
 
 
 def test_natural_pictures_are_fitted_faster_than_noise_figure_2(tiny_model, sample_image):

@@ -4,7 +4,9 @@ Ulyanov, Vedaldi & Lempitsky, "Deep Image Prior", CVPR 2018 (arXiv:1711.10925). 
 connections (the paper's "skip" net, section 3 and its supplement) maps a fixed random code ``z`` to a picture
 and is fitted, by Adam, to the corrupted picture alone (the loss masked to the known pixels for inpainting).
 The net reproduces the picture's structure long before its noise, so the restoration's PSNR against the clean
-picture peaks, then falls as it fits the noise: the point of the paper, streamed here step by step.
+picture peaks, then falls as it fits the noise: the point of the paper, streamed here step by step: each
+shown step's loss, PSNR, the corrupted picture's PSNR (the level to beat), a frame (corrupted, restoration,
+best so far, clean) and the result so far, so a job stopped at any time keeps its best picture and step.
 ``deep_image_prior_curves`` is its Figure 2: the same net fitted to a natural picture, that picture plus noise,
 its pixels scrambled and white noise; the natural picture's loss falls fastest.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -48,6 +51,7 @@ CODE_JITTER = 1.0 / 30.0
 """Standard deviation of the Gaussian added to ``z`` at each step (the paper's ``reg_noise_std`` for denoising)."""
 TEXT = "Deep Image Prior"
 MAX_TEXT = 200
+FRAME_LABEL = "corrupted | restoration | best | clean"
 
 
 class SkipNet(nn.Module):
@@ -188,6 +192,50 @@ def corrupt(
     return clean * mask, mask
 
 
+class Best(NamedTuple):
+    """The restoration nearest the clean picture so far: its PSNR, step, picture and loss."""
+
+    psnr: float
+    step: int
+    image: torch.Tensor
+    loss: float
+
+
+def restoration_result(
+    params: dict,
+    clean: torch.Tensor,
+    corrupted: torch.Tensor,
+    mask: torch.Tensor | None,
+    best: Best,
+    last: torch.Tensor,
+    step: int,
+) -> Result:
+    """The run's result as of ``step``: the four pictures, the mask, and the PSNRs of the corrupted picture,
+    the best restoration (and its step) and the last."""
+    pictures = {
+        "corrupted": to_image(corrupted),
+        "best": to_image(best.image),
+        "last": to_image(last),
+        "clean": to_image(clean),
+    }
+    return Result(
+        images=pictures,
+        arrays={
+            **pictures,
+            "mask": (mask[0, 0] if mask is not None else torch.ones(clean.shape[-2:])).numpy(),
+        },
+        data={
+            "corruption": params["corruption"],
+            "psnr_corrupted": psnr(corrupted, clean),
+            "psnr_best": best.psnr,
+            "best_step": best.step,
+            "psnr_last": psnr(last, clean),
+            "steps": step,
+            "stopped_early": step < params["steps"],
+        },
+    )
+
+
 def run_deep_image_prior(ctx: RunContext) -> Iterator[Event]:
     params = ctx.params
     clean = square_picture(ctx.image, params["size"])
@@ -196,10 +244,10 @@ def run_deep_image_prior(ctx: RunContext) -> Iterator[Event]:
     net = seeded_net(ctx.generator)
     optimiser = torch.optim.Adam(net.parameters(), lr=params["lr"])
     steps, every, patience = params["steps"], params["every"], params["patience"]
-    corrupted_psnr = psnr(corrupted, clean)
-    best = (-math.inf, 0, clean)
-    last = clean
-    step = 0
+    # The level a restoration must beat, sent with every step's numbers: a chart's reference line.
+    reference = {"corrupted psnr": psnr(corrupted, clean)}
+    best = Best(-math.inf, 0, clean, math.nan)
+    shown = 0
     for step in range(1, steps + 1):
         last, loss = fit_step(net, optimiser, code, corrupted, mask, ctx.generator)
         if not math.isfinite(float(loss)):
@@ -207,42 +255,22 @@ def run_deep_image_prior(ctx: RunContext) -> Iterator[Event]:
                 "params.lr", f"the fit diverged at step {step} (loss {float(loss)}); try a smaller lr"
             )
         quality = psnr(last, clean)
-        if quality > best[0]:
-            best = (quality, step, last)
-        stopping = params["stop_at_best"] and step - best[1] >= patience
+        if quality > best.psnr:
+            best = Best(quality, step, last, float(loss))
+        stopping = params["stop_at_best"] and step - best.step >= patience
         if step % every == 0 or step == steps or stopping:
-            yield Frame(
-                torch.cat([corrupted, last, clean], dim=3), step=step, label="corrupted | restoration | clean"
-            )
-            yield Metrics({"loss": float(loss), "psnr": quality, "best psnr": best[0]}, step=step)
+            if shown < best.step < step:  # the peak fell between two shown steps: its point is shown too
+                peak = {"loss": best.loss, "psnr": best.psnr, "best psnr": best.psnr}
+                yield Metrics({**peak, **reference}, step=best.step)
+            yield Frame(torch.cat([corrupted, last, best.image, clean], dim=3), step=step, label=FRAME_LABEL)
+            numbers = {"loss": float(loss), "psnr": quality, "best psnr": best.psnr}
+            yield Metrics({**numbers, **reference}, step=step)
             yield Progress(step, steps)
+            # Each shown step's result replaces the one before: a job stopped now keeps this one, best included.
+            yield restoration_result(params, clean, corrupted, mask, best, last, step)
+            shown = step
         if stopping:
             break
-    best_psnr, best_step, best_image = best
-    yield Result(
-        images={
-            "corrupted": to_image(corrupted),
-            "best": to_image(best_image),
-            "last": to_image(last),
-            "clean": to_image(clean),
-        },
-        arrays={
-            "clean": to_image(clean),
-            "corrupted": to_image(corrupted),
-            "best": to_image(best_image),
-            "last": to_image(last),
-            "mask": (mask[0, 0] if mask is not None else torch.ones(clean.shape[-2:])).numpy(),
-        },
-        data={
-            "corruption": params["corruption"],
-            "psnr_corrupted": corrupted_psnr,
-            "psnr_best": best_psnr,
-            "best_step": best_step,
-            "psnr_last": psnr(last, clean),
-            "steps": step,
-            "stopped_early": step < steps,
-        },
-    )
 
 
 def check_deep_image_prior(params: dict, model: object) -> None:

@@ -108,6 +108,9 @@ class Predictions:
 class Result:
     """The method's final output: named images, raw arrays (saved as ``.npy``) and JSON-serialisable data.
 
+    A method may yield one before its end too, as a checkpoint: the last one yielded is the run's result, so a job
+    stopped after one ends ``done`` with it (Deep Image Prior's best picture so far), not ``stopped`` with none.
+
     ``models``: networks the method trained, by name, saved with the result as model files every method can run
     on (:mod:`convlens.trained`); ``result.json``'s ``models`` lists their ids.
     """
