@@ -20,7 +20,10 @@ import { ATTACK_METHOD, AttackSummary, SCALE_SUFFIX } from "./adversarial-view";
 import { APPROXIMATION_METHOD, ApproximationView } from "./approximation-view";
 import { AttributionOverlay, isAttributionResult } from "./attribution-view";
 import type { ConvlensCodeMap } from "./code-map";
+import { CONTEXT_METHOD, ContextView, isContextResult } from "./context-view";
 import { formatNumber, h, replaceChildren, sheet } from "./dom";
+import { DIGITS_METHOD, DigitsView } from "./digits-view";
+import { type DipView, dipView } from "./dip-view";
 import { type FrameEvent, FramePainter } from "./frame-painter";
 import { GOLDFISH_METHOD, GoldfishView, isGoldfishResult } from "./goldfish-view";
 import { type Control, idlePanel, JobPanel } from "./job-panel";
@@ -115,6 +118,8 @@ export class ConvlensJobView extends HTMLElement {
   private codeMap: ConvlensCodeMap | null = null;
   private attack: AttackSummary | null = null;
   private approximation: ApproximationView | null = null;
+  private digits: DigitsView | null = null;
+  private dip: DipView | null = null;
   /** A finished job's own view (the linear demo, the goldfish templates) was made. */
   private finishedView = false;
 
@@ -163,6 +168,8 @@ export class ConvlensJobView extends HTMLElement {
     this.codeMap = null;
     this.attack = null;
     this.approximation = null;
+    this.digits = null;
+    this.dip = null;
     this.finishedView = false;
     if (!this.jobId) {
       replaceChildren(this.root, idlePanel());
@@ -198,6 +205,8 @@ export class ConvlensJobView extends HTMLElement {
     this.chart?.dispose();
     this.chart = null;
     this.approximation?.dispose();
+    this.digits?.dispose();
+    this.dip?.dispose();
     this.panel = null;
   }
 
@@ -255,11 +264,15 @@ export class ConvlensJobView extends HTMLElement {
       if (!mine(payload)) return;
       const points = payload.points ?? [payload];
       for (const point of points) this.chart?.add({ step: point.step, values: point.values ?? {} });
+      this.digits?.add(points);
+      this.dip?.add(points);
       this.newestMetrics(panel, points.at(-1)?.values ?? {});
     });
     socket.on("metrics_history", (payload: { job: string; history: MetricsPoint[] }) => {
       if (!mine(payload)) return;
       this.chart?.setHistory(payload.history ?? []);
+      this.digits?.setHistory(payload.history ?? []);
+      this.dip?.setHistory(payload.history ?? []);
       this.newestMetrics(panel, payload.history?.at(-1)?.values ?? {});
     });
     // The top classes of each panel of the frames (the newest; the server paces them like frames).
@@ -368,6 +381,14 @@ export class ConvlensJobView extends HTMLElement {
       panel.showMethodView("Universal approximation", this.approximation.element);
       panel.hideFrames(); // its curves are charts, not frames
     }
+    if (job.method === DIGITS_METHOD && !this.digits) {
+      this.digits = new DigitsView(new ApiClient(this.server), job);
+      panel.showMethodView("Digits, trained live", this.digits.element);
+    }
+    if (!this.dip) {
+      this.dip = dipView(new ApiClient(this.server), job);
+      if (this.dip) panel.showMethodView(this.dip.title, this.dip.element);
+    }
     if (job.method === ATTACK_METHOD && !this.attack) {
       this.attack = new AttackSummary();
       panel.showMethodView("Attack", this.attack.element);
@@ -381,6 +402,7 @@ export class ConvlensJobView extends HTMLElement {
    * goldfish templates. */
   private showFinishedView(panel: JobPanel, result: JobResult | null): void {
     this.attack?.result(result);
+    this.digits?.finished(result);
     if (this.finishedView || !result) return;
     if (result.method === LINEAR_METHOD && isLinearResult(result)) {
       this.finishedView = true;
@@ -393,6 +415,9 @@ export class ConvlensJobView extends HTMLElement {
       const view = new GoldfishView(new ApiClient(this.server), result);
       panel.showMethodView("Weight templates", view.element);
       void view.load();
+    } else if (result.method === CONTEXT_METHOD && isContextResult(result)) {
+      this.finishedView = true;
+      panel.showMethodView("The subject on other backgrounds", new ContextView(result).element);
     }
   }
 
@@ -400,6 +425,7 @@ export class ConvlensJobView extends HTMLElement {
     if (this.job) this.job = { ...this.job, state, result: result ?? this.job.result, error };
     panel.setState(state, describe(error));
     panel.ended(state, result);
+    this.dip?.ended(state, result);
     if (state === "done" && result && this.codeMap && !this.codeMap.dataset.final) {
       this.codeMap.dataset.final = "loading";
       void this.loadCodeMap(panel, result);
