@@ -14,7 +14,7 @@ export MALLOC_TRIM_THRESHOLD_ := 100000000000
 # ... and one heap for all threads: a job thread's own arena cannot hold a batch's large buffers.
 export MALLOC_ARENA_MAX := 1
 
-.PHONY: install python web models browser run test lint bench clean
+.PHONY: install python web models browser redis run test lint bench clean
 
 install: python web models
 
@@ -44,10 +44,16 @@ browser:
 		SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
+# Debian's redis-server: the Redis job store's tests start one on a free port (tests/redis_fixtures.py).
+redis:
+	@command -v redis-server >/dev/null || test -x /usr/bin/redis-server || { \
+		SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; }
+
 run: install
 	$(BIN)/convlens serve --host 127.0.0.1 --port 5000
 
-test: install browser
+test: install browser redis
 	$(BIN)/python -m pytest
 
 lint: python web

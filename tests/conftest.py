@@ -14,7 +14,7 @@ import pytest
 from convlens import testing
 from local import FORWARD_ONLY, REPO, start_serve
 
-pytest_plugins = ["no_skips_in_ci"]
+pytest_plugins = ["no_skips_in_ci", "redis_fixtures"]
 
 MODELS_DIR = REPO / "models"
 

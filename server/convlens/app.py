@@ -97,7 +97,7 @@ def create_app(config: Config | None = None) -> Flask:
         sink=sockets.RoomEvents(socketio, relay),
         start_task=socketio.start_background_task,
         results_dir=config.results_dir,
-        store=SqliteJobStore(config.jobs_db),
+        store=_job_store(config),
         max_running=config.max_running_jobs,
         max_queued=config.max_queued_jobs,
         max_queued_per_client=config.max_queued_per_client,
@@ -115,6 +115,15 @@ def create_app(config: Config | None = None) -> Flask:
     _serve_web(app, config.web_dist)
     _allow_embedding(app, config)
     return app
+
+
+def _job_store(config: Config):
+    """SQLite in the data folder; Redis, shared with other web processes, when ``CONVLENS_REDIS_URL`` is set."""
+    if not config.redis_url:
+        return SqliteJobStore(config.jobs_db)
+    from .redis_store import shared_store  # redis-py is the cluster extra's: the default install has none
+
+    return shared_store(config.redis_url)
 
 
 def _allow_embedding(app: Flask, config: Config) -> None:

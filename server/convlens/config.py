@@ -113,6 +113,9 @@ class Config:
     data_dir: Path = field(default_factory=_default_data_dir)
     jobs_db_path: Path | None = field(default_factory=lambda: _env_path("CONVLENS_JOBS_DB"))
     """The SQLite file of job records (``CONVLENS_JOBS_DB``); ``None``: ``jobs.sqlite3`` in ``data_dir``."""
+    redis_url: str | None = field(default_factory=lambda: os.environ.get("CONVLENS_REDIS_URL") or None)
+    """``CONVLENS_REDIS_URL`` (``redis://host:port/db``, ``?prefix=name:`` for a key prefix of its own): job records
+    go to that Redis, shared by every web process given it (:mod:`convlens.redis_store`), instead of SQLite."""
     keep_results_days: float = _env_number("CONVLENS_KEEP_RESULTS_DAYS", 0)
     """Runs that ended longer ago than this many days lose their record and results folder (at start-up and
     hourly); 0 keeps every run."""

@@ -404,8 +404,8 @@ class JobManager:
             raise BadInput("seed", f"expected a non-negative integer, got {seed!r}")
         job = Job(secrets.token_hex(6), method.name, model.id, image_id, params, seed, owner=client)
         with self._control:  # a slot given meanwhile on another thread starts the job only once it is stored
+            self.store.add(job)  # first: a store that cannot take it (Redis down) leaves nothing queued
             self.queue.add(job.id, client or LOCAL_CLIENT, lambda: self.start_task(self._run, job))
-            self.store.add(job)
         self.queue.dispatch()
         return job
 

@@ -1,0 +1,336 @@
+"""Job records in Redis: one store that several web processes share (:class:`convlens.jobs.JobStore`).
+
+Keys, all under ``prefix`` (``convlens:`` unless the URL's ``?prefix=`` names another, so two servers can share one
+Redis):
+
+- ``job:<id>``: a hash of the record's JSON (``record``, without history and logs), ``history``, ``logs``,
+  ``owner``, ``created``, ``state`` and, while the job is unfinished, ``instance``: the process that runs it.
+- ``jobs`` and ``owner:<owner>``: sorted sets of every job (of one owner's) by :func:`order_key`, all of score 0
+  so that Redis orders them by their bytes: ``(created, id)``, as SQLite's index does.
+- ``finished``: ids scored by when they ended; ``unfinished``: the set of queued, running and paused ids.
+- ``instance:<name>``: each live process's heartbeat, a key that expires unless refreshed.
+
+A record and its index entries change in one MULTI/EXEC transaction, watched so that a concurrent save of the
+same job cannot leave an index entry behind. A job left unfinished by a process whose heartbeat expired is lost:
+:meth:`RedisJobStore.reap` fails it naming that process, and ``unfinished()`` lists only such jobs, so that a
+starting process's recovery never fails a job another live process is running.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import redis
+from flask import has_request_context
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from .errors import BadInput
+
+log = logging.getLogger(__name__)
+
+UNFINISHED = ("queued", "running", "paused")
+DEFAULT_PREFIX = "convlens:"
+HEARTBEAT_TTL_S = 10.0
+"""Seconds a process's heartbeat lives unless refreshed: how long a dead process's jobs stay ``running``, at most
+(plus one :data:`REAP_EVERY_S`). Long beside a refresh so that a busy process is never taken for a dead one."""
+BEAT_EVERY_S = 2.0
+REAP_EVERY_S = 2.5
+SAVE_PATIENCE_S = 30.0
+"""How long a job's own thread retries saving its record while Redis is unreachable (a restart) before failing;
+a request fails at once with a 503."""
+T = TypeVar("T")
+
+
+class StoreUnavailable(BadInput):
+    """Redis cannot be reached: the request is answered 503 naming the store, and may be tried again."""
+
+    status = 503
+
+
+def order_key(created: float, job_id: str) -> str:
+    """A member whose byte order is ``(created, id)``'s: the float's bits made sortable, in hex, then the id."""
+    (bits,) = struct.unpack(">Q", struct.pack(">d", created))
+    bits = bits ^ 0xFFFFFFFFFFFFFFFF if bits >> 63 else bits | 1 << 63  # negatives reversed, below positives
+    return f"{bits:016x}:{job_id}"
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``redis://host:port/db?prefix=name:`` split into the URL Redis is given and the key prefix."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    prefix = query.pop("prefix", [DEFAULT_PREFIX])[0]
+    rest = "&".join(f"{key}={value}" for key, values in query.items() for value in values)
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+class RedisJobStore:
+    """Job records in Redis at ``url`` (its ``?prefix=`` a key prefix), shared by every process given the same."""
+
+    def __init__(self, url: str, heartbeat_ttl_s: float = HEARTBEAT_TTL_S) -> None:
+        redis_url, self.prefix = parse_url(url)
+        parts = urlsplit(redis_url)
+        self.where = f"{parts.hostname}:{parts.port or 6379}"
+        """Redis' address, for messages (without a password the URL may hold)."""
+        self.heartbeat_ttl_s = heartbeat_ttl_s
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        """This process: the ``instance`` of the unfinished jobs it saves, and the name of its heartbeat."""
+        self.redis = redis.Redis.from_url(
+            redis_url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=10,
+            health_check_interval=5,
+            # A few quick tries hide a dropped connection; a Redis that is down answers a request 503 at once.
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 3),
+        )
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the JobStore --------------------------------------------------------------------------------
+    def save(self, record: dict[str, Any]) -> None:
+        """Insert or replace the record (``Job.record()``), its index entries with it."""
+        self._write(record)
+
+    def _write(self, record: dict[str, Any], expect: tuple[str | None, str] | None = None) -> bool:
+        """Save ``record``; with ``expect`` (instance, state), only if the stored job still has them. Whether saved."""
+        job_id, owner, state = record["id"], record.get("owner"), record["state"]
+        fields = {k: v for k, v in record.items() if k not in ("metrics_history", "logs")}
+        values = {
+            "record": json.dumps(fields),
+            "history": json.dumps(record.get("metrics_history", [])),
+            "logs": json.dumps(record.get("logs", [])),
+            "created": repr(float(record["created"])),
+            "state": state,
+        }
+        key = self._key("job", job_id)
+        member = order_key(record["created"], job_id)
+
+        def write(pipe: redis.client.Pipeline) -> bool:
+            old_owner, old_created, had_owner, instance, old_state = pipe.hmget(
+                key, "owner", "created", "has_owner", "instance", "state"
+            )
+            pipe.multi()
+            if expect is not None and (instance, old_state) != expect:
+                return False
+            if old_created is not None:
+                old_member = order_key(float(old_created), job_id)
+                pipe.zrem(self._key("jobs"), old_member)
+                if had_owner:
+                    pipe.zrem(self._key("owner", old_owner), old_member)
+            pipe.delete(key)
+            pipe.hset(key, mapping=values)
+            pipe.zadd(self._key("jobs"), {member: 0})
+            if owner is not None:
+                pipe.hset(key, mapping={"owner": owner, "has_owner": "1"})
+                pipe.zadd(self._key("owner", owner), {member: 0})
+            if record.get("finished") is not None:
+                pipe.zadd(self._key("finished"), {job_id: float(record["finished"])})
+            else:
+                pipe.zrem(self._key("finished"), job_id)
+            if state in UNFINISHED:
+                # The process that took the job runs it to its end: a pause asked of another keeps it that one's.
+                pipe.hset(key, "instance", instance or self.instance)
+                pipe.sadd(self._key("unfinished"), job_id)
+            else:
+                pipe.srem(self._key("unfinished"), job_id)
+            return True
+
+        return self._call(lambda: self.redis.transaction(write, key, value_from_callable=True), patient=True)
+
+    def load(self, job_id: str) -> dict[str, Any] | None:
+        found = self._call(
+            lambda: self.redis.hmget(self._key("job", job_id), "record", "owner", "history", "logs")
+        )
+        record, owner, history, logs = found
+        if record is None:
+            return None
+        return {
+            **json.loads(record),
+            "owner": owner,
+            "metrics_history": json.loads(history),
+            "logs": json.loads(logs),
+        }
+
+    def page(self, limit: int, before: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
+        """Up to ``limit`` records, newest first, after the job ``before`` in that order; without history or logs.
+
+        ``before`` must be a stored job's id (``KeyError`` if not); ``owner`` keeps only that owner's.
+        """
+        top = "+"
+        if before is not None:
+            created = self._call(lambda: self.redis.hget(self._key("job", before), "created"))
+            if created is None:
+                raise KeyError(before)
+            top = "(" + order_key(float(created), before)
+        index = self._key("jobs") if owner is None else self._key("owner", owner)
+        members = self._call(lambda: self.redis.zrevrangebylex(index, top, "-", start=0, num=limit))
+        ids = [member.split(":", 1)[1] for member in members]
+
+        def read() -> list[list[str | None]]:
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(self._key("job", job_id), "record", "owner")
+            return pipe.execute()
+
+        rows = self._call(read)
+        # A job deleted between the two reads is left out.
+        return [
+            {**json.loads(record), "owner": row_owner} for record, row_owner in rows if record is not None
+        ]
+
+    def count(self, owner: str | None = None) -> int:
+        index = self._key("jobs") if owner is None else self._key("owner", owner)
+        return self._call(lambda: self.redis.zcard(index))
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        """The records still queued, running or paused whose process is gone (its heartbeat expired): those
+        lost; a live process's jobs are its own to finish."""
+        return [record for record, _ in self._lost()]
+
+    def finished_before(self, when: float) -> list[str]:
+        """The ids of jobs that ended before ``when`` (Unix seconds)."""
+        return self._call(lambda: self.redis.zrangebyscore(self._key("finished"), "-inf", f"({when!r}"))
+
+    def delete(self, job_id: str) -> None:
+        key = self._key("job", job_id)
+
+        def remove(pipe: redis.client.Pipeline) -> None:
+            owner, created, had_owner = pipe.hmget(key, "owner", "created", "has_owner")
+            pipe.multi()
+            if created is not None:
+                member = order_key(float(created), job_id)
+                pipe.zrem(self._key("jobs"), member)
+                if had_owner:
+                    pipe.zrem(self._key("owner", owner), member)
+            pipe.zrem(self._key("finished"), job_id)
+            pipe.srem(self._key("unfinished"), job_id)
+            pipe.delete(key)
+
+        self._call(lambda: self.redis.transaction(remove, key))
+
+    # -- processes -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Beat this process's heartbeat now and every :data:`BEAT_EVERY_S`, failing lost jobs now and as it goes."""
+        self._beat()
+        for job_id in self.reap():
+            log.warning("job %s failed: the process that ran it is gone", job_id)
+        self._thread = threading.Thread(target=self._keep_beating, name="convlens-heartbeat", daemon=True)
+        self._thread.start()
+
+    def reap(self) -> list[str]:
+        """Fail the unfinished jobs whose process's heartbeat expired, naming that process; their ids."""
+        reaped = []
+        for record, instance in self._lost():
+            state = record["state"]
+            record = {
+                **record,
+                "state": "failed",
+                "finished": time.time(),
+                "error": {
+                    "error": f"the web process {instance or '(unknown)'} that ran this job is gone "
+                    f"(its heartbeat stopped while the job was {state})",
+                    "field": None,
+                },
+            }
+            # Only if no one (the process itself, after a stall, or another reaper) saved the job meanwhile.
+            if self._write(record, expect=(instance, state)):
+                reaped.append(record["id"])
+        return reaped
+
+    def close(self) -> None:
+        """End the heartbeat: this process's unfinished jobs end with it, and another process may fail them."""
+        self._closed.set()
+        try:
+            self.redis.delete(self._key("instance", self.instance))
+        except redis.RedisError:
+            pass  # it expires by itself
+        self.redis.close()
+
+    def _alive(self, instances: set[str]) -> set[str]:
+        """Those of ``instances`` whose heartbeat is there."""
+        ordered = sorted(instances)
+        pipe = self.redis.pipeline(transaction=False)
+        for instance in ordered:
+            pipe.exists(self._key("instance", instance))
+        return {instance for instance, exists in zip(ordered, pipe.execute(), strict=True) if exists}
+
+    def _lost(self) -> list[tuple[dict[str, Any], str | None]]:
+        """The unfinished records whose process's heartbeat is gone, each with that process's name."""
+        ids = sorted(self._call(lambda: self.redis.smembers(self._key("unfinished"))))
+
+        def instances() -> list[str | None]:
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hget(self._key("job", job_id), "instance")
+            return pipe.execute()
+
+        owners = self._call(instances)
+        alive = self._call(lambda: self._alive({instance for instance in owners if instance}))
+        lost = []
+        for job_id, instance in zip(ids, owners, strict=True):
+            if instance in alive:
+                continue
+            record = self.load(job_id)
+            if record is not None and record["state"] in UNFINISHED:
+                lost.append((record, instance))
+        return lost
+
+    def _beat(self) -> None:
+        about = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "beat": time.time()})
+        self.redis.set(self._key("instance", self.instance), about, px=int(self.heartbeat_ttl_s * 1000))
+
+    def _keep_beating(self) -> None:
+        last_reap = time.monotonic()
+        while not self._closed.wait(BEAT_EVERY_S):
+            try:
+                self._beat()
+                if time.monotonic() - last_reap >= REAP_EVERY_S:
+                    last_reap = time.monotonic()
+                    for job_id in self.reap():
+                        log.warning("job %s failed: the process that ran it is gone", job_id)
+            except (redis.RedisError, BadInput) as error:  # Redis restarting: the next beat tries again
+                log.warning("job store heartbeat: %s", error)
+                # Other processes' heartbeats may have expired meanwhile, theirs as well as this one's: no reaping
+                # until each live one has had a whole TTL to beat again.
+                last_reap = time.monotonic() + self.heartbeat_ttl_s
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    def _call(self, action: Callable[[], T], patient: bool = False) -> T:
+        """``action``'s answer; Redis unreachable is :class:`StoreUnavailable` (a 503), after up to
+        :data:`SAVE_PATIENCE_S` of tries when ``patient`` outside a request (a job's thread saving its state)."""
+        deadline = time.monotonic() + (SAVE_PATIENCE_S if patient and not has_request_context() else 0)
+        while True:
+            try:
+                return action()
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        "store", f"the job store (Redis at {self.where}) cannot be reached: {error}"
+                    ) from error
+                time.sleep(0.5)
+
+
+def shared_store(url: str) -> RedisJobStore:
+    """The store of a web process: its heartbeat started, and the jobs of processes already gone failed now."""
+    store = RedisJobStore(url)
+    try:
+        store.start()
+    except redis.RedisError as error:
+        raise StoreUnavailable(
+            "CONVLENS_REDIS_URL", f"the job store (Redis at {store.where}) cannot be reached: {error}"
+        ) from error
+    return store
