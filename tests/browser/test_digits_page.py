@@ -2,7 +2,7 @@
 matrices, and a digit drawn on the pad (mouse, touch) turned into the nets' input as the data set's digits were
 made (scikit-learn's 8×8; an MNIST-like IDX set's 28×28), checked against the same downsampling written here, and
 both saved nets' probabilities checked against their ONNX files run with ONNX Runtime; a late answer to an older
-drawing is dropped."""
+drawing is dropped; digits drawn small or off-centre (by hand, and the data set's own) are read as drawn."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from browser_pixels import canvas_pixels
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from convlens_plugins.training.digits import load_digits_split
 from local import start_serve
 
 pytestmark = pytest.mark.browser
@@ -111,10 +112,36 @@ def colour_count(pixels: np.ndarray, colour: tuple[int, int, int]) -> int:
 
 
 def optdigits_input(alpha: np.ndarray) -> np.ndarray:
-    """The contract's optdigits drawing, written independently: the pad's ink (alpha) as a 32×32 bitmap (a cell
-    on when its mean ink is at least half), then on-pixels counted in 4×4 blocks, / 16."""
-    side = alpha.shape[0]
-    cell = side // 32
+    """The contract's optdigits drawing, written independently, as NIST's preprocessing normalised optdigits'
+    characters: pad pixels on at half ink; their bounding box scaled by 32 / its longer side (each box pixel into
+    the cell its centre falls in, a cell on when at least half its pixels are; a cell no centre falls in takes the
+    pixel under its centre), centred in 32×32 at ⌊(32 − size) / 2⌋; on-pixels counted in 4×4 blocks, / 16."""
+    on = alpha.astype(np.int64) * 2 >= 255
+    if not on.any():
+        return np.zeros((8, 8))
+    rows, columns = np.nonzero(on)
+    top, left = rows.min(), columns.min()
+    height, width = rows.max() - top + 1, columns.max() - left + 1
+    longer = max(height, width)
+    box = on[top : top + height, left : left + width]
+    box_h, box_w = (max(1, int(np.floor(side * 32 / longer + 0.5))) for side in (height, width))
+    cell_rows = np.minimum(box_h - 1, np.floor((np.arange(height) + 0.5) * 32 / longer).astype(int))
+    cell_columns = np.minimum(box_w - 1, np.floor((np.arange(width) + 0.5) * 32 / longer).astype(int))
+    ons, counts = np.zeros((box_h, box_w), int), np.zeros((box_h, box_w), int)
+    np.add.at(ons, (cell_rows[:, None], cell_columns[None, :]), box)
+    np.add.at(counts, (cell_rows[:, None], cell_columns[None, :]), 1)
+    under_rows = np.minimum(height - 1, np.floor((np.arange(box_h) + 0.5) * longer / 32).astype(int))
+    under_columns = np.minimum(width - 1, np.floor((np.arange(box_w) + 0.5) * longer / 32).astype(int))
+    cells = np.where(counts > 0, 2 * ons >= counts, box[under_rows[:, None], under_columns[None, :]])
+    bitmap = np.zeros((32, 32), bool)
+    shift_row, shift_column = (32 - box_h) // 2, (32 - box_w) // 2
+    bitmap[shift_row : shift_row + box_h, shift_column : shift_column + box_w] = cells
+    return bitmap.reshape(8, 4, 8, 4).sum(axis=(1, 3)) / 16
+
+
+def whole_pad_input(alpha: np.ndarray) -> np.ndarray:
+    """The rule the pad had before: the whole pad as the 32×32 bitmap, no cropping to the ink."""
+    cell = alpha.shape[0] // 32
     bitmap = alpha.astype(np.int64).reshape(32, cell, 32, cell).mean(axis=(1, 3)) >= 255 / 2
     return bitmap.reshape(8, 4, 8, 4).sum(axis=(1, 3)) / 16
 
@@ -368,3 +395,110 @@ def test_on_an_mnist_like_data_set_the_drawing_is_boxed_and_centred_in_28_by_28(
     weights = seven / seven.sum()
     assert abs((weights.sum(axis=1) * (np.arange(28) + 0.5)).sum() - 14) <= 0.5
     assert abs((weights.sum(axis=0) * (np.arange(28) + 0.5)).sum() - 14) <= 0.5
+
+
+def draw(page, pad, strokes: list[list[tuple[float, float]]]) -> None:
+    """Each stroke, a polyline in shares of the pad's width and height, drawn with the mouse."""
+    box = pad.bounding_box()
+
+    def at(u: float, v: float) -> tuple[float, float]:
+        return box["x"] + u * box["width"], box["y"] + v * box["height"]
+
+    for stroke in strokes:
+        page.mouse.move(*at(*stroke[0]))
+        page.mouse.down()
+        for point in stroke[1:]:
+            page.mouse.move(*at(*point), steps=12)
+        page.mouse.up()
+
+
+def ring(u: float, v: float, across: float, down: float) -> list[tuple[float, float]]:
+    return [(u + across * np.sin(a), v - down * np.cos(a)) for a in np.linspace(0, 2 * np.pi, 40)]
+
+
+HAND_DRAWN = {
+    "a 7 filling the pad": (7, [[(0.2, 0.12), (0.8, 0.12), (0.45, 0.88)]]),
+    "a 7 in the top-left corner": (7, [[(0.1, 0.1), (0.45, 0.1), (0.25, 0.5)]]),
+    "a 1 down the middle": (1, [[(0.5, 0.12), (0.5, 0.88)]]),
+    "a short 1 at the bottom right": (1, [[(0.8, 0.55), (0.8, 0.92)]]),
+    "a 0 filling the pad": (0, [ring(0.5, 0.5, 0.28, 0.38)]),
+    "a small 0 at the top right": (0, [ring(0.75, 0.3, 0.12, 0.18)]),
+}
+"""Digits drawn with the mouse, each with the digit it is."""
+
+
+def test_hand_drawn_digits_anywhere_on_the_pad_are_read_as_drawn_by_the_two_layer_net(
+    touch_page, digits_server, trained
+):
+    page = touch_page
+    server, data_dir = digits_server
+    job, result = trained
+    pad = open_pad(page, server, job)
+    models = saved_models(job, result)
+    read = {}
+    for name, (digit, strokes) in HAND_DRAWN.items():
+        draw(page, pad, strokes)
+        values = check_drawing(page, data_dir / "trained", models)
+        probabilities = onnx_probabilities(data_dir / "trained" / models["two_layer"], values)
+        read[name] = (digit, int(probabilities.argmax()), round(float(probabilities.max()), 2))
+        page.get_by_test_id("digit-clear").click()
+        answered(page)
+    assert all(digit == top for digit, top, _ in read.values()), read
+
+
+def rebuilt_bitmap(image: np.ndarray) -> np.ndarray:
+    """A 32×32 bitmap whose 4×4 block counts are the 8×8 ``image`` (0..16): each block's on pixels the ones nearest
+    its centre."""
+    distance = (np.arange(4)[:, None] - 1.5) ** 2 + (np.arange(4)[None, :] - 1.5) ** 2
+    order = np.argsort(distance.ravel(), kind="stable")
+    bitmap = np.zeros((8, 4, 8, 4), bool)
+    for row in range(8):
+        for column in range(8):
+            block = np.zeros(16, bool)
+            block[order[: int(image[row, column])]] = True
+            bitmap[row, :, column, :] = block.reshape(4, 4)
+    return bitmap.reshape(32, 32)
+
+
+def test_the_test_sets_digits_drawn_small_and_off_centre_are_read_as_well_as_the_digits_themselves(
+    digits_server, trained
+):
+    """scikit-learn's own test digits drawn on the pad at 3/4, 1/2 and 3/8 of its side away from its centre: the
+    two-layer net reads their drawings about as often as their 8×8 values as their labels, and far more often than
+    through the whole pad."""
+    _, data_dir = digits_server
+    job, result = trained
+    session = onnxruntime.InferenceSession(
+        str(data_dir / "trained" / saved_models(job, result)["two_layer"]), providers=["CPUExecutionProvider"]
+    )
+
+    def read(values: np.ndarray) -> int:
+        picture = np.repeat(values[None, None].astype(np.float32), 3, axis=1)
+        return int(session.run(None, {session.get_inputs()[0].name: picture})[0][0].argmax())
+
+    _, _, test_x, test_y, _ = load_digits_split(3)  # the run's seed
+    images, labels = test_x.reshape(-1, 8, 8)[::2] * 16, test_y[::2]
+    right = {"digits": 0, "pad": 0, "whole pad": 0}
+    for scale, (top, left) in ((6, (0, 64)), (4, (120, 10)), (3, (20, 150))):
+        for image, label in zip(images, labels, strict=True):
+            alpha = np.zeros((256, 256), np.uint8)
+            drawn = np.kron(rebuilt_bitmap(np.rint(image)), np.ones((scale, scale), bool))
+            alpha[top : top + 32 * scale, left : left + 32 * scale] = drawn * 255
+            right["digits"] += read(image / 16) == label
+            right["pad"] += read(optdigits_input(alpha)) == label
+            right["whole pad"] += read(whole_pad_input(alpha)) == label
+    shares = {way: count / (3 * len(labels)) for way, count in right.items()}
+    assert shares["pad"] >= shares["digits"] - 0.05 and shares["pad"] >= shares["whole pad"] + 0.4, shares
+
+
+def test_a_dot_smaller_than_the_bitmap_is_scaled_up_to_fill_it(touch_page, digits_server, trained):
+    page = touch_page
+    server, data_dir = digits_server
+    job, result = trained
+    pad = open_pad(page, server, job)
+    draw(page, pad, [[(0.3, 0.7), (0.31, 0.71)]])
+    rows, columns = np.nonzero(pad_alpha(pad).astype(int) * 2 >= 255)
+    assert 0 < rows.max() - rows.min() + 1 < 32 and columns.max() - columns.min() + 1 < 32
+    dot = check_drawing(page, data_dir / "trained", saved_models(job, result))
+    # A disc filling the 32×32 bitmap: its middle blocks full, its corners' blocks nearly empty.
+    assert (dot[2:6, 2:6] == 1).all() and dot[[0, 0, 7, 7], [0, 7, 0, 7]].max() <= 0.25, dot

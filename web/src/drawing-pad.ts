@@ -1,8 +1,9 @@
 // A square pad to draw a digit on with a mouse, a finger or a pen (pointer events), and the two ways of making
 // the drawing a net's input that the digits contract names (`result.data.drawing`):
 //
-// - "optdigits" (UCI optdigits, scikit-learn's digits): the pad as a 32×32 binary bitmap, then the ink
-//   counted in non-overlapping 4×4 blocks: 8×8 values 0..16, divided by 16.
+// - "optdigits" (UCI optdigits, scikit-learn's digits): as NIST's preprocessing normalised a character, the
+//   ink's bounding box scaled so its longer side is 32 (aspect ratio kept), centred in a 32×32 binary bitmap,
+//   then the ink counted in non-overlapping 4×4 blocks: 8×8 values 0..16, divided by 16.
 // - "mnist": the ink's bounding box scaled to fit 20×20 keeping its aspect ratio (grey, area-averaged), placed
 //   in 28×28 with its centre of mass at the centre.
 //
@@ -13,14 +14,15 @@ import { h } from "./dom";
 
 export type Drawing = "optdigits" | "mnist";
 
-/** The pad's side in canvas pixels: 8 per optdigits bitmap pixel, so the bitmap's cells are whole pixels. */
+/** The pad's side in canvas pixels. */
 export const PAD_SIDE = 256;
 const OPTDIGITS_BITMAP = 32;
 const OPTDIGITS_BLOCK = 4;
 const MNIST_SIDE = 28;
 const MNIST_BOX = 20;
-/** Stroke widths as shares of the pad: optdigits' bitmaps have strokes about 3 of 32 pixels wide, MNIST's
- * about 2.5 of the 20-pixel box a digit fills (here a stroke is drawn on a digit about 3/4 of the pad tall). */
+/** Stroke widths as shares of the pad: optdigits' bitmaps have strokes about 3 of 32 pixels wide (4 once a
+ * digit drawn 3/4 of the pad tall is scaled to fill the bitmap: thinner strokes leave less ink than the data set's
+ * digits have, 30 % of the 8×8 values' range on average), MNIST's about 2.5 of the 20-pixel box a digit fills. */
 const STROKE_SHARE: Record<Drawing, number> = { optdigits: 3 / 32, mnist: 1 / 14 };
 
 /** The input size each drawing gives, [height, width]. */
@@ -34,21 +36,63 @@ function inkOf(rgba: Uint8ClampedArray, side: number): Uint8Array {
 }
 
 /**
- * optdigits' input from a `side`×`side` ink image (`side` a multiple of 32): a bitmap pixel is on when its
- * cell's mean ink is at least half (integer sums, so any implementation agrees exactly); then each 4×4 block of
- * the 32×32 bitmap counts its pixels that are on. 8×8 rows of values in [0, 1] (multiples of 1/16).
+ * optdigits' input from a `side`×`side` ink image, as NIST's preprocessing made optdigits' normalised bitmaps
+ * (scikit-learn's `load_digits().DESCR`, citing Garris et al., NISTIR 5469, 1994): a pad pixel is on when its
+ * ink is at least half; the on pixels' bounding box is scaled by 32 / its longer side keeping its aspect ratio
+ * (area-average: a cell is on when at least half of the box's pixels whose centres fall in it are on; a cell no
+ * centre falls in, when the box is under 32 pixels, takes the pixel under its own centre) and centred in a 32×32
+ * bitmap (offset
+ * ⌊(32 − size) / 2⌋); then each 4×4 block of the bitmap counts its pixels that are on. 8×8 rows of values in
+ * [0, 1] (multiples of 1/16); integer arithmetic, so any implementation agrees exactly. An empty pad is zeros.
  */
 export function optdigitsInput(ink: ArrayLike<number>, side: number): number[][] {
-  const cell = side / OPTDIGITS_BITMAP;
-  if (!Number.isInteger(cell) || cell < 1) throw new Error(`the pad's side ${side} is not a multiple of 32`);
+  const on = (y: number, x: number) => 2 * ink[y * side + x] >= 255;
+  let top = side;
+  let left = side;
+  let bottom = -1;
+  let right = -1;
+  for (let y = 0; y < side; y++)
+    for (let x = 0; x < side; x++)
+      if (on(y, x)) {
+        top = Math.min(top, y);
+        bottom = Math.max(bottom, y);
+        left = Math.min(left, x);
+        right = Math.max(right, x);
+      }
   const bitmap = new Uint8Array(OPTDIGITS_BITMAP * OPTDIGITS_BITMAP);
-  for (let by = 0; by < OPTDIGITS_BITMAP; by++)
-    for (let bx = 0; bx < OPTDIGITS_BITMAP; bx++) {
-      let sum = 0;
-      for (let y = by * cell; y < (by + 1) * cell; y++)
-        for (let x = bx * cell; x < (bx + 1) * cell; x++) sum += ink[y * side + x];
-      bitmap[by * OPTDIGITS_BITMAP + bx] = 2 * sum >= 255 * cell * cell ? 1 : 0;
+  if (bottom >= 0) {
+    const height = bottom - top + 1;
+    const width = right - left + 1;
+    const longer = Math.max(height, width);
+    // The box's size in bitmap pixels, n · 32 / longer rounded half up, and the cell a box pixel's centre is in.
+    const cells = (n: number) => Math.max(1, Math.floor((2 * OPTDIGITS_BITMAP * n + longer) / (2 * longer)));
+    const boxH = cells(height);
+    const boxW = cells(width);
+    const cellOf = (i: number, size: number) =>
+      Math.min(size - 1, Math.floor(((2 * i + 1) * OPTDIGITS_BITMAP) / (2 * longer)));
+    const onCounts = new Uint32Array(boxH * boxW);
+    const counts = new Uint32Array(boxH * boxW);
+    for (let y = 0; y < height; y++) {
+      const row = cellOf(y, boxH);
+      for (let x = 0; x < width; x++) {
+        const cell = row * boxW + cellOf(x, boxW);
+        counts[cell] += 1;
+        if (on(top + y, left + x)) onCounts[cell] += 1;
+      }
     }
+    const under = (i: number, size: number) =>
+      Math.min(size - 1, Math.floor(((2 * i + 1) * longer) / (2 * OPTDIGITS_BITMAP)));
+    const rowShift = Math.floor((OPTDIGITS_BITMAP - boxH) / 2);
+    const columnShift = Math.floor((OPTDIGITS_BITMAP - boxW) / 2);
+    for (let row = 0; row < boxH; row++)
+      for (let column = 0; column < boxW; column++) {
+        const cell = row * boxW + column;
+        const value = counts[cell]
+          ? 2 * onCounts[cell] >= counts[cell]
+          : on(top + under(row, height), left + under(column, width));
+        bitmap[(rowShift + row) * OPTDIGITS_BITMAP + columnShift + column] = value ? 1 : 0;
+      }
+  }
   const blocks = OPTDIGITS_BITMAP / OPTDIGITS_BLOCK;
   const input: number[][] = [];
   for (let row = 0; row < blocks; row++) {
