@@ -141,7 +141,7 @@ def write_bagnet(
 ) -> list[Path]:
     """Write ``net`` as ``<stem>.onnx`` (dynamic batch, height and width) and/or ``<stem>.pt`` (TorchScript)
     with ``<stem>.json``, its card, into ``folder``; the files written, card first."""
-    from convlens.models.default import ONNX_OPSET, _name_axes, _to_opset
+    from convlens.models.default import write_onnx_program
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -154,8 +154,6 @@ def write_bagnet(
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if ".onnx" in formats:
-            import onnx
-            import onnxscript.optimizer
             from torch.export import Dim
 
             # The dynamo exporter, unlike the TorchScript-based one, records each node's module scope, so the
@@ -167,21 +165,8 @@ def write_bagnet(
             rows, columns = Dim("rows", min=least), Dim("columns", min=least)
             dims = {0: Dim("batch", min=1), 2: STRIDE * rows, 3: STRIDE * columns}
             program = torch.export.export(net, (example,), dynamic_shapes={"images": dims})
-            exported = torch.onnx.export(
-                program,
-                input_names=["images"],
-                output_names=["logits"],
-                dynamo=True,
-                opset_version=ONNX_OPSET + 1,
-                optimize=False,
-                verbose=False,
-            )
-            onnxscript.optimizer.fold_constants(exported.model)
-            onnxscript.optimizer.remove_unused_nodes(exported.model)
-            proto = _to_opset(exported.model_proto, ONNX_OPSET)
-            _name_axes(proto, {0: "batch", 2: "height", 3: "width"})
             path = folder / f"{stem}.onnx"
-            onnx.save_model(proto, str(path))
+            write_onnx_program(program, path)
             written.append(path)
         if ".pt" in formats:
             path = folder / f"{stem}.pt"

@@ -73,12 +73,7 @@ class SqliteJobStore:
         if row is None:
             return None
         owner, record, history, logs = row
-        return {
-            **json.loads(record),
-            "owner": owner,
-            "metrics_history": json.loads(history),
-            "logs": json.loads(logs),
-        }
+        return whole_record(record, owner, history, logs)
 
     def page(self, limit: int, before: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
         """Up to ``limit`` records, newest first, after the job ``before`` in that order; without history or logs.
@@ -134,3 +129,13 @@ class SqliteJobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def whole_record(record: str, owner: str | None, history: str, logs: str) -> dict[str, Any]:
+    """A job's record as ``Job.record()`` gave it, from the stored JSON texts beside its owner."""
+    return {
+        **json.loads(record),
+        "owner": owner,
+        "metrics_history": json.loads(history),
+        "logs": json.loads(logs),
+    }

@@ -36,6 +36,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from .errors import BadInput
+from .job_db import whole_record
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +156,7 @@ class RedisJobStore:
         record, owner, history, logs = found
         if record is None:
             return None
-        return {
-            **json.loads(record),
-            "owner": owner,
-            "metrics_history": json.loads(history),
-            "logs": json.loads(logs),
-        }
+        return whole_record(record, owner, history, logs)
 
     def page(self, limit: int, before: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
         """Up to ``limit`` records, newest first, after the job ``before`` in that order; without history or logs.

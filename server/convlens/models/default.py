@@ -133,28 +133,34 @@ class _Writer:
         path.write_bytes(buffer.getbuffer())
 
     def write_onnx(self, path: Path) -> None:
-        import onnx
-        import onnxscript.optimizer
-        import torch
+        write_onnx_program(self.program, path)
 
-        # The exporter's optimiser would also fold each BatchNorm into the Conv before it, leaving the
-        # convolutions no node, and so no layer, of their own, unlike the .pt and .pt2 files. Only constants are
-        # folded here; ONNX Runtime folds the BatchNorms itself when it opens the file, so inference costs the same.
-        onnx_program = torch.onnx.export(
-            self.program,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamo=True,
-            opset_version=ONNX_OPSET + 1,
-            optimize=False,
-            verbose=False,
-        )
-        onnxscript.optimizer.fold_constants(onnx_program.model)
-        onnxscript.optimizer.remove_unused_nodes(onnx_program.model)
-        proto = _to_opset(onnx_program.model_proto, ONNX_OPSET)
-        _name_axes(proto, {0: "batch", 2: "height", 3: "width"})
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.save_model(proto, str(path), save_as_external_data=False)
+
+def write_onnx_program(program: Any, path: Path) -> None:
+    """An exported program (``torch.export``) as an ONNX file at :data:`ONNX_OPSET`: dynamic axes 0, 2, 3 named
+    batch, height, width, each node keeping its module scope (so layers are named as in the .pt/.pt2 files)."""
+    import onnx
+    import onnxscript.optimizer
+    import torch
+
+    # The exporter's optimiser would also fold each BatchNorm into the Conv before it, leaving the
+    # convolutions no node, and so no layer, of their own, unlike the .pt and .pt2 files. Only constants are
+    # folded here; ONNX Runtime folds the BatchNorms itself when it opens the file, so inference costs the same.
+    onnx_program = torch.onnx.export(
+        program,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamo=True,
+        opset_version=ONNX_OPSET + 1,
+        optimize=False,
+        verbose=False,
+    )
+    onnxscript.optimizer.fold_constants(onnx_program.model)
+    onnxscript.optimizer.remove_unused_nodes(onnx_program.model)
+    proto = _to_opset(onnx_program.model_proto, ONNX_OPSET)
+    _name_axes(proto, {0: "batch", 2: "height", 3: "width"})
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
 
 
 def _to_opset(proto: Any, opset: int) -> Any:
