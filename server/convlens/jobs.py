@@ -294,9 +294,9 @@ class JobRegistry:
         self._lock = threading.Lock()
 
     def add(self, job: Job) -> None:
+        self.records.save(job.record())  # first: a job its store refused is not kept in memory either
         with self._lock:
             self.live[job.id] = job
-        self.records.save(job.record())
 
     def save(self, job: Job) -> None:
         self.records.save(job.record())
@@ -404,8 +404,12 @@ class JobManager:
             raise BadInput("seed", f"expected a non-negative integer, got {seed!r}")
         job = Job(secrets.token_hex(6), method.name, model.id, image_id, params, seed, owner=client)
         with self._control:  # a slot given meanwhile on another thread starts the job only once it is stored
-            self.store.add(job)  # first: a store that cannot take it (Redis down) leaves nothing queued
             self.queue.add(job.id, client or LOCAL_CLIENT, lambda: self.start_task(self._run, job))
+            try:
+                self.store.add(job)
+            except Exception:
+                self.queue.withdraw(job.id)  # a store that cannot take it (Redis down) leaves nothing queued
+                raise
         self.queue.dispatch()
         return job
 
