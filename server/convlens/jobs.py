@@ -361,7 +361,11 @@ class JobManager:
         self.results_dir = Path(results_dir)
         self.store = JobRegistry(store if store is not None else InMemoryJobStore())
         self.queue = FairQueue(
-            max_running, max_queued=max_queued, max_queued_per_client=max_queued_per_client
+            max_running,
+            max_queued=max_queued,
+            max_queued_per_client=max_queued_per_client,
+            # A store several processes share (Redis) counts the limits over all of their waiting jobs.
+            shared=store if hasattr(store, "claim_waiting") else None,
         )
         self.max_run_seconds = max_run_seconds
         """Seconds a job may run (paused time not counted) before it fails naming the limit; 0: no limit."""

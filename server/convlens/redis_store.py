@@ -9,6 +9,8 @@ Redis):
   so that Redis orders them by their bytes: ``(created, id)``, as SQLite's index does.
 - ``finished``: ids scored by when they ended; ``unfinished``: the set of queued, running and paused ids.
 - ``instance:<name>``: each live process's heartbeat, a key that expires unless refreshed.
+- ``waiting`` (a hash of id to client) and ``waiting:<client>`` (a set of ids): the jobs of every process that wait
+  for a slot (queued or paused, not running), which the queue limits count (:meth:`RedisJobStore.claim_waiting`).
 
 A record and its index entries change in one MULTI/EXEC transaction, watched so that a concurrent save of the
 same job cannot leave an index entry behind. A job left unfinished by a process whose heartbeat expired is lost:
@@ -51,6 +53,27 @@ SAVE_PATIENCE_S = 30.0
 """How long a job's own thread retries saving its record while Redis is unreachable (a restart) before failing;
 a request fails at once with a 503."""
 T = TypeVar("T")
+
+CLAIM = """
+-- KEYS: the waiting hash, the client's waiting set; ARGV: id, client, most of all (0: none), most of one (0: none).
+-- Counts and adds in one step, so that two processes cannot both take a client's last place.
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {1, 0, 0} end
+local own, total = redis.call('SCARD', KEYS[2]), redis.call('HLEN', KEYS[1])
+local most, most_own = tonumber(ARGV[3]), tonumber(ARGV[4])
+if (most_own > 0 and own >= most_own) or (most > 0 and total >= most) then return {0, own, total} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+return {1, own, total}
+"""
+LEAVE = """
+-- KEYS: the waiting hash; ARGV: id, the prefix of the clients' waiting sets.
+local client = redis.call('HGET', KEYS[1], ARGV[1])
+if client then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('SREM', ARGV[2] .. client, ARGV[1])
+end
+return 0
+"""
 
 
 class StoreUnavailable(BadInput):
@@ -145,6 +168,8 @@ class RedisJobStore:
                 pipe.sadd(self._key("unfinished"), job_id)
             else:
                 pipe.srem(self._key("unfinished"), job_id)
+                # An ended job waits no more, also one whose process died before it could say so.
+                pipe.eval(LEAVE, 1, self._key("waiting"), job_id, self._key("waiting", ""))
             return True
 
         return self._call(lambda: self.redis.transaction(write, key, value_from_callable=True), patient=True)
@@ -214,6 +239,22 @@ class RedisJobStore:
             pipe.delete(key)
 
         self._call(lambda: self.redis.transaction(remove, key))
+
+    # -- the jobs waiting for a slot, in every process ------------------------------------------------
+    def claim_waiting(
+        self, job_id: str, client: str, most: int = 0, most_own: int = 0
+    ) -> tuple[bool, int, int]:
+        """Count ``job_id`` waiting for a slot, unless ``client`` already has ``most_own`` waiting or all clients
+        ``most`` (0: no limit): whether it was counted, with the client's and everyone's count before."""
+        keys = (self._key("waiting"), self._key("waiting", client))
+        added, own, total = self._call(
+            lambda: self.redis.eval(CLAIM, 2, *keys, job_id, client, most, most_own)
+        )
+        return bool(added), int(own), int(total)
+
+    def leave_waiting(self, job_id: str) -> None:
+        """``job_id`` waits no more (it got a slot, or was stopped)."""
+        self._call(lambda: self.redis.eval(LEAVE, 1, self._key("waiting"), job_id, self._key("waiting", "")))
 
     # -- processes -----------------------------------------------------------------------------------
     def start(self) -> None:

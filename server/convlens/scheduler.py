@@ -9,6 +9,10 @@ A job gets its thread only with its first slot (``admit`` starts it), not one th
 semaphore in no fair order. A paused job's thread stays, holding the method's generator and state, but gives its
 slot back (``release``); resumed, it waits for a slot again like any queued job.
 
+With a ``shared`` count (:class:`SharedWaiting`: Redis, when several web processes share it) the limits count the
+jobs waiting in every process, and a job is checked and counted there in one atomic step, so that two processes
+cannot both take a client's last place; the turns between clients stay this process's.
+
 Only keys and clients live here; what admitting a job means is the job manager's. ``admit`` is called with no
 lock held, on the thread that called :meth:`FairQueue.dispatch`.
 """
@@ -16,16 +20,29 @@ lock held, on the thread that called :meth:`FairQueue.dispatch`.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .errors import BadInput
 
 Admit = Callable[[], None]
 
 WAITING, PARKED, RUNNING = "waiting", "parked", "running"
+log = logging.getLogger(__name__)
+
+
+class SharedWaiting(Protocol):
+    """The jobs waiting for a slot (queued or paused) in every process: :class:`convlens.redis_store.RedisJobStore`."""
+
+    def claim_waiting(
+        self, job_id: str, client: str, most: int = 0, most_own: int = 0
+    ) -> tuple[bool, int, int]: ...
+
+    def leave_waiting(self, job_id: str) -> None: ...
 
 
 @dataclass
@@ -40,8 +57,17 @@ class _Entry:
 class FairQueue:
     """The slots, the jobs waiting for them (round-robin over clients) and the limits on how many may wait."""
 
-    def __init__(self, slots: int, *, max_queued: int = 0, max_queued_per_client: int = 0) -> None:
+    def __init__(
+        self,
+        slots: int,
+        *,
+        max_queued: int = 0,
+        max_queued_per_client: int = 0,
+        shared: SharedWaiting | None = None,
+    ) -> None:
         self.slots = max(1, slots)
+        self.shared = shared
+        """Where the waiting jobs of every process are counted; ``None``: this process's alone."""
         self.max_queued = max_queued
         """Jobs of all clients waiting for a slot (queued or paused), at most; 0: no limit."""
         self.max_queued_per_client = max_queued_per_client
@@ -58,7 +84,14 @@ class FairQueue:
     def add(self, key: str, client: str, admit: Admit) -> None:
         """Queue a new job (admitted by a later :meth:`dispatch`); over a limit, ``BadInput`` (429) naming it."""
         with self._lock:
-            self._check_limits(client)
+            if self.shared is None:
+                self._check_limits(client)
+            else:
+                added, own, total = self.shared.claim_waiting(
+                    key, client, self.max_queued, self.max_queued_per_client
+                )
+                if not added:
+                    self._refuse(own, total)
             self._entries[key] = _Entry(client, WAITING, admit)
             self._lines.setdefault(client, deque()).append(key)
 
@@ -79,6 +112,7 @@ class FairQueue:
             if entry is None or entry.place != RUNNING:
                 return False
             entry.place, entry.admit = PARKED, admit
+            self._shared_count(key, entry.client)
             return True
 
     def unhold(self, key: str, *, first: bool = False) -> bool:
@@ -129,6 +163,7 @@ class FairQueue:
                 self._leave_line(key, client)
                 entry = self._entries[key]
                 entry.place = RUNNING
+                self._shared_leave(key)
                 admitted.append(entry.admit)
                 entry.admit = None
                 running[client] = running.get(client, 0) + 1
@@ -139,7 +174,10 @@ class FairQueue:
     # -- inside the lock ---------------------------------------------------------------------------------------------
     def _check_limits(self, client: str) -> None:
         waiting = [entry.client for entry in self._entries.values() if entry.place != RUNNING]
-        own = waiting.count(client)
+        self._refuse(waiting.count(client), len(waiting))
+
+    def _refuse(self, own: int, total: int) -> None:
+        """``BadInput`` (429) naming the limit that ``own`` waiting jobs of a client, ``total`` of all, are at."""
         if self.max_queued_per_client and own >= self.max_queued_per_client:
             raise BadInput(
                 "max_queued_per_client",
@@ -147,10 +185,10 @@ class FairQueue:
                 f"(CONVLENS_MAX_QUEUED_PER_CLIENT={self.max_queued_per_client}); stop one or wait for one to start",
                 status=429,
             )
-        if self.max_queued and len(waiting) >= self.max_queued:
+        if self.max_queued and total >= self.max_queued:
             raise BadInput(
                 "max_queued_jobs",
-                f"{len(waiting)} jobs are waiting for a slot (queued or paused), the most the server keeps "
+                f"{total} jobs are waiting for a slot (queued or paused), the most the server keeps "
                 f"(CONVLENS_MAX_QUEUED_JOBS={self.max_queued}); try again when some have started",
                 status=429,
             )
@@ -168,7 +206,24 @@ class FairQueue:
         if not line:
             del self._lines[client]
 
+    def _shared_count(self, key: str, client: str) -> None:
+        """Count a paused job waiting again in every process (no limit: a pause is never refused)."""
+        if self.shared is not None:
+            try:
+                self.shared.claim_waiting(key, client)
+            except BadInput as error:  # the store unreachable: the job counts for less until it ends
+                log.warning("job %s not counted as waiting: %s", key, error)
+
+    def _shared_leave(self, key: str) -> None:
+        if self.shared is not None:
+            try:
+                self.shared.leave_waiting(key)
+            except BadInput as error:  # the store unreachable: its record's end takes it out of the count
+                log.warning("job %s still counted as waiting: %s", key, error)
+
     def _forget(self, key: str, entry: _Entry) -> None:
+        if entry.place != RUNNING:
+            self._shared_leave(key)
         if entry.place == WAITING:
             self._leave_line(key, entry.client)
         del self._entries[key]
