@@ -290,6 +290,12 @@ def test_a_killed_process_jobs_are_failed_naming_it_and_the_live_ones_are_untouc
     for web, job_id in ((b, mine), (a, theirs)):
         web.wait_for(job_id, lambda job: (job.get("progress") or {}).get("step"), "making steps")
     assert b.get(f"/api/jobs/{theirs}").json()["state"] == "running", "B sees A's job running"
+    for action in ("pause", "resume", "stop"):
+        # Not forwarded to A (yet): refused, rather than B recording a pause of a job that runs on.
+        answer = requests.post(f"{b.url}/api/jobs/{theirs}/{action}", cookies=BROWSER, timeout=60)
+        assert answer.status_code == 409 and answer.json()["field"] == "job", (action, answer.text)
+        assert "another web process" in answer.json()["error"]
+    assert b.get(f"/api/jobs/{theirs}").json()["state"] == "running"
     worker = a.worker_pid()
     for pid in (worker, a.served.process.pid):
         os.kill(pid, signal.SIGKILL)

@@ -307,6 +307,11 @@ class JobRegistry:
         with self._lock:
             self.live.pop(job.id, None)
 
+    def holds(self, job_id: str) -> bool:
+        """Whether the job is this process's own, in memory (queued, running or paused here)."""
+        with self._lock:
+            return job_id in self.live
+
     def get(self, job_id: str) -> Job | None:
         with self._lock:
             job = self.live.get(job_id)
@@ -495,6 +500,7 @@ class JobManager:
         """Stop the job; one that never had a slot is ``stopped`` at once, a running one at its next event."""
         job = self.get(job_id)
         with self._control:
+            self._check_here(job)
             job.stop_requested.set()
             job.resume_event.set()
             withdrawn = self.queue.withdraw(job.id)  # if it holds no slot, it is given none
@@ -510,6 +516,7 @@ class JobManager:
         its next event)."""
         job = self.get(job_id)
         with self._control:
+            self._check_here(job)
             if job.state not in ("queued", "running"):
                 return job
             job.resume_event.clear()
@@ -526,6 +533,7 @@ class JobManager:
         """Resume a paused job: ``running`` if a slot is free for it, else ``queued`` for its turn."""
         job = self.get(job_id)
         with self._control:
+            self._check_here(job)
             job.resume_event.set()
             if job.state != "paused":
                 return job
@@ -537,6 +545,17 @@ class JobManager:
             elif job.state == "paused":
                 self._set_state(job, "running")
         return job
+
+    def _check_here(self, job: Job) -> None:
+        """``BadInput`` (409) for an unfinished job this process does not hold: another web process sharing the
+        store runs it, and its pause, resume and stop are not forwarded there (yet)."""
+        if not job.finished_state and not self.store.holds(job.id):
+            raise BadInput(
+                "job",
+                f"job {job.id} is {job.state} in another web process sharing this job store; pause, resume and "
+                "stop reach it only through that process",
+                status=409,
+            )
 
     # -- running -------------------------------------------------------------------------------------
     def _run(self, job: Job) -> None:
