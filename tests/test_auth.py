@@ -340,7 +340,8 @@ def test_the_page_asks_for_the_token_once_then_lists_the_models(token_server, br
         select.locator(f'option[value="{DEFAULT_MODEL_ID}"]').wait_for(state="attached")
         thumb = page.get_by_test_id("image-thumb").first.locator("img")
         thumb.wait_for(state="visible")
-        assert page.evaluate("(img) => img.complete && img.naturalWidth > 0", thumb.element_handle())
+        # Waited for, not read at once: the thumbnail loads lazily (a 401 would leave it empty: this times out).
+        page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=thumb.element_handle())
         assert len(asked) == 1, "kept, not asked again"
     finally:
         context.close()
