@@ -1,9 +1,11 @@
-"""Reading what a page drew: a canvas's exact pixels, the server's PNGs and arrays, the colour table."""
+"""Reading what a page drew (a canvas's exact pixels, the server's PNGs and arrays, the colour table), and a page to draw on."""
 
 from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
@@ -50,3 +52,17 @@ def compare_normalisation(attribution: np.ndarray) -> tuple[np.ndarray, float]:
 
 def coloured(normalised: np.ndarray, table: np.ndarray) -> np.ndarray:
     return table[np.floor(np.clip(normalised, 0, 1) * 255 + 0.5).astype(np.intp)]
+
+
+@contextmanager
+def checked_page(browser, **options) -> Iterator[object]:
+    """A page in a fresh 1440x1000 context (``options`` for the context too), 30 s timeouts; uncaught page errors
+    fail the test once it is done with the page."""
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, **options)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"

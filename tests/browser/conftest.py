@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_pixels import checked_page
 
 from convlens import testing
 
@@ -31,14 +32,8 @@ def web_dist() -> Path:
 @pytest.fixture
 def page(browser, web_dist: Path, live_server: str) -> Iterator[object]:
     """A fresh page; uncaught page errors fail the test that caused them."""
-    context = browser.new_context(viewport={"width": 1440, "height": 1000}, base_url=live_server)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+    with checked_page(browser, base_url=live_server) as page:
+        yield page
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import requests
-from browser_pixels import canvas_pixels
+from browser_pixels import canvas_pixels, checked_page
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -27,6 +27,8 @@ pytestmark = pytest.mark.browser
 DEFAULT_MODEL = "efficientnet_lite0.onnx"
 EPOCHS = 3
 NETS = ("one_layer", "two_layer")
+ONE = [(0.5, 0.12), (0.5, 0.88)]
+"""A "1": a vertical stroke down the middle of the pad, in shares of its width and height."""
 NET_COLOURS = {"one_layer": (31, 119, 180), "two_layer": (255, 127, 14)}
 CONFUSION_COLOUR = np.array([31, 119, 180])
 """The colours of web/src/digits-view.ts and web/src/confusion-matrix.ts."""
@@ -97,14 +99,8 @@ def trained(digits_server) -> tuple[str, dict]:
 @pytest.fixture
 def touch_page(browser, web_dist: Path, digits_server) -> Iterator[object]:
     """A page with touch input, on the digits server; uncaught page errors fail the test."""
-    context = browser.new_context(viewport={"width": 1440, "height": 1000}, has_touch=True)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+    with checked_page(browser, has_touch=True) as page:
+        yield page
 
 
 def colour_count(pixels: np.ndarray, colour: tuple[int, int, int]) -> int:
@@ -289,16 +285,7 @@ def test_a_one_drawn_with_the_mouse_is_the_downsampled_input_and_both_nets_proba
     server, data_dir = digits_server
     job, result = trained
     pad = open_pad(page, server, job)
-    box = pad.bounding_box()
-    x, y0, y1 = (
-        box["x"] + box["width"] * 0.5,
-        box["y"] + box["height"] * 0.12,
-        box["y"] + box["height"] * 0.88,
-    )
-    page.mouse.move(x, y0)
-    page.mouse.down()
-    page.mouse.move(x, y1, steps=25)
-    page.mouse.up()
+    draw(page, pad, [ONE], steps=25)
     one = check_drawing(page, data_dir / "trained", saved_models(job, result))
     assert pad.get_attribute("data-pointer-type") == "mouse"
     # Ink down the middle two columns, in every row but the ends, and nowhere else.
@@ -348,16 +335,7 @@ def test_an_answer_for_an_older_drawing_that_comes_late_is_dropped(touch_page, d
             route.continue_()
 
     page.route("**/predict", hold_the_first_two)
-    box = pad.bounding_box()
-    x, y0, y1 = (
-        box["x"] + box["width"] * 0.5,
-        box["y"] + box["height"] * 0.12,
-        box["y"] + box["height"] * 0.88,
-    )
-    page.mouse.move(x, y0)
-    page.mouse.down()
-    page.mouse.move(x, y1, steps=25)
-    page.mouse.up()
+    draw(page, pad, [ONE], steps=25)
     models = saved_models(job, result)
     final = check_drawing(page, data_dir / "trained", models)
     assert len(held) == 2 and final.sum() > 0
@@ -379,16 +357,7 @@ def test_on_an_mnist_like_data_set_the_drawing_is_boxed_and_centred_in_28_by_28(
     assert result["data"]["drawing"] == "mnist" and result["data"]["input_size"] == [28, 28]
     pad = open_pad(page, server, job)
     # A "7" in the pad's top-left corner: the box and the centring must move it to the middle.
-    box = pad.bounding_box()
-
-    def at(u: float, v: float) -> tuple[float, float]:
-        return box["x"] + u * box["width"], box["y"] + v * box["height"]
-
-    page.mouse.move(*at(0.1, 0.1))
-    page.mouse.down()
-    page.mouse.move(*at(0.45, 0.1), steps=10)
-    page.mouse.move(*at(0.25, 0.5), steps=10)
-    page.mouse.up()
+    draw(page, pad, [[(0.1, 0.1), (0.45, 0.1), (0.25, 0.5)]], steps=10)
     seven = check_drawing(page, data_dir / "trained", saved_models(job, result), drawing="mnist")
     rows, columns = np.nonzero(seven)
     assert rows.max() - rows.min() + 1 == 20 or columns.max() - columns.min() + 1 == 20
@@ -397,8 +366,9 @@ def test_on_an_mnist_like_data_set_the_drawing_is_boxed_and_centred_in_28_by_28(
     assert abs((weights.sum(axis=0) * (np.arange(28) + 0.5)).sum() - 14) <= 0.5
 
 
-def draw(page, pad, strokes: list[list[tuple[float, float]]]) -> None:
-    """Each stroke, a polyline in shares of the pad's width and height, drawn with the mouse."""
+def draw(page, pad, strokes: list[list[tuple[float, float]]], steps: int = 12) -> None:
+    """Each stroke, a polyline in shares of the pad's width and height, drawn with the mouse (``steps`` moves a
+    segment)."""
     box = pad.bounding_box()
 
     def at(u: float, v: float) -> tuple[float, float]:
@@ -408,7 +378,7 @@ def draw(page, pad, strokes: list[list[tuple[float, float]]]) -> None:
         page.mouse.move(*at(*stroke[0]))
         page.mouse.down()
         for point in stroke[1:]:
-            page.mouse.move(*at(*point), steps=12)
+            page.mouse.move(*at(*point), steps=steps)
         page.mouse.up()
 
 
