@@ -1,4 +1,4 @@
-"""Reading what a page drew (a canvas's exact pixels, the server's PNGs and arrays, the colour table), and a page to draw on."""
+"""Reading what a page drew (a canvas's exact pixels, the server's PNGs, the colour table); a checked page."""
 
 from __future__ import annotations
 
