@@ -101,6 +101,15 @@ def post_job(client, text: str | bytes):
         (json.dumps({**JOB, "params": {"steps": True}}), "params.steps"),
         (json.dumps({**JOB, "params": {"layer": 3}}), "params.layer"),
         (json.dumps({**JOB, "params": {"layer": {"name": "x"}}}), "params.layer"),
+        (json.dumps({**JOB, "device": "cuda:0"}), "device"),
+        (json.dumps({**JOB, "device": "GPU"}), "device"),
+        (json.dumps({**JOB, "device": ""}), "device"),
+        (json.dumps({**JOB, "device": 1}), "device"),
+        (json.dumps({**JOB, "device": ["gpu"]}), "device"),
+        (json.dumps({**JOB, "device": "ｇｐｕ"}), "device"),
+        (json.dumps({**JOB, "device": "g" * 10_000}), "device"),
+        # No worker here: a job that wants a GPU is refused (422) rather than run on the CPU.
+        (json.dumps({**JOB, "device": "gpu"}), "device"),
     ],
 )
 def test_a_job_request_of_a_wrong_shape_or_type_is_a_4xx_naming_the_field(client, text, field):

@@ -14,6 +14,7 @@ from . import auth, runner
 from .config import Config, origin_list
 from .dataset_zip import ZipLimits
 from .datasets import DatasetLibrary
+from .errors import BadInput
 from .image_library import ImageLibrary
 from .job_db import SqliteJobStore
 from .jobs import JobManager
@@ -57,6 +58,47 @@ def build_dataset_library(pm, config: Config) -> DatasetLibrary:
     return DatasetLibrary(registered_datasets(pm), config.datasets_dirs, config.dataset_uploads_dir, limits)
 
 
+def build_sources(config: Config) -> tuple[ModelStore, MethodRegistry, ImageLibrary, DatasetLibrary]:
+    """What jobs are made of: the models, methods, images and data sets, for a web process and a worker alike."""
+    models = ModelStore([*config.models_dirs, config.trained_dir], default_dir=config.default_models_dir)
+    if config.ensure_default_model:
+        models.ensure_default(log=lambda message: log.warning(message))
+    pm = get_plugin_manager()
+    methods = MethodRegistry(pm)
+    images = build_library(pm, config)
+    datasets = build_dataset_library(pm, config)
+    images.datasets = datasets  # so a data set's image can be a job's picture (dataset:<id>:<index>)
+    return models, methods, images, datasets
+
+
+def build_job_manager(config: Config, sources, sink, store, start_task, **overrides) -> JobManager:
+    """The job manager of ``config`` over ``sources`` (:func:`build_sources`), its events to ``sink``."""
+    models, methods, images, datasets = sources
+    settings = {
+        "max_running": config.max_running_jobs,
+        "max_queued": config.max_queued_jobs,
+        "max_queued_per_client": config.max_queued_per_client,
+        **overrides,
+    }
+    return JobManager(
+        get_model=models.get,
+        get_method=methods.get,
+        get_image=images.get,
+        get_dataset=datasets.get,
+        models=models,
+        features=runner.feature_store(config.features_dir),
+        sink=sink,
+        start_task=start_task,
+        results_dir=config.results_dir,
+        store=store,
+        max_run_seconds=config.max_run_seconds,
+        jpeg_quality=config.jpeg_quality,
+        stream_hz=config.stream_hz,
+        stream_budget=config.stream_budget,
+        **settings,
+    )
+
+
 def create_app(config: Config | None = None) -> Flask:
     """A convlens app; its SocketIO object is ``app.extensions["socketio"]``."""
     from . import api, sockets
@@ -78,34 +120,15 @@ def create_app(config: Config | None = None) -> Flask:
         max_http_buffer_size=config.max_upload_bytes,
     )
 
-    models = ModelStore([*config.models_dirs, config.trained_dir], default_dir=config.default_models_dir)
-    if config.ensure_default_model:
-        models.ensure_default(log=lambda message: log.warning(message))
-    pm = get_plugin_manager()
-    methods = MethodRegistry(pm)
-    images = build_library(pm, config)
-    datasets = build_dataset_library(pm, config)
-    images.datasets = datasets  # so a data set's image can be a job's picture (dataset:<id>:<index>)
+    models, methods, images, datasets = build_sources(config)
     relay = FrameRelay(lambda sid, message: socketio.emit("frame", message, to=sid))
-    jobs = JobManager(
-        get_model=models.get,
-        get_method=methods.get,
-        get_image=images.get,
-        get_dataset=datasets.get,
-        models=models,
-        features=runner.feature_store(config.features_dir),
-        sink=sockets.RoomEvents(socketio, relay),
-        start_task=socketio.start_background_task,
-        results_dir=config.results_dir,
-        store=_job_store(config),
-        max_running=config.max_running_jobs,
-        max_queued=config.max_queued_jobs,
-        max_queued_per_client=config.max_queued_per_client,
-        max_run_seconds=config.max_run_seconds,
-        jpeg_quality=config.jpeg_quality,
-        stream_hz=config.stream_hz,
-        stream_budget=config.stream_budget,
+    store = _job_store(config)
+    sink = sockets.RoomEvents(socketio, relay)
+    jobs = build_job_manager(
+        config, (models, methods, images, datasets), sink, store, socketio.start_background_task
     )
+    if config.job_queue:
+        _hand_jobs_to_workers(socketio, jobs, store, sink, config)
     _keep_runs(jobs, config.keep_results_days, socketio.start_background_task)
     # So that job:<id>:<name> of a job still running is a 409 that says so, not an unknown job's 404.
     images.job_state = lambda job_id: getattr(jobs.store.get(job_id), "state", None)
@@ -115,6 +138,33 @@ def create_app(config: Config | None = None) -> Flask:
     _serve_web(app, config.web_dist)
     _allow_embedding(app, config)
     return app
+
+
+def _hand_jobs_to_workers(socketio: SocketIO, jobs: JobManager, store, sink, config: Config) -> None:
+    """Jobs go to ``convlens worker`` processes over RQ; their events come back on the bus (:mod:`convlens.bus`)."""
+    import threading
+
+    from .bus import BusManager, Follower, channel_of
+    from .worker_queue import WorkerQueue
+
+    if not config.redis_url:
+        raise BadInput("CONVLENS_JOB_QUEUE", "workers need a Redis: set CONVLENS_REDIS_URL too")
+    follower = Follower(jobs.store, sink, config.jpeg_quality)
+    bus = BusManager(store.url, channel_of(store.prefix), follower.apply)
+    socketio.server.manager = bus  # before any client connects: the server's own manager is not yet used
+    bus.set_server(socketio.server)
+    bus.initialize()  # now, not at the first connection: the mirrors are kept whether or not anyone watches
+    socketio.server.manager_initialized = True
+    jobs.workers = WorkerQueue(
+        store,
+        bus.publish,
+        socketio.start_background_task,
+        max_queued=config.max_queued_jobs,
+        max_queued_per_client=config.max_queued_per_client,
+        max_run_seconds=config.max_run_seconds,
+    )
+    jobs.workers.manager = jobs
+    socketio.start_background_task(follower.keep_reconciling, threading.Event())
 
 
 def _job_store(config: Config):

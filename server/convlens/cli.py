@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -82,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=cmd_serve)
 
+    worker = commands.add_parser(
+        "worker",
+        parents=[command_options],
+        help="run the jobs web processes queue (CONVLENS_JOB_QUEUE=rq) from CONVLENS_REDIS_URL",
+    )
+    worker.add_argument(
+        "--device",
+        default=os.environ.get("CONVLENS_WORKER_DEVICE", "cpu"),
+        help="cpu (default) or cuda:N; a cpu worker takes jobs asking for cpu or any, a GPU one gpu or any",
+    )
+    worker.add_argument("--burst", action="store_true", help="stop once the queues are empty")
+    worker.add_argument("--name", help="the worker's name (default: RQ's, a random one)")
+    worker.set_defaults(handler=cmd_worker)
+
     models = commands.add_parser("models", parents=[command_options], help="list the models")
     models.add_argument("--json", action="store_true", help="machine-readable output")
     models.set_defaults(handler=cmd_models)
@@ -153,6 +168,13 @@ def _serving_config(args: argparse.Namespace):
     from .auth import access_at_start
 
     config = _config(args)
+    if config.job_queue not in ("", "rq"):
+        raise BadInput(
+            "CONVLENS_JOB_QUEUE",
+            f"expected rq (workers) or nothing (jobs run here), got {config.job_queue!r}",
+        )
+    if config.job_queue and not config.redis_url:
+        raise BadInput("CONVLENS_JOB_QUEUE", "workers need a Redis: set CONVLENS_REDIS_URL too")
     config.allow_no_token = config.allow_no_token or args.no_token
     access = access_at_start(args.host, config.token, config.allow_no_token)
     print(f"convlens: access: {access}", file=sys.stderr, flush=True)
@@ -185,6 +207,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allow_unsafe_werkzeug=True,
         request_handler=NoDelayRequestHandler,
     )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from . import worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    print(f"convlens: worker on {args.device}", file=sys.stderr, flush=True)
+    worker.run(_config(args), args.device, burst=args.burst, name=args.name)
     return 0
 
 

@@ -116,6 +116,11 @@ class Config:
     redis_url: str | None = field(default_factory=lambda: os.environ.get("CONVLENS_REDIS_URL") or None)
     """``CONVLENS_REDIS_URL`` (``redis://host:port/db``, ``?prefix=name:`` for a key prefix of its own): job records
     go to that Redis, shared by every web process given it (:mod:`convlens.redis_store`), instead of SQLite."""
+    job_queue: str = field(
+        default_factory=lambda: (os.environ.get("CONVLENS_JOB_QUEUE") or "").strip().lower()
+    )
+    """``CONVLENS_JOB_QUEUE``: ``""`` runs jobs in this process; ``rq`` hands them to ``convlens worker`` processes
+    over RQ on ``CONVLENS_REDIS_URL`` (:mod:`convlens.worker_queue`)."""
     keep_results_days: float = _env_number("CONVLENS_KEEP_RESULTS_DAYS", 0)
     """Runs that ended longer ago than this many days lose their record and results folder (at start-up and
     hourly); 0 keeps every run."""

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from . import devices, late_view, runner
 from . import events as ev
-from . import late_view, runner
 from .config import TRAINED_FOLDER
 from .encode import EncodedFrame
 from .errors import BadInput, NotFound
@@ -33,6 +33,7 @@ from .streaming import SLOWEST_SEND_S, STREAM_BUDGET, STREAM_HZ
 
 if TYPE_CHECKING:
     from .features import FeatureStore
+    from .worker_queue import WorkerQueue
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +292,8 @@ class JobRegistry:
     def __init__(self, records: JobStore) -> None:
         self.records = records
         self.live: dict[str, Job] = {}
+        self.followed: dict[str, Job] = {}
+        """Mirrors of jobs a worker runs (:class:`convlens.bus.Follower`), kept from its events."""
         self._lock = threading.Lock()
 
     def add(self, job: Job) -> None:
@@ -312,18 +315,39 @@ class JobRegistry:
         with self._lock:
             return job_id in self.live
 
+    def follow(self, job: Job) -> None:
+        with self._lock:
+            self.followed[job.id] = job
+
+    def unfollow(self, job_id: str) -> None:
+        with self._lock:
+            self.followed.pop(job_id, None)
+
+    def mirror(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self.followed.get(job_id)
+
+    def mirrors(self) -> list[Job]:
+        with self._lock:
+            return list(self.followed.values())
+
     def get(self, job_id: str) -> Job | None:
         with self._lock:
             job = self.live.get(job_id)
-        if job is not None:
-            return job
+            mirror = self.followed.get(job_id)
+        if job is not None or (mirror is not None and mirror.finished_state):
+            return job or mirror
         record = self.records.load(job_id)
+        if mirror is not None and record is not None and record["state"] not in FINAL_STATES:
+            return (
+                mirror  # its frames and numbers are newer than the record's; an end it missed is the record's
+            )
         return None if record is None else Job.from_record(record)
 
     def page(self, limit: int, before: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
         """Summaries (``Job.summary``), newest first; a job in memory as it is now."""
         with self._lock:
-            live = dict(self.live)
+            live = {**self.followed, **self.live}
         return [
             live[record["id"]].summary() if record["id"] in live else summary_of(record)
             for record in self.records.page(limit, before, owner)
@@ -354,6 +378,7 @@ class JobManager:
         stream_hz: float = STREAM_HZ,
         stream_budget: float = STREAM_BUDGET,
         clock: Callable[[], float] = time.monotonic,
+        workers: WorkerQueue | None = None,
     ) -> None:
         self.get_model = get_model
         self.get_method = get_method
@@ -382,6 +407,8 @@ class JobManager:
         self.send_interval = 1.0 / stream_hz if stream_hz > 0 else 0.0
         self.stream_budget = stream_budget
         self.clock = clock
+        self.workers = workers
+        """Where jobs go to be run by worker processes (``CONVLENS_JOB_QUEUE=rq``); ``None``: run here."""
 
     # -- requests ------------------------------------------------------------------------------------
     def submit(self, request: Any, client: str | None = None) -> Job:
@@ -411,7 +438,18 @@ class JobManager:
             seed = secrets.randbelow(2**31)
         elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise BadInput("seed", f"expected a non-negative integer, got {seed!r}")
+        job_class = devices.parse_device_class(request.get("device"))
         job = Job(secrets.token_hex(6), method.name, model.id, image_id, params, seed, owner=client)
+        if self.workers is not None:
+            self.workers.submit(job, client or LOCAL_CLIENT, job_class)
+            return job
+        if job_class == "gpu":
+            raise BadInput(
+                "device",
+                "this server runs jobs in its own process, on the CPU; a GPU job needs workers "
+                "(CONVLENS_JOB_QUEUE=rq and `convlens worker --device cuda:0`)",
+                status=422,
+            )
         with self._control:  # a slot given meanwhile on another thread starts the job only once it is stored
             self.queue.add(job.id, client or LOCAL_CLIENT, lambda: self.start_task(self._run, job))
             try:
@@ -421,6 +459,14 @@ class JobManager:
                 raise
         self.queue.dispatch()
         return job
+
+    def run_here(self, job: Job, client: str) -> None:
+        """Run a job another process queued (a worker's turn, :mod:`convlens.worker`) on this thread, to its end,
+        as a job submitted here runs: the same slot, events, pauses and result."""
+        with self._control:
+            self.store.add(job)
+            self.queue.add(job.id, client, partial(self._run, job))
+        self.queue.dispatch()  # admits it on this thread: _run returns once the job has ended
 
     def get(self, job_id: str) -> Job:
         """The job: the live one while it runs, else rebuilt from its record (``files`` says if its folder went)."""
@@ -499,6 +545,8 @@ class JobManager:
     def stop(self, job_id: str) -> Job:
         """Stop the job; one that never had a slot is ``stopped`` at once, a running one at its next event."""
         job = self.get(job_id)
+        if self.workers is not None and not self.store.holds(job.id):
+            return self.workers.control(job, "stop")
         with self._control:
             self._check_here(job)
             job.stop_requested.set()
@@ -515,6 +563,8 @@ class JobManager:
         """Pause a queued or running job at once; it holds no slot while paused (a running one gives it back at
         its next event)."""
         job = self.get(job_id)
+        if self.workers is not None and not self.store.holds(job.id):
+            return self.workers.control(job, "pause")
         with self._control:
             self._check_here(job)
             if job.state not in ("queued", "running"):
@@ -532,6 +582,8 @@ class JobManager:
     def resume(self, job_id: str) -> Job:
         """Resume a paused job: ``running`` if a slot is free for it, else ``queued`` for its turn."""
         job = self.get(job_id)
+        if self.workers is not None and not self.store.holds(job.id):
+            return self.workers.control(job, "resume")
         with self._control:
             self._check_here(job)
             job.resume_event.set()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import atlas, colormaps
+from .devices import DEVICE_CLASSES
 from .jobs import STATES
 from .params import MAX_MODEL_ID
 from .pixel_arrays import MAX_SIDE as MAX_PIXEL_SIDE
@@ -325,6 +326,10 @@ def _job_requests(services: Services) -> dict[str, Any]:
                     "additionalProperties": False,
                 },
                 "seed": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                "device": {
+                    "enum": list(DEVICE_CLASSES),
+                    "description": "the device class to run on: any (default), cpu, or gpu (needs a GPU worker)",
+                },
             },
             "required": ["method", "model", "image"],
         }

@@ -4,7 +4,9 @@ Keys, all under ``prefix`` (``convlens:`` unless the URL's ``?prefix=`` names an
 Redis):
 
 - ``job:<id>``: a hash of the record's JSON (``record``, without history and logs), ``history``, ``logs``,
-  ``owner``, ``created``, ``state`` and, while the job is unfinished, ``instance``: the process that runs it.
+  ``owner``, ``created``, ``state`` and, while the job is unfinished, ``instance``: the process that runs it
+  (:data:`~convlens.job_lines.QUEUED_INSTANCE` while it waits in a line for a worker). A job handed to workers also
+  has ``client`` and ``class``, its line's (:mod:`convlens.job_lines`).
 - ``jobs`` and ``owner:<owner>``: sorted sets of every job (of one owner's) by :func:`order_key`, all of score 0
   so that Redis orders them by their bytes: ``(created, id)``, as SQLite's index does.
 - ``finished``: ids scored by when they ended; ``unfinished``: the set of queued, running and paused ids.
@@ -39,6 +41,7 @@ from redis.retry import Retry
 
 from .errors import BadInput
 from .job_db import whole_record
+from .job_lines import QUEUED_INSTANCE
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,13 @@ def order_key(created: float, job_id: str) -> str:
     return f"{bits:016x}:{job_id}"
 
 
+def process_name(instance: str | None) -> str:
+    """``"worker <instance>"`` or ``"web process <instance>"``, as a job's error names the process it lost."""
+    if instance is None:
+        return "process (unknown)"
+    return f"{'worker' if instance.startswith('worker:') else 'web process'} {instance}"
+
+
 def parse_url(url: str) -> tuple[str, str]:
     """``redis://host:port/db?prefix=name:`` split into the URL Redis is given and the key prefix."""
     parts = urlsplit(url)
@@ -101,14 +111,17 @@ def parse_url(url: str) -> tuple[str, str]:
 class RedisJobStore:
     """Job records in Redis at ``url`` (its ``?prefix=`` a key prefix), shared by every process given the same."""
 
-    def __init__(self, url: str, heartbeat_ttl_s: float = HEARTBEAT_TTL_S) -> None:
+    def __init__(self, url: str, heartbeat_ttl_s: float = HEARTBEAT_TTL_S, role: str = "web") -> None:
         redis_url, self.prefix = parse_url(url)
+        self.url = redis_url
+        """Redis' URL without the prefix (for RQ's and Socket.IO's connections to the same Redis)."""
         parts = urlsplit(redis_url)
         self.where = f"{parts.hostname}:{parts.port or 6379}"
         """Redis' address, for messages (without a password the URL may hold)."""
         self.heartbeat_ttl_s = heartbeat_ttl_s
-        self.instance = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        """This process: the ``instance`` of the unfinished jobs it saves, and the name of its heartbeat."""
+        self.instance = f"{role}:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        """This process (``web:`` or ``worker:``, host, pid, a random part): the ``instance`` of the unfinished jobs
+        it saves, and the name of its heartbeat."""
         self.redis = redis.Redis.from_url(
             redis_url,
             decode_responses=True,
@@ -126,8 +139,24 @@ class RedisJobStore:
         """Insert or replace the record (``Job.record()``), its index entries with it."""
         self._write(record)
 
-    def _write(self, record: dict[str, Any], expect: tuple[str | None, str] | None = None) -> bool:
-        """Save ``record``; with ``expect`` (instance, state), only if the stored job still has them. Whether saved."""
+    def save_queued(self, record: dict[str, Any], client: str, job_class: str) -> None:
+        """Save a new job that waits for a worker in ``client``'s line of ``job_class``: no process runs it."""
+        self._write(record, instance=QUEUED_INSTANCE, line=(client, job_class))
+
+    def save_if(self, record: dict[str, Any], instance: str | None, state: str) -> bool:
+        """Save ``record`` only if the stored job is still ``state`` and run by ``instance``; whether saved."""
+        return self._write(record, expect=(instance, state))
+
+    def _write(
+        self,
+        record: dict[str, Any],
+        expect: tuple[str | None, str] | None = None,
+        instance: str | None = None,
+        line: tuple[str, str] | None = None,
+    ) -> bool:
+        """Save ``record``; with ``expect`` (instance, state), only if the stored job still has them; ``instance``
+        names its runner (else the stored one, else this process); ``line`` is its (client, class). Whether
+        saved."""
         job_id, owner, state = record["id"], record.get("owner"), record["state"]
         fields = {k: v for k, v in record.items() if k not in ("metrics_history", "logs")}
         values = {
@@ -141,12 +170,14 @@ class RedisJobStore:
         member = order_key(record["created"], job_id)
 
         def write(pipe: redis.client.Pipeline) -> bool:
-            old_owner, old_created, had_owner, instance, old_state = pipe.hmget(
-                key, "owner", "created", "has_owner", "instance", "state"
+            old_owner, old_created, had_owner, old_instance, old_state, client, job_class, turn = pipe.hmget(
+                key, "owner", "created", "has_owner", "instance", "state", "client", "class", "rq_job"
             )
             pipe.multi()
-            if expect is not None and (instance, old_state) != expect:
+            if expect is not None and (old_instance, old_state) != expect:
                 return False
+            if line is not None:
+                client, job_class = line
             if old_created is not None:
                 old_member = order_key(float(old_created), job_id)
                 pipe.zrem(self._key("jobs"), old_member)
@@ -154,6 +185,10 @@ class RedisJobStore:
                     pipe.zrem(self._key("owner", old_owner), old_member)
             pipe.delete(key)
             pipe.hset(key, mapping=values)
+            if client is not None:
+                pipe.hset(key, mapping={"client": client, "class": job_class})
+            if turn is not None:
+                pipe.hset(key, "rq_job", turn)
             pipe.zadd(self._key("jobs"), {member: 0})
             if owner is not None:
                 pipe.hset(key, mapping={"owner": owner, "has_owner": "1"})
@@ -164,18 +199,20 @@ class RedisJobStore:
                 pipe.zrem(self._key("finished"), job_id)
             if state in UNFINISHED:
                 # The process that took the job runs it to its end: a pause asked of another keeps it that one's.
-                pipe.hset(key, "instance", instance or self.instance)
+                pipe.hset(key, "instance", instance or old_instance or self.instance)
                 pipe.sadd(self._key("unfinished"), job_id)
             else:
                 pipe.srem(self._key("unfinished"), job_id)
+                if client is not None:  # a worker's job runs no more (job_lines' fair turns count them)
+                    pipe.srem(self._key("running", client), job_id)
                 # An ended job waits no more, also one whose process died before it could say so.
                 pipe.eval(LEAVE, 1, self._key("waiting"), job_id, self._key("waiting", ""))
             return True
 
-        return self._call(lambda: self.redis.transaction(write, key, value_from_callable=True), patient=True)
+        return self.call(lambda: self.redis.transaction(write, key, value_from_callable=True), patient=True)
 
     def load(self, job_id: str) -> dict[str, Any] | None:
-        found = self._call(
+        found = self.call(
             lambda: self.redis.hmget(self._key("job", job_id), "record", "owner", "history", "logs")
         )
         record, owner, history, logs = found
@@ -190,12 +227,12 @@ class RedisJobStore:
         """
         top = "+"
         if before is not None:
-            created = self._call(lambda: self.redis.hget(self._key("job", before), "created"))
+            created = self.call(lambda: self.redis.hget(self._key("job", before), "created"))
             if created is None:
                 raise KeyError(before)
             top = "(" + order_key(float(created), before)
         index = self._key("jobs") if owner is None else self._key("owner", owner)
-        members = self._call(lambda: self.redis.zrevrangebylex(index, top, "-", start=0, num=limit))
+        members = self.call(lambda: self.redis.zrevrangebylex(index, top, "-", start=0, num=limit))
         ids = [member.split(":", 1)[1] for member in members]
 
         def read() -> list[list[str | None]]:
@@ -204,7 +241,7 @@ class RedisJobStore:
                 pipe.hmget(self._key("job", job_id), "record", "owner")
             return pipe.execute()
 
-        rows = self._call(read)
+        rows = self.call(read)
         # A job deleted between the two reads is left out.
         return [
             {**json.loads(record), "owner": row_owner} for record, row_owner in rows if record is not None
@@ -212,7 +249,7 @@ class RedisJobStore:
 
     def count(self, owner: str | None = None) -> int:
         index = self._key("jobs") if owner is None else self._key("owner", owner)
-        return self._call(lambda: self.redis.zcard(index))
+        return self.call(lambda: self.redis.zcard(index))
 
     def unfinished(self) -> list[dict[str, Any]]:
         """The records still queued, running or paused whose process is gone (its heartbeat expired): those
@@ -221,7 +258,7 @@ class RedisJobStore:
 
     def finished_before(self, when: float) -> list[str]:
         """The ids of jobs that ended before ``when`` (Unix seconds)."""
-        return self._call(lambda: self.redis.zrangebyscore(self._key("finished"), "-inf", f"({when!r}"))
+        return self.call(lambda: self.redis.zrangebyscore(self._key("finished"), "-inf", f"({when!r}"))
 
     def delete(self, job_id: str) -> None:
         key = self._key("job", job_id)
@@ -238,7 +275,14 @@ class RedisJobStore:
             pipe.srem(self._key("unfinished"), job_id)
             pipe.delete(key)
 
-        self._call(lambda: self.redis.transaction(remove, key))
+        self.call(lambda: self.redis.transaction(remove, key))
+
+    def runner_of(self, job_id: str) -> tuple[str | None, str, str, str] | None:
+        """Who runs the job (its ``instance``), its state, and its line's client and class; ``None``: unknown."""
+        instance, state, client, job_class = self.call(
+            lambda: self.redis.hmget(self._key("job", job_id), "instance", "state", "client", "class")
+        )
+        return None if state is None else (instance, state, client, job_class)
 
     # -- the jobs waiting for a slot, in every process ------------------------------------------------
     def claim_waiting(
@@ -247,14 +291,14 @@ class RedisJobStore:
         """Count ``job_id`` waiting for a slot, unless ``client`` already has ``most_own`` waiting or all clients
         ``most`` (0: no limit): whether it was counted, with the client's and everyone's count before."""
         keys = (self._key("waiting"), self._key("waiting", client))
-        added, own, total = self._call(
+        added, own, total = self.call(
             lambda: self.redis.eval(CLAIM, 2, *keys, job_id, client, most, most_own)
         )
         return bool(added), int(own), int(total)
 
     def leave_waiting(self, job_id: str) -> None:
         """``job_id`` waits no more (it got a slot, or was stopped)."""
-        self._call(lambda: self.redis.eval(LEAVE, 1, self._key("waiting"), job_id, self._key("waiting", "")))
+        self.call(lambda: self.redis.eval(LEAVE, 1, self._key("waiting"), job_id, self._key("waiting", "")))
 
     # -- processes -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -275,7 +319,7 @@ class RedisJobStore:
                 "state": "failed",
                 "finished": time.time(),
                 "error": {
-                    "error": f"the web process {instance or '(unknown)'} that ran this job is gone "
+                    "error": f"the {process_name(instance)} that ran this job is gone "
                     f"(its heartbeat stopped while the job was {state})",
                     "field": None,
                 },
@@ -304,7 +348,7 @@ class RedisJobStore:
 
     def _lost(self) -> list[tuple[dict[str, Any], str | None]]:
         """The unfinished records whose process's heartbeat is gone, each with that process's name."""
-        ids = sorted(self._call(lambda: self.redis.smembers(self._key("unfinished"))))
+        ids = sorted(self.call(lambda: self.redis.smembers(self._key("unfinished"))))
 
         def instances() -> list[str | None]:
             pipe = self.redis.pipeline(transaction=False)
@@ -312,11 +356,11 @@ class RedisJobStore:
                 pipe.hget(self._key("job", job_id), "instance")
             return pipe.execute()
 
-        owners = self._call(instances)
-        alive = self._call(lambda: self._alive({instance for instance in owners if instance}))
+        owners = self.call(instances)
+        alive = self.call(lambda: self._alive({instance for instance in owners if instance}))
         lost = []
         for job_id, instance in zip(ids, owners, strict=True):
-            if instance in alive:
+            if instance in alive or instance == QUEUED_INSTANCE:
                 continue
             record = self.load(job_id)
             if record is not None and record["state"] in UNFINISHED:
@@ -343,10 +387,13 @@ class RedisJobStore:
                 last_reap = time.monotonic() + self.heartbeat_ttl_s
 
     # -- helpers -------------------------------------------------------------------------------------
-    def _key(self, *parts: str) -> str:
+    def key(self, *parts: str) -> str:
+        """A key under this store's prefix: ``key("job", id)`` is ``<prefix>job:<id>``."""
         return self.prefix + ":".join(parts)
 
-    def _call(self, action: Callable[[], T], patient: bool = False) -> T:
+    _key = key
+
+    def call(self, action: Callable[[], T], patient: bool = False) -> T:
         """``action``'s answer; Redis unreachable is :class:`StoreUnavailable` (a 503), after up to
         :data:`SAVE_PATIENCE_S` of tries when ``patient`` outside a request (a job's thread saving its state)."""
         deadline = time.monotonic() + (SAVE_PATIENCE_S if patient and not has_request_context() else 0)
@@ -361,9 +408,9 @@ class RedisJobStore:
                 time.sleep(0.5)
 
 
-def shared_store(url: str) -> RedisJobStore:
+def shared_store(url: str, role: str = "web") -> RedisJobStore:
     """The store of a web process: its heartbeat started, and the jobs of processes already gone failed now."""
-    store = RedisJobStore(url)
+    store = RedisJobStore(url, role=role)
     try:
         store.start()
     except redis.RedisError as error:

@@ -54,6 +54,24 @@ class _Entry:
     """What gives the job its slot's work; ``None`` while it runs."""
 
 
+def refuse(own: int, total: int, max_queued: int, max_queued_per_client: int) -> None:
+    """``BadInput`` (429) naming the limit that ``own`` waiting jobs of a client, ``total`` of all, are at."""
+    if max_queued_per_client and own >= max_queued_per_client:
+        raise BadInput(
+            "max_queued_per_client",
+            f"you have {own} jobs waiting for a slot (queued or paused), the most one client may have "
+            f"(CONVLENS_MAX_QUEUED_PER_CLIENT={max_queued_per_client}); stop one or wait for one to start",
+            status=429,
+        )
+    if max_queued and total >= max_queued:
+        raise BadInput(
+            "max_queued_jobs",
+            f"{total} jobs are waiting for a slot (queued or paused), the most the server keeps "
+            f"(CONVLENS_MAX_QUEUED_JOBS={max_queued}); try again when some have started",
+            status=429,
+        )
+
+
 class FairQueue:
     """The slots, the jobs waiting for them (round-robin over clients) and the limits on how many may wait."""
 
@@ -177,21 +195,7 @@ class FairQueue:
         self._refuse(waiting.count(client), len(waiting))
 
     def _refuse(self, own: int, total: int) -> None:
-        """``BadInput`` (429) naming the limit that ``own`` waiting jobs of a client, ``total`` of all, are at."""
-        if self.max_queued_per_client and own >= self.max_queued_per_client:
-            raise BadInput(
-                "max_queued_per_client",
-                f"you have {own} jobs waiting for a slot (queued or paused), the most one client may have "
-                f"(CONVLENS_MAX_QUEUED_PER_CLIENT={self.max_queued_per_client}); stop one or wait for one to start",
-                status=429,
-            )
-        if self.max_queued and total >= self.max_queued:
-            raise BadInput(
-                "max_queued_jobs",
-                f"{total} jobs are waiting for a slot (queued or paused), the most the server keeps "
-                f"(CONVLENS_MAX_QUEUED_JOBS={self.max_queued}); try again when some have started",
-                status=429,
-            )
+        refuse(own, total, self.max_queued, self.max_queued_per_client)
 
     def _running_by_client(self) -> dict[str, int]:
         running: dict[str, int] = {}
