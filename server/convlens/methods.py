@@ -52,20 +52,27 @@ class RunContext:
     """Where a data set's codes are computed once and kept (:mod:`convlens.features`); set by the runner."""
     models: dict[str, list[Model]] = field(default_factory=dict)
     models_left_out: dict[str, str] = field(default_factory=dict)
+    device: str = ""
+    """Where :meth:`model_input` puts the image: ``cpu`` or ``cuda:N``; empty means the process's device
+    (:func:`convlens.devices.current`), else the CPU."""
     rng: np.random.Generator = field(init=False)
     generator: torch.Generator = field(init=False)
 
     def __post_init__(self) -> None:
         import torch
 
+        from .devices import current
+
+        self.device = self.device or current() or "cpu"
         self.rng = np.random.default_rng(self.seed)
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def model_input(self, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """The image resized to the model's input size (or ``size``), 1x3xHxW in [0, 1]."""
+        """The image resized to the model's input size (or ``size``), 1x3xHxW in [0, 1], on :attr:`device`."""
         from .images import to_tensor
 
-        return to_tensor(self.image, size or self.model.input_size)
+        tensor = to_tensor(self.image, size or self.model.input_size)
+        return tensor if self.device == "cpu" else tensor.to(self.device)
 
 
 @dataclass(frozen=True)

@@ -359,14 +359,14 @@ def runtime_session(source: Path | bytes, threads: int | None = None):
     """An ONNX Runtime session for a file (or a serialised model), with the options convlens uses throughout.
 
     ``threads`` is its intra-op thread count (default: one per CPU). With one, ``run`` computes in the calling
-    thread, and several threads can each run their own inputs at once.
+    thread, and several threads can each run their own inputs at once. Its providers follow the process's device
+    (:func:`convlens.devices.ort_providers`).
     """
     import onnxruntime as ort
 
+    from ..devices import current, ort_providers
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or os.cpu_count() or 1
-    providers = ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
     model = source if isinstance(source, bytes) else str(source)
-    return ort.InferenceSession(model, sess_options=options, providers=providers)
+    return ort.InferenceSession(model, sess_options=options, providers=ort_providers(current()))
