@@ -160,7 +160,7 @@ class ConvlensWorker(Worker):
         if stopped:
             ended = {**record, "state": "stopped", "finished": time.time()}
         else:
-            reason = f"the work horse (pid {horse}) of worker {self.name} died while the job was {state}"
+            reason = f"the work horse (pid {horse}) of worker {self.name} ended while the job was {state}"
             ended = {
                 **record,
                 "state": "failed",
