@@ -10,7 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -126,6 +127,9 @@ class Viewer:
 
 
 class Cluster:
+    """Redis (append-only, as a deployment's), web processes over one data folder, workers: started with
+    :func:`running_cluster`."""
+
     def __init__(self, models_dir: Path, folder: Path) -> None:
         self.models_dir = models_dir
         self.redis = RedisServer(folder / "redis", durable=True)
@@ -195,3 +199,22 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 process.kill()
         self.redis.kill()
+
+
+@contextmanager
+def running_cluster(
+    models_dir: Path, folder: Path, webs: int = 2, workers: tuple[str, ...] = ("w1", "w2"), **env: str
+) -> Iterator[Cluster]:
+    """A started :class:`Cluster` in ``folder`` (``env``: more settings for its processes), stopped after."""
+    cluster = Cluster(models_dir, folder)
+    cluster.env.update(env)
+    cluster.data.mkdir()
+    cluster.redis.start()
+    try:
+        for _ in range(webs):
+            cluster.start_web()
+        for name in workers:
+            cluster.start_worker(name)
+        yield cluster
+    finally:
+        cluster.stop()

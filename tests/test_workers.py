@@ -18,25 +18,16 @@ import pytest
 import requests
 from PIL import Image
 
-from cluster_fixtures import ALICE, BOB, LONG, SHORT, Cluster, Viewer, ended, stepping
+from cluster_fixtures import ALICE, BOB, LONG, SHORT, Cluster, Viewer, ended, running_cluster, stepping
 from convlens.models.default import DEFAULT_MODEL_ID
 from local import REPO
 
 
 @pytest.fixture(scope="module")
 def cluster(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """Redis (append-only, as a deployment's), two web processes over one data folder, two workers."""
-    cluster = Cluster(models_dir, tmp_path_factory.mktemp("cluster"))
-    cluster.data.mkdir()
-    cluster.redis.start()
-    try:
-        cluster.start_web()
-        cluster.start_web()
-        cluster.start_worker("w1")
-        cluster.start_worker("w2")
+    """Redis, two web processes over one data folder, two workers."""
+    with running_cluster(models_dir, tmp_path_factory.mktemp("cluster")) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -209,7 +200,11 @@ def test_a_redis_restart_under_load_ends_every_job_and_loses_no_result(cluster):
         (["worker", "--device", "tpu"], {"CONVLENS_REDIS_URL": "redis://127.0.0.1:1/0"}, "device"),
         (["worker", "--device", "cuda:٣"], {"CONVLENS_REDIS_URL": "redis://127.0.0.1:1/0"}, "device"),
         (["serve", "--port", "1"], {"CONVLENS_JOB_QUEUE": "celery"}, "CONVLENS_JOB_QUEUE"),
-        (["serve", "--port", "1"], {"CONVLENS_JOB_QUEUE": "rq", "CONVLENS_REDIS_URL": ""}, "CONVLENS_JOB_QUEUE"),
+        (
+            ["serve", "--port", "1"],
+            {"CONVLENS_JOB_QUEUE": "rq", "CONVLENS_REDIS_URL": ""},
+            "CONVLENS_JOB_QUEUE",
+        ),
     ],
 )
 def test_a_worker_or_web_process_set_up_wrong_exits_2_naming_the_setting(command, env, field, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from browser_pixels import canvas_pixels, checked_page
 from test_page import open_app, start_deepdream, wait_for_a_drawn_frame, wait_for_state
 
-from cluster_fixtures import Cluster
+from cluster_fixtures import Cluster, running_cluster
 
 pytestmark = pytest.mark.browser
 
@@ -19,16 +19,10 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def cluster(models_dir: Path, web_dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Redis, two web processes, one worker."""
-    cluster = Cluster(models_dir, tmp_path_factory.mktemp("page-cluster"))
-    cluster.data.mkdir()
-    cluster.redis.start()
-    try:
-        cluster.start_web()
-        cluster.start_web()
-        cluster.start_worker("page-worker")
+    with running_cluster(
+        models_dir, tmp_path_factory.mktemp("page-cluster"), workers=("page-worker",)
+    ) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def test_a_run_in_a_worker_is_drawn_and_controlled_from_the_page_and_watched_from_another_process(
