@@ -14,7 +14,7 @@ export MALLOC_TRIM_THRESHOLD_ := 100000000000
 # ... and one heap for all threads: a job thread's own arena cannot hold a batch's large buffers.
 export MALLOC_ARENA_MAX := 1
 
-.PHONY: install python web models browser redis run test lint bench clean
+.PHONY: install python web models browser redis nginx run cluster test lint bench clean
 
 install: python web models
 
@@ -50,10 +50,20 @@ redis:
 		SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; }
 
+# Debian's nginx-light: `make cluster` puts it in front of the web processes (tests/test_cluster_command.py too).
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { \
+		SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q nginx-light; }
+
 run: install
 	$(BIN)/convlens serve --host 127.0.0.1 --port 5000
 
-test: install browser redis
+# Redis, two web processes behind nginx on http://127.0.0.1:5000 and two workers (convlens.cluster); Ctrl-C stops.
+cluster: install redis nginx
+	$(BIN)/convlens cluster
+
+test: install browser redis nginx
 	$(BIN)/python -m pytest
 
 lint: python web

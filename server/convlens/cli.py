@@ -93,9 +93,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("CONVLENS_WORKER_DEVICE", "cpu"),
         help="cpu (default) or cuda:N; a cpu worker takes jobs asking for cpu or any, a GPU one gpu or any",
     )
+    worker.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch and ONNX Runtime threads of each job (default: CONVLENS_THREADS, else one per CPU); "
+        "workers sharing a machine should share its cores",
+    )
     worker.add_argument("--burst", action="store_true", help="stop once the queues are empty")
     worker.add_argument("--name", help="the worker's name (default: RQ's, a random one)")
     worker.set_defaults(handler=cmd_worker)
+
+    cluster = commands.add_parser(
+        "cluster",
+        parents=[command_options],
+        help="start Redis, web processes behind nginx and workers, and keep them running",
+    )
+    cluster.add_argument("--web", type=int, default=2, help="web processes (default 2)")
+    cluster.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    cluster.add_argument("--host", default="127.0.0.1", help="the address nginx listens on")
+    cluster.add_argument("--port", type=int, default=5000, help="the port nginx listens on")
+    cluster.add_argument("--device", default="cpu", help="the workers' device: cpu (default) or cuda:N")
+    cluster.add_argument(
+        "--no-token",
+        action="store_true",
+        help="serve a non-loopback --host without CONVLENS_TOKEN: anyone who reaches it may use it",
+    )
+    cluster.set_defaults(handler=cmd_cluster)
 
     models = commands.add_parser("models", parents=[command_options], help="list the models")
     models.add_argument("--json", action="store_true", help="machine-readable output")
@@ -213,10 +237,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from . import worker
 
+    if args.threads is not None:
+        if not 0 < args.threads <= 1024:
+            raise BadInput("threads", f"expected 1 to 1024 threads, got {args.threads}")
+        os.environ["CONVLENS_THREADS"] = str(args.threads)  # before torch is imported: its horses inherit it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     print(f"convlens: worker on {args.device}", file=sys.stderr, flush=True)
     worker.run(_config(args), args.device, burst=args.burst, name=args.name)
     return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """Redis, ``--web`` web processes behind nginx on ``--host:--port`` and ``--workers`` workers
+    (:mod:`convlens.cluster`), until SIGINT or SIGTERM."""
+    from . import cluster
+
+    config = _serving_config(args)
+    folders = [*(args.models_dir or []), *(args.command_models_dirs or [])]
+    options = [f"--models-dir={folder.resolve()}" for folder in folders]
+    datasets = [*(args.datasets_dir or []), *(args.command_datasets_dirs or [])]
+    options += [f"--datasets-dir={folder.resolve()}" for folder in datasets]
+    return cluster.run(config, args.host, args.port, args.web, args.workers, args.device, options)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
