@@ -199,6 +199,7 @@ def test_a_redis_restart_under_load_ends_every_job_and_loses_no_result(cluster):
         (["worker"], {"CONVLENS_REDIS_URL": "redis://127.0.0.1:1/0"}, "CONVLENS_REDIS_URL"),
         (["worker", "--device", "tpu"], {"CONVLENS_REDIS_URL": "redis://127.0.0.1:1/0"}, "device"),
         (["worker", "--device", "cuda:٣"], {"CONVLENS_REDIS_URL": "redis://127.0.0.1:1/0"}, "device"),
+        (["worker", "--threads", "0"], {"CONVLENS_REDIS_URL": "redis://127.0.0.1:1/0"}, "threads"),
         (["serve", "--port", "1"], {"CONVLENS_JOB_QUEUE": "celery"}, "CONVLENS_JOB_QUEUE"),
         (
             ["serve", "--port", "1"],

@@ -41,8 +41,23 @@ def tune_malloc() -> bool:
     return ok
 
 
+THREADS_ENV = "CONVLENS_THREADS"
+
+
+def cpu_threads() -> int:
+    """The threads a process's torch and ONNX Runtime pools get: ``CONVLENS_THREADS``, else one per CPU.
+
+    Several processes computing on one machine (job workers) must share its cores: two workers' horses with a
+    2-thread pool each on 2 cores ran a 0.5 s job in 11.7 s (OpenMP threads spinning against each other,
+    ``bench/workers.py``); ``convlens cluster`` gives each worker its share."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value.isascii() and value.isdigit() and 0 < int(value) <= 1024:
+        return int(value)
+    return max(1, os.cpu_count() or 1)
+
+
 def configure_threads() -> None:
-    """One torch thread pool sized to the machine; ONNX Runtime sessions are sized the same way."""
+    """One torch thread pool sized to the machine (:func:`cpu_threads`); ONNX Runtime sessions get as many."""
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(cpu_threads())

@@ -8,7 +8,6 @@ records on each node (``pkg.torch.onnx.name_scopes``); a file without them names
 from __future__ import annotations
 
 import ast
-import os
 import threading
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from torch import fx
 
 from ..errors import BadInput
+from ..runtime import cpu_threads
 from .base import ConvInfo, ModelCard
 from .fx_taps import GraphModel, Scope, TapPoint, layer_points, short_class_name
 
@@ -358,7 +358,7 @@ def _onnx_tensor_names(graph_module: fx.GraphModule) -> dict[str, str]:
 def runtime_session(source: Path | bytes, threads: int | None = None):
     """An ONNX Runtime session for a file (or a serialised model), with the options convlens uses throughout.
 
-    ``threads`` is its intra-op thread count (default: one per CPU). With one, ``run`` computes in the calling
+    ``threads`` is its intra-op thread count (default: :func:`convlens.runtime.cpu_threads`). With one, ``run`` computes in the calling
     thread, and several threads can each run their own inputs at once. Its providers follow the process's device
     (:func:`convlens.devices.ort_providers`).
     """
@@ -367,6 +367,6 @@ def runtime_session(source: Path | bytes, threads: int | None = None):
     from ..devices import current, ort_providers
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.intra_op_num_threads = threads or cpu_threads()
     model = source if isinstance(source, bytes) else str(source)
     return ort.InferenceSession(model, sess_options=options, providers=ort_providers(current()))
