@@ -162,3 +162,38 @@ def test_a_client_waiting_jobs_for_workers_count_on_both_web_processes(limited):
         b.control(job_id, "stop")
     b.control(bobs, "stop", cookies=BOB)
     assert {a.get(f"/api/jobs/{job_id}")["state"] for job_id in [*alices, bobs]} == {"stopped"}
+
+
+@pytest.fixture(scope="module")
+def guarded(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Two web processes handing jobs to one worker, both given one token."""
+    folder = tmp_path_factory.mktemp("guarded")
+    with running_cluster(models_dir, folder, workers=("t1",), CONVLENS_TOKEN=TOKEN) as cluster:
+        yield cluster
+
+
+TOKEN = "cluster-secret-" + "7" * 24
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_every_web_process_checks_the_token_for_requests_and_sockets(guarded):
+    a, b = guarded.webs
+    for web in (a, b):
+        refused = requests.get(f"{web.url}/api/jobs", timeout=60)
+        assert refused.status_code == 401, refused.text
+        refused_socket = socketio.Client(reconnection=False)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            refused_socket.connect(web.url, transports=["websocket"])
+    answer = requests.post(f"{a.url}/api/jobs", json=SHORT, headers=BEARER, timeout=60)
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["id"]
+    viewer = socketio.Client(reconnection=False)
+    ended_event = threading.Event()
+    viewer.on("done", lambda message: ended_event.set())
+    viewer.connect(b.url, transports=["websocket"], auth={"token": TOKEN})
+    assert viewer.call("subscribe", {"job": job_id}, timeout=60)["ok"]
+    assert ended_event.wait(ENDS_S), (
+        "the job ran in the worker and its end reached the other process's viewer"
+    )
+    viewer.disconnect()
+    assert requests.get(f"{b.url}/api/jobs/{job_id}", headers=BEARER, timeout=60).json()["state"] == "done"
