@@ -20,6 +20,7 @@ from .images import resize, to_tensor
 from .openapi import MAX_ID
 from .params import plain_int
 from .pixel_arrays import pixels_from_json
+from .plugin_info import describe_plugins
 from .upload_owners import upload_name
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,13 @@ def list_methods():
             entry["unavailable"] = method.unavailable_reason(model)
         answer.append(entry)
     return jsonify(answer)
+
+
+@blueprint.get("/plugins")
+def list_plugins():
+    """Every loaded plugin: its distribution and version, what it offers and what it declares it supports."""
+    registry = services().methods
+    return jsonify(describe_plugins(registry.pm, registry))
 
 
 @blueprint.get("/images")

@@ -82,6 +82,34 @@ DATASET = {
     "required": ["id"],
 }
 OBJECT = {"type": "object"}
+_TEXT_OR_NULL = {"type": ["string", "null"]}
+_NAMES = {"type": "array", "items": {"type": "string"}}
+PLUGIN = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "description": "its entry-point name in the convlens group"},
+        "distribution": _TEXT_OR_NULL,
+        "version": _TEXT_OR_NULL,
+        "summary": _TEXT_OR_NULL,
+        "classifiers": _NAMES,
+        "framework_classifier": {"type": "boolean"},
+        "methods": _NAMES,
+        "needs": _NAMES,
+        "sample_images": {"type": "integer"},
+        "datasets": {"type": "integer"},
+        "supports": {
+            "type": "object",
+            "properties": {
+                "formats": {"type": ["array", "null"], "items": {"type": "string"}},
+                "convlens": _TEXT_OR_NULL,
+                "compatible": {"type": "boolean"},
+                "reason": _TEXT_OR_NULL,
+            },
+            "required": ["formats", "convlens", "compatible", "reason"],
+        },
+    },
+    "required": ["name", "distribution", "version", "methods", "supports"],
+}
 ANY_JSON: dict[str, Any] = {}
 
 
@@ -176,6 +204,7 @@ OPERATIONS: dict[str, Operation] = {
         path={"name": {"type": "string", "maxLength": MAX_ID, "examples": list(colormaps.NAMES)}},
     ),
     "api.list_methods": Operation(query=(MODEL_ARG,), answer=(200, "application/json", _list(OBJECT))),
+    "api.list_plugins": Operation(answer=(200, "application/json", _list(PLUGIN))),
     "api.list_images": Operation(answer=(200, "application/json", _list(OBJECT))),
     "api.image_file": Operation(query=(SIZE, MODEL_ARG), answer=PNG),
     "api.upload_image": Operation(body="file", answer=(201, "application/json", OBJECT)),

@@ -11,6 +11,7 @@ import pluggy
 from . import PROJECT_NAME, hookspecs
 from .errors import NotFound
 from .methods import Method
+from .plugin_info import call_hookimpl, trace_hook_calls, tracing_requested, warn_incompatible
 
 if TYPE_CHECKING:
     from .datasets import Dataset
@@ -23,6 +24,8 @@ ONLY_PLUGINS_ENV = "CONVLENS_PLUGINS"
 def make_plugin_manager(only: set[str] | None = None) -> pluggy.PluginManager:
     pm = pluggy.PluginManager(PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
+    if tracing_requested():
+        trace_hook_calls(pm)
     if only is None:
         pm.load_setuptools_entrypoints(PROJECT_NAME)
     else:
@@ -32,6 +35,7 @@ def make_plugin_manager(only: set[str] | None = None) -> pluggy.PluginManager:
         if missing:
             raise RuntimeError(f"{ONLY_PLUGINS_ENV} names plugins that are not installed: {sorted(missing)}")
     pm.check_pending()
+    warn_incompatible(pm)
     return pm
 
 
@@ -63,7 +67,7 @@ class MethodRegistry:
         self.methods: dict[str, Method] = {}
         self.plugin_of: dict[str, str] = {}
         for impl in pm.hook.register_methods.get_hookimpls():
-            for method in impl.function() or []:
+            for method in call_hookimpl("register_methods", impl) or []:
                 if method.name in self.methods:
                     raise RuntimeError(
                         f"method {method.name!r} is declared by plugins {self.plugin_of[method.name]!r}"

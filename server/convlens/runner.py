@@ -20,6 +20,7 @@ from .errors import BadInput
 from .events import Frame, Log, Metrics, Points, Predictions, Progress, Result
 from .methods import Method, RunContext
 from .params import EVERY_MODEL
+from .plugin_info import traced_run, tracing_requested
 
 if TYPE_CHECKING:
     from .datasets import Dataset
@@ -273,6 +274,8 @@ def iterate(method: Method, ctx: RunContext) -> Iterator[Event]:
     check_available(method, ctx.model)
     seed_everything(ctx.seed)
     events = method.run(ctx)
+    if tracing_requested():
+        events = traced_run(method.name, events)
     try:
         for event in events:
             if not isinstance(event, EVENT_TYPES):
