@@ -135,6 +135,29 @@ def build_parser() -> argparse.ArgumentParser:
     datasets.add_argument("--json", action="store_true", help="machine-readable output")
     datasets.set_defaults(handler=cmd_datasets)
 
+    export = commands.add_parser(
+        "export", help="write a torch module as .onnx, .pt and .pt2 files with a card, for --models-dir"
+    )
+    export.add_argument(
+        "model", help="a torchvision classifier's name (resnet18), or module:attr of your own"
+    )
+    export.add_argument("--out", required=True, type=Path, help="the folder to write into (made if missing)")
+    export.add_argument(
+        "--weights", type=Path, help="a state-dict file; without it a torchvision model has random weights"
+    )
+    export.add_argument("--size", type=int, nargs="+", default=[224], metavar="PX", help="H [W] (224)")
+    export.add_argument("--mean", type=float, nargs=3, metavar="X", help="R G B (ImageNet's)")
+    export.add_argument("--std", type=float, nargs=3, metavar="X", help="R G B (ImageNet's)")
+    export.add_argument(
+        "--labels", type=Path, help="a text file, one class a line (ImageNet's for torchvision)"
+    )
+    export.add_argument("--name", help="the files' stem (the model's or attribute's name)")
+    export.add_argument("--title", help="the card's title (the name)")
+    export.add_argument(
+        "--format", action="append", choices=["onnx", "pt", "pt2"], help="only this format (repeatable)"
+    )
+    export.set_defaults(handler=cmd_export)
+
     run = commands.add_parser(
         "run", parents=[command_options], help="run a method without the server and write its results"
     )
@@ -311,6 +334,35 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         labels = f"{len(dataset['labels'])} labels" if dataset["labels"] else "unlabelled"
         print(f"{dataset['id']:<24} {dataset['count']:>7} images  {labels:<12} {dataset['title']}")
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Exit 0 with every format written, 1 when some failed (each named with its reason on stderr)."""
+    from .export import FORMATS, IMAGENET_MEAN, IMAGENET_STD, export_model
+
+    # As `python -m` does, and uvicorn for its app: `module:attr` may name a module in the current folder.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    report = export_model(
+        args.model,
+        args.out,
+        name=args.name,
+        input_size=args.size,
+        mean=args.mean or IMAGENET_MEAN,
+        std=args.std or IMAGENET_STD,
+        labels=args.labels,
+        weights=args.weights,
+        title=args.title,
+        formats=args.format or FORMATS,
+    )
+    for note in report.notes:
+        print(f"convlens: note: {note}", file=sys.stderr)
+    for fmt, path in report.files.items():
+        print(f"convlens: wrote {path} (max |dlogit| {report.max_abs_diff[fmt]:.2g})", file=sys.stderr)
+    for fmt, reason in report.errors.items():
+        print(f"convlens: error: {fmt}: {reason}", file=sys.stderr)
+    print(json.dumps(report.to_json()))
+    return 1 if report.errors else 0
 
 
 def _with_dataset(method, raw_params: dict[str, Any], dataset_id: str) -> dict[str, Any]:
