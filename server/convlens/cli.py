@@ -178,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true")
     run.set_defaults(handler=cmd_run)
+
+    new_plugin = commands.add_parser(
+        "new-plugin", help="write a new plugin's installable distribution: a method, its tests, a README"
+    )
+    new_plugin.add_argument("name", help="the distribution's name (my-lens); its package is my_lens")
+    new_plugin.add_argument("--out", type=Path, help="the folder to write (default ./NAME); missing or empty")
+    new_plugin.set_defaults(handler=cmd_new_plugin)
     return parser
 
 
@@ -450,6 +457,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             }
         )
     )
+    return 0
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from .new_plugin import write_plugin
+
+    out = write_plugin(args.name, args.out)
+    print(f"convlens: wrote {out}; next: pip install -e {out} && pytest {out}", file=sys.stderr)
+    print(json.dumps({"out": str(out)}))
     return 0
 
 
