@@ -12,7 +12,7 @@ from flask import Blueprint, current_app, jsonify, request, send_file
 from PIL import Image
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import atlas, colormaps, openapi
+from . import asyncapi, atlas, colormaps, openapi
 from .auth import client_id
 from .errors import BadInput, NotFound
 from .events import to_uint8
@@ -88,6 +88,12 @@ def _json_object() -> dict:
 def openapi_document():
     """This API's OpenAPI 3.1 document."""
     return jsonify(openapi.document(current_app))
+
+
+@blueprint.get("/asyncapi.json")
+def asyncapi_document():
+    """The AsyncAPI 2.6 document of the Socket.IO events, a JSON schema per payload."""
+    return jsonify(asyncapi.document())
 
 
 @blueprint.get("/models")

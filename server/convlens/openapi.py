@@ -191,6 +191,7 @@ PIXELS_BODY = {
 }
 OPERATIONS: dict[str, Operation] = {
     "api.openapi_document": Operation(answer=(200, "application/json", OBJECT)),
+    "api.asyncapi_document": Operation(answer=(200, "application/json", OBJECT)),
     "api.list_models": Operation(answer=(200, "application/json", _list(MODEL))),
     "api.model_labels": Operation(answer=(200, "application/json", _list({"type": "string"}))),
     "api.model_detail": Operation(answer=(200, "application/json", MODEL)),
