@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInput
-from .models.default import _write_atomically, write_onnx_program
+from .models.default import ModuleWriter, _write_atomically
 
 FORMATS = ("onnx", "pt", "pt2")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -146,13 +146,11 @@ class _ExportFailed(RuntimeError):
     """The ``torch.export`` program could not be made: the reason for both the ``.pt2`` and ``.onnx`` files."""
 
 
-class _Writer:
-    """The module's files; the ``torch.export`` program is made once, for the ``.pt2`` and ``.onnx`` files."""
+class _Writer(ModuleWriter):
+    """The module's files; a failure of its ``torch.export`` program is kept, to name it for both files it makes."""
 
     def __init__(self, module: Any, example: Any) -> None:
-        self.module = module
-        self.example = example
-        self._program: Any = None
+        super().__init__(module, example)
         self._program_error: Exception | None = None
 
     @property
@@ -195,23 +193,6 @@ class _Writer:
                 return torch.export.export(self.module, (self.example,), dynamic_shapes=(tries[-1],))
         finally:
             shapes_log.setLevel(level)
-
-    def write_pt(self, path: Path) -> None:
-        import torch
-
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", FutureWarning)
-            torch.jit.save(torch.jit.trace(self.module, (self.example,)), str(path))
-
-    def write_pt2(self, path: Path) -> None:
-        import torch
-
-        buffer = io.BytesIO()
-        torch.export.save(self.program, buffer)
-        path.write_bytes(buffer.getbuffer())
-
-    def write_onnx(self, path: Path) -> None:
-        write_onnx_program(self.program, path)
 
 
 def _check_logits(report: ExportReport, module: Any, example: Any, mean, std) -> None:

@@ -88,31 +88,23 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         temporary.unlink(missing_ok=True)
 
 
-class _Writer:
-    """Builds the eager model, and its ``torch.export`` program, once for all the files written."""
+class ModuleWriter:
+    """A module's ``.pt``, ``.pt2`` and ``.onnx`` files; its ``torch.export`` program (:meth:`_export`) is made once,
+    for the last two. The default model's files and ``convlens export``'s (:mod:`convlens.export`) are written so."""
 
-    def __init__(self) -> None:
-        import torch
-
-        from .efficientnet_lite import build_efficientnet_lite0
-
-        self.module = build_efficientnet_lite0(pretrained=True)
-        # Batch 2, not 1: torch.export would specialise a dimension of size 1 to a constant.
-        self.example = torch.zeros(2, 3, 224, 224)
+    def __init__(self, module: Any, example: Any) -> None:
+        self.module = module
+        self.example = example
         self._program: Any = None
 
     @property
     def program(self) -> Any:
-        """The module exported with dynamic batch, height and width."""
         if self._program is None:
-            import torch
-            from torch.export import Dim
-
-            # torch.export assumes no intermediate size is 1, so the last (stride 32) feature map must be at
-            # least 2x2: 33 pixels. The ONNX and TorchScript files have no such floor.
-            dims = {0: Dim("batch", min=1), 2: Dim("height", min=33), 3: Dim("width", min=33)}
-            self._program = torch.export.export(self.module, (self.example,), dynamic_shapes={"images": dims})
+            self._program = self._export()
         return self._program
+
+    def _export(self) -> Any:
+        raise NotImplementedError
 
     def write_pt(self, path: Path) -> None:
         import torch
@@ -134,6 +126,28 @@ class _Writer:
 
     def write_onnx(self, path: Path) -> None:
         write_onnx_program(self.program, path)
+
+
+class _Writer(ModuleWriter):
+    """The default model, built once for all its files."""
+
+    def __init__(self) -> None:
+        import torch
+
+        from .efficientnet_lite import build_efficientnet_lite0
+
+        # Batch 2, not 1: torch.export would specialise a dimension of size 1 to a constant.
+        super().__init__(build_efficientnet_lite0(pretrained=True), torch.zeros(2, 3, 224, 224))
+
+    def _export(self) -> Any:
+        """The module exported with dynamic batch, height and width."""
+        import torch
+        from torch.export import Dim
+
+        # torch.export assumes no intermediate size is 1, so the last (stride 32) feature map must be at least
+        # 2x2: 33 pixels. The ONNX and TorchScript files have no such floor.
+        dims = {0: Dim("batch", min=1), 2: Dim("height", min=33), 3: Dim("width", min=33)}
+        return torch.export.export(self.module, (self.example,), dynamic_shapes={"images": dims})
 
 
 def write_onnx_program(program: Any, path: Path) -> None:
