@@ -30,7 +30,7 @@ from socketio.packet import Packet
 
 from . import events as ev
 from .encode import EncodedFrame
-from .jobs import FINAL_STATES, MAX_METRICS_HISTORY, Job, _keep_newest
+from .jobs import FINAL_STATES, Job
 
 if TYPE_CHECKING:
     from .jobs import JobEvents, JobRegistry
@@ -166,18 +166,14 @@ class Follower:
         elif kind == "frame":
             pixels = np.frombuffer(message["pixels"], np.uint8).reshape(message["shape"])
             frame = EncodedFrame(message["seq"], message["step"], message["label"], pixels, self.jpeg_quality)
-            job.frames = max(job.frames, frame.seq + 1)
-            _keep_newest(job.latest_frames, frame)
+            job.keep_frame(frame)
             self.sink.frame(job, frame)
         elif kind == "progress":
             job.progress = message["progress"]
             self.sink.progress(job)
         elif kind == "metrics":
-            points = message["points"]
-            job.metrics = points[-1]["values"]
-            room = MAX_METRICS_HISTORY - len(job.metrics_history)
-            job.metrics_history.extend(points[: max(room, 0)])
-            self.sink.metrics(job, points)
+            job.keep_metrics(message["points"])
+            self.sink.metrics(job, message["points"])
         elif kind == "points":
             positions = np.frombuffer(message["data"], "<f4").reshape(-1, 2)
             points = ev.Points(positions, step=message["step"], label=message["label"])

@@ -136,6 +136,17 @@ class Job:
     def finished_state(self) -> bool:
         return self.state in FINAL_STATES
 
+    def keep_frame(self, frame: EncodedFrame) -> None:
+        """Count the frame and keep it as its label's newest (for late viewers)."""
+        self.frames = max(self.frames, frame.seq + 1)
+        _keep_newest(self.latest_frames, frame)
+
+    def keep_metrics(self, points: list[dict[str, Any]]) -> None:
+        """The newest points (``{step, values}``): the last one's values are the job's metrics; the history keeps
+        the first :data:`MAX_METRICS_HISTORY`."""
+        self.metrics = points[-1]["values"]
+        self.metrics_history.extend(points[: max(MAX_METRICS_HISTORY - len(self.metrics_history), 0)])
+
     def add_log(self, level: str, message: str) -> None:
         """Keep a log line, dropping the oldest past :data:`MAX_LOG_LINES`."""
         self.logs.append({"level": level, "message": message})
@@ -545,10 +556,9 @@ class JobManager:
     def stop(self, job_id: str) -> Job:
         """Stop the job; one that never had a slot is ``stopped`` at once, a running one at its next event."""
         job = self.get(job_id)
-        if self.workers is not None and not self.store.holds(job.id):
-            return self.workers.control(job, "stop")
+        if (elsewhere := self._elsewhere(job, "stop")) is not None:
+            return elsewhere
         with self._control:
-            self._check_here(job)
             job.stop_requested.set()
             job.resume_event.set()
             withdrawn = self.queue.withdraw(job.id)  # if it holds no slot, it is given none
@@ -563,10 +573,9 @@ class JobManager:
         """Pause a queued or running job at once; it holds no slot while paused (a running one gives it back at
         its next event)."""
         job = self.get(job_id)
-        if self.workers is not None and not self.store.holds(job.id):
-            return self.workers.control(job, "pause")
+        if (elsewhere := self._elsewhere(job, "pause")) is not None:
+            return elsewhere
         with self._control:
-            self._check_here(job)
             if job.state not in ("queued", "running"):
                 return job
             job.resume_event.clear()
@@ -582,10 +591,9 @@ class JobManager:
     def resume(self, job_id: str) -> Job:
         """Resume a paused job: ``running`` if a slot is free for it, else ``queued`` for its turn."""
         job = self.get(job_id)
-        if self.workers is not None and not self.store.holds(job.id):
-            return self.workers.control(job, "resume")
+        if (elsewhere := self._elsewhere(job, "resume")) is not None:
+            return elsewhere
         with self._control:
-            self._check_here(job)
             job.resume_event.set()
             if job.state != "paused":
                 return job
@@ -598,16 +606,20 @@ class JobManager:
                 self._set_state(job, "running")
         return job
 
-    def _check_here(self, job: Job) -> None:
-        """``BadInput`` (409) for an unfinished job this process does not hold: another web process sharing the
-        store runs it, and its pause, resume and stop are not forwarded there (yet)."""
-        if not job.finished_state and not self.store.holds(job.id):
-            raise BadInput(
-                "job",
-                f"job {job.id} is {job.state} in another web process sharing this job store; pause, resume and "
-                "stop reach it only through that process",
-                status=409,
-            )
+    def _elsewhere(self, job: Job, action: str) -> Job | None:
+        """``action`` done where another process runs the unfinished job: a worker's is forwarded to it (the job
+        as it is then); another web process's sharing the store is a 409 (not forwarded). ``None``: the job is
+        this process's (or ended) to control here."""
+        if job.finished_state or self.store.holds(job.id):
+            return None
+        if self.workers is not None:
+            return self.workers.control(job, action)
+        raise BadInput(
+            "job",
+            f"job {job.id} is {job.state} in another web process sharing this job store; pause, resume and "
+            "stop reach it only through that process",
+            status=409,
+        )
 
     # -- running -------------------------------------------------------------------------------------
     def _run(self, job: Job) -> None:
@@ -716,8 +728,7 @@ class JobManager:
         if isinstance(event, ev.Frame):
             # No pixels yet: a tensor becomes pixels only if a viewer gets it, and the reel's at the end.
             frame = EncodedFrame(job.frames, event.step, event.label, ev.held(event.image), self.jpeg_quality)
-            job.frames += 1
-            _keep_newest(job.latest_frames, frame)
+            job.keep_frame(frame)
             job.reel.add(frame.image)
             with job.outbox.lock:
                 job.outbox.frame = frame
@@ -736,10 +747,8 @@ class JobManager:
                 job.outbox.progress = True
         elif isinstance(event, ev.Metrics):
             values = {name: float(value) for name, value in event.values.items()}
-            job.metrics = values
             point = {"step": event.step, "values": values}
-            if len(job.metrics_history) < MAX_METRICS_HISTORY:
-                job.metrics_history.append(point)
+            job.keep_metrics([point])
             with job.outbox.lock:
                 job.outbox.points.append(point)
         elif isinstance(event, ev.Log):
