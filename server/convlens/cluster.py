@@ -9,7 +9,6 @@ its session). A process that exits is started again after a backoff; SIGINT or S
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -28,10 +27,9 @@ import requests
 
 from .config import Config
 from .errors import BadInput
-from .runtime import cpu_threads
+from .runtime import cpu_threads, die_with_parent, proc_stat
 
 MAX_PROCESSES = 16
-PR_SET_PDEATHSIG = 1
 NGINX_TEMPLATE = Path(__file__).with_name("nginx.conf")
 STARTS_S = 300
 """A hang guard for a process to answer at start (a web process imports torch and the plugins)."""
@@ -100,10 +98,9 @@ def parent_ids() -> dict[int, int]:
     parents = {}
     for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
         if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue  # it ended meanwhile
+            fields = proc_stat(entry.name)
+            if fields is not None:  # else it ended meanwhile
+                parents[int(entry.name)] = int(fields[1])
     return parents
 
 
@@ -117,9 +114,8 @@ def process_tree(root: int, parents: dict[int, int] | None = None) -> list[int]:
 
 
 def _end_with_supervisor() -> None:
-    """In a child, before its program: SIGTERM when the supervisor dies, even by SIGKILL (Linux's prctl)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    """In a child, before its program: SIGTERM when the supervisor dies, even by SIGKILL."""
+    die_with_parent(signal.SIGTERM)
 
 
 @dataclass

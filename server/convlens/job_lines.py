@@ -69,7 +69,7 @@ class JobLines:
 
     def join(self, job_id: str, client: str, job_class: str, *, first: bool = False) -> None:
         """Put the job at the end of its client's line (at the head if ``first``: a resumed job)."""
-        line, ready = self._key("line", job_class, client), self._key("ready", job_class)
+        line, ready = self.store.key("line", job_class, client), self.store.key("ready", job_class)
 
         def push() -> None:
             pipe = self.store.redis.pipeline(transaction=True)
@@ -93,7 +93,4 @@ class JobLines:
 
     def taken_in(self, turn: str) -> str | None:
         """The job the RQ job ``turn`` took, if any (kept a week)."""
-        return self.store.call(lambda: self.store.redis.get(self._key("turn", turn)))
-
-    def _key(self, *parts: str) -> str:
-        return self.store.key(*parts)
+        return self.store.call(lambda: self.store.redis.get(self.store.key("turn", turn)))

@@ -166,7 +166,7 @@ class RedisJobStore:
             "created": repr(float(record["created"])),
             "state": state,
         }
-        key = self._key("job", job_id)
+        key = self.key("job", job_id)
         member = order_key(record["created"], job_id)
 
         def write(pipe: redis.client.Pipeline) -> bool:
@@ -180,40 +180,40 @@ class RedisJobStore:
                 client, job_class = line
             if old_created is not None:
                 old_member = order_key(float(old_created), job_id)
-                pipe.zrem(self._key("jobs"), old_member)
+                pipe.zrem(self.key("jobs"), old_member)
                 if had_owner:
-                    pipe.zrem(self._key("owner", old_owner), old_member)
+                    pipe.zrem(self.key("owner", old_owner), old_member)
             pipe.delete(key)
             pipe.hset(key, mapping=values)
             if client is not None:
                 pipe.hset(key, mapping={"client": client, "class": job_class})
             if turn is not None:
                 pipe.hset(key, "rq_job", turn)
-            pipe.zadd(self._key("jobs"), {member: 0})
+            pipe.zadd(self.key("jobs"), {member: 0})
             if owner is not None:
                 pipe.hset(key, mapping={"owner": owner, "has_owner": "1"})
-                pipe.zadd(self._key("owner", owner), {member: 0})
+                pipe.zadd(self.key("owner", owner), {member: 0})
             if record.get("finished") is not None:
-                pipe.zadd(self._key("finished"), {job_id: float(record["finished"])})
+                pipe.zadd(self.key("finished"), {job_id: float(record["finished"])})
             else:
-                pipe.zrem(self._key("finished"), job_id)
+                pipe.zrem(self.key("finished"), job_id)
             if state in UNFINISHED:
                 # The process that took the job runs it to its end: a pause asked of another keeps it that one's.
                 pipe.hset(key, "instance", instance or old_instance or self.instance)
-                pipe.sadd(self._key("unfinished"), job_id)
+                pipe.sadd(self.key("unfinished"), job_id)
             else:
-                pipe.srem(self._key("unfinished"), job_id)
+                pipe.srem(self.key("unfinished"), job_id)
                 if client is not None:  # a worker's job runs no more (job_lines' fair turns count them)
-                    pipe.srem(self._key("running", client), job_id)
+                    pipe.srem(self.key("running", client), job_id)
                 # An ended job waits no more, also one whose process died before it could say so.
-                pipe.eval(LEAVE, 1, self._key("waiting"), job_id, self._key("waiting", ""))
+                pipe.eval(LEAVE, 1, self.key("waiting"), job_id, self.key("waiting", ""))
             return True
 
         return self.call(lambda: self.redis.transaction(write, key, value_from_callable=True), patient=True)
 
     def load(self, job_id: str) -> dict[str, Any] | None:
         found = self.call(
-            lambda: self.redis.hmget(self._key("job", job_id), "record", "owner", "history", "logs")
+            lambda: self.redis.hmget(self.key("job", job_id), "record", "owner", "history", "logs")
         )
         record, owner, history, logs = found
         if record is None:
@@ -227,18 +227,18 @@ class RedisJobStore:
         """
         top = "+"
         if before is not None:
-            created = self.call(lambda: self.redis.hget(self._key("job", before), "created"))
+            created = self.call(lambda: self.redis.hget(self.key("job", before), "created"))
             if created is None:
                 raise KeyError(before)
             top = "(" + order_key(float(created), before)
-        index = self._key("jobs") if owner is None else self._key("owner", owner)
+        index = self.key("jobs") if owner is None else self.key("owner", owner)
         members = self.call(lambda: self.redis.zrevrangebylex(index, top, "-", start=0, num=limit))
         ids = [member.split(":", 1)[1] for member in members]
 
         def read() -> list[list[str | None]]:
             pipe = self.redis.pipeline(transaction=False)
             for job_id in ids:
-                pipe.hmget(self._key("job", job_id), "record", "owner")
+                pipe.hmget(self.key("job", job_id), "record", "owner")
             return pipe.execute()
 
         rows = self.call(read)
@@ -248,7 +248,7 @@ class RedisJobStore:
         ]
 
     def count(self, owner: str | None = None) -> int:
-        index = self._key("jobs") if owner is None else self._key("owner", owner)
+        index = self.key("jobs") if owner is None else self.key("owner", owner)
         return self.call(lambda: self.redis.zcard(index))
 
     def unfinished(self) -> list[dict[str, Any]]:
@@ -258,21 +258,21 @@ class RedisJobStore:
 
     def finished_before(self, when: float) -> list[str]:
         """The ids of jobs that ended before ``when`` (Unix seconds)."""
-        return self.call(lambda: self.redis.zrangebyscore(self._key("finished"), "-inf", f"({when!r}"))
+        return self.call(lambda: self.redis.zrangebyscore(self.key("finished"), "-inf", f"({when!r}"))
 
     def delete(self, job_id: str) -> None:
-        key = self._key("job", job_id)
+        key = self.key("job", job_id)
 
         def remove(pipe: redis.client.Pipeline) -> None:
             owner, created, had_owner = pipe.hmget(key, "owner", "created", "has_owner")
             pipe.multi()
             if created is not None:
                 member = order_key(float(created), job_id)
-                pipe.zrem(self._key("jobs"), member)
+                pipe.zrem(self.key("jobs"), member)
                 if had_owner:
-                    pipe.zrem(self._key("owner", owner), member)
-            pipe.zrem(self._key("finished"), job_id)
-            pipe.srem(self._key("unfinished"), job_id)
+                    pipe.zrem(self.key("owner", owner), member)
+            pipe.zrem(self.key("finished"), job_id)
+            pipe.srem(self.key("unfinished"), job_id)
             pipe.delete(key)
 
         self.call(lambda: self.redis.transaction(remove, key))
@@ -280,7 +280,7 @@ class RedisJobStore:
     def runner_of(self, job_id: str) -> tuple[str | None, str, str, str] | None:
         """Who runs the job (its ``instance``), its state, and its line's client and class; ``None``: unknown."""
         instance, state, client, job_class = self.call(
-            lambda: self.redis.hmget(self._key("job", job_id), "instance", "state", "client", "class")
+            lambda: self.redis.hmget(self.key("job", job_id), "instance", "state", "client", "class")
         )
         return None if state is None else (instance, state, client, job_class)
 
@@ -290,7 +290,7 @@ class RedisJobStore:
     ) -> tuple[bool, int, int]:
         """Count ``job_id`` waiting for a slot, unless ``client`` already has ``most_own`` waiting or all clients
         ``most`` (0: no limit): whether it was counted, with the client's and everyone's count before."""
-        keys = (self._key("waiting"), self._key("waiting", client))
+        keys = (self.key("waiting"), self.key("waiting", client))
         added, own, total = self.call(
             lambda: self.redis.eval(CLAIM, 2, *keys, job_id, client, most, most_own)
         )
@@ -298,7 +298,7 @@ class RedisJobStore:
 
     def leave_waiting(self, job_id: str) -> None:
         """``job_id`` waits no more (it got a slot, or was stopped)."""
-        self.call(lambda: self.redis.eval(LEAVE, 1, self._key("waiting"), job_id, self._key("waiting", "")))
+        self.call(lambda: self.redis.eval(LEAVE, 1, self.key("waiting"), job_id, self.key("waiting", "")))
 
     # -- processes -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -333,7 +333,7 @@ class RedisJobStore:
         """End the heartbeat: this process's unfinished jobs end with it, and another process may fail them."""
         self._closed.set()
         try:
-            self.redis.delete(self._key("instance", self.instance))
+            self.redis.delete(self.key("instance", self.instance))
         except redis.RedisError:
             pass  # it expires by itself
         self.redis.close()
@@ -343,17 +343,17 @@ class RedisJobStore:
         ordered = sorted(instances)
         pipe = self.redis.pipeline(transaction=False)
         for instance in ordered:
-            pipe.exists(self._key("instance", instance))
+            pipe.exists(self.key("instance", instance))
         return {instance for instance, exists in zip(ordered, pipe.execute(), strict=True) if exists}
 
     def _lost(self) -> list[tuple[dict[str, Any], str | None]]:
         """The unfinished records whose process's heartbeat is gone, each with that process's name."""
-        ids = sorted(self.call(lambda: self.redis.smembers(self._key("unfinished"))))
+        ids = sorted(self.call(lambda: self.redis.smembers(self.key("unfinished"))))
 
         def instances() -> list[str | None]:
             pipe = self.redis.pipeline(transaction=False)
             for job_id in ids:
-                pipe.hget(self._key("job", job_id), "instance")
+                pipe.hget(self.key("job", job_id), "instance")
             return pipe.execute()
 
         owners = self.call(instances)
@@ -369,7 +369,7 @@ class RedisJobStore:
 
     def _beat(self) -> None:
         about = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "beat": time.time()})
-        self.redis.set(self._key("instance", self.instance), about, px=int(self.heartbeat_ttl_s * 1000))
+        self.redis.set(self.key("instance", self.instance), about, px=int(self.heartbeat_ttl_s * 1000))
 
     def _keep_beating(self) -> None:
         last_reap = time.monotonic()
@@ -390,8 +390,6 @@ class RedisJobStore:
     def key(self, *parts: str) -> str:
         """A key under this store's prefix: ``key("job", id)`` is ``<prefix>job:<id>``."""
         return self.prefix + ":".join(parts)
-
-    _key = key
 
     def call(self, action: Callable[[], T], patient: bool = False) -> T:
         """``action``'s answer; Redis unreachable is :class:`StoreUnavailable` (a 503), after up to

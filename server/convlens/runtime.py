@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import sys
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -61,3 +62,23 @@ def configure_threads() -> None:
     import torch
 
     torch.set_num_threads(cpu_threads())
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(signum: int) -> None:
+    """Have Linux send this process ``signum`` when its parent dies, even by SIGKILL (``prctl``; elsewhere a
+    no-op). A worker's job process and ``convlens cluster``'s children end with what started them."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
+
+
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command's name (state, parent id, ...); ``None`` for no such
+    process (or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None

@@ -15,7 +15,6 @@ OpenMP thread pool does not survive a fork) and a CUDA device is first touched i
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -33,14 +32,14 @@ from .errors import BadInput
 from .job_lines import JobLines
 from .jobs import FINAL_STATES, Job
 from .redis_store import RedisJobStore, shared_store
-from .worker_queue import _job_json, control_channel, queue_name
+from .runtime import die_with_parent, proc_stat
+from .worker_queue import control_channel, queue_name
 
 if TYPE_CHECKING:
     import redis
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
 _device: str = "cpu"
 """The device this worker's horses run on (set before the first fork)."""
 
@@ -130,7 +129,7 @@ class ConvlensWorker(Worker):
 
     def main_work_horse(self, job, queue) -> None:
         # Killed with the worker (SIGKILL included): its job is then failed by a live process, naming the worker.
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        die_with_parent(signal.SIGKILL)
         if os.getppid() != self._parent_pid:
             os._exit(1)  # the worker died before the line above
         super().main_work_horse(job, queue)
@@ -168,16 +167,13 @@ class ConvlensWorker(Worker):
                 "error": {"error": reason, "field": None},
             }
         if self.store.save_if(ended, instance, state):
-            self.bus.publish(state_message(_job_json(ended)))
+            self.bus.publish(state_message(Job.from_record(ended).to_json()))
 
 
 def _alive(pid: int) -> bool:
     """Whether a process of that id runs on this machine (a zombie counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def run(config: Config, device: str = "cpu", *, burst: bool = False, name: str | None = None) -> bool:

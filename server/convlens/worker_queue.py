@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 from .bus import state_message
 from .errors import BadInput
 from .job_lines import QUEUED_INSTANCE, JobLines
+from .jobs import Job
 
 if TYPE_CHECKING:
-    from .jobs import Job, JobManager
+    from .jobs import JobManager
     from .redis_store import RedisJobStore
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class WorkerQueue:
     def _turn(self, job_class: str) -> None:
         """One more RQ turn for a worker of ``job_class``."""
         timeout = int(self.max_run_seconds) + 3600 if self.max_run_seconds else -1
-        self._call(
+        self.store.call(
             lambda: self._queue(job_class).enqueue(
                 TURN,
                 job_class,
@@ -130,7 +131,7 @@ class WorkerQueue:
                 return changed
         if job.state == "queued" and action == "resume":
             return job
-        self._call(lambda: self.store.redis.publish(control_channel(self.store.prefix), json.dumps(
+        self.store.call(lambda: self.store.redis.publish(control_channel(self.store.prefix), json.dumps(
             {"job": job.id, "action": action})))  # fmt: skip
         if action == "stop":
             self.start_task(self._stop_when_stuck, job.id)
@@ -162,7 +163,7 @@ class WorkerQueue:
                 if in_line:  # changed by another process meanwhile: leave it as that one left it
                     self.lines.join(job.id, client, job_class, first=True)
                 return None
-        self.publish(state_message(_job_json(changed)))
+        self.publish(state_message(Job.from_record(changed).to_json()))
         return self._read(job.id)
 
     def _await_change(self, job_id: str, before: str, action: str) -> Job:
@@ -200,11 +201,3 @@ class WorkerQueue:
     def _read(self, job_id: str) -> Job:
         assert self.manager is not None
         return self.manager.get(job_id)
-
-    def _call(self, action: Callable[[], Any]) -> Any:
-        return self.store.call(action)
-
-
-def _job_json(record: dict[str, Any]) -> dict[str, Any]:
-    """A record as ``Job.to_json()`` has it (the bus's state message)."""
-    return {k: v for k, v in record.items() if k not in ("owner", "metrics_history", "logs")}
