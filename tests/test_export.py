@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torchvision
@@ -54,6 +55,21 @@ class Branchy(Tiny):
 class Noisy(Tiny):
     def forward(self, x):
         return super().forward(x) + torch.randn(x.shape[0], 10)
+
+
+class Checked(Tiny):
+    def forward(self, x):
+        # A guard many nets have: torch.export cannot branch on a value, a trace takes the branch with logits.
+        if torch.isnan(x).any():
+            raise ValueError("NaN in the input")
+        return super().forward(x)
+
+
+class Spectral(Checked):
+    def forward(self, x):
+        super().forward(x)
+        # fft2 has no ONNX form in the TorchScript-based exporter (opset 17).
+        return self.head(torch.fft.fft2(self.features(x)).abs().mean(dim=(2, 3)))
 
 
 class MapOut(nn.Module):
@@ -126,6 +142,7 @@ def test_resnet18_by_name_writes_the_three_files_and_reports_them(resnet):
     report = json.loads(answer.stdout)
     assert report["errors"] == {}
     assert report["num_classes"] == 1000
+    assert report["onnx_exporter"] == "dynamo"
     assert sorted(report["files"]) == sorted(FORMATS)
     for fmt in FORMATS:
         assert report["files"][fmt] == str(out / f"resnet18.{fmt}")
@@ -182,18 +199,20 @@ def test_a_users_module_attr_is_exported_with_its_labels(nets, tmp_path):
         assert_logits_match(model.logits(images), expected, fmt)
 
 
-def test_a_forward_with_data_dependent_control_flow_is_reported_and_the_trace_still_written(nets, tmp_path):
+def test_a_forward_with_data_dependent_control_flow_is_reported_and_the_traces_still_written(nets, tmp_path):
     out = tmp_path / "models"
     answer = export("convlens_test_nets:Branchy", "--out", str(out), "--size", "32", nets=nets)
     assert answer.returncode == 1, answer.stderr
     report = json.loads(answer.stdout)
-    assert list(report["files"]) == ["pt"]
-    assert sorted(report["errors"]) == ["onnx", "pt2"]
-    for fmt in ("pt2", "onnx"):
-        assert f"convlens: error: {fmt}: torch.export failed" in answer.stderr
-        assert "data-dependent Python control flow" in report["errors"][fmt]
-        assert not (out / f"branchy.{fmt}").exists()
-    assert "convlens: note: pt: Converting a tensor to a Python boolean" in answer.stderr
+    assert list(report["files"]) == ["onnx", "pt"]
+    assert list(report["errors"]) == ["pt2"]
+    assert "convlens: error: pt2: torch.export failed" in answer.stderr
+    assert "data-dependent Python control flow" in report["errors"]["pt2"]
+    assert not (out / "branchy.pt2").exists()
+    assert report["onnx_exporter"] == "torchscript"
+    # Each trace holds the example's branch, and says so.
+    for fmt in ("onnx", "pt"):
+        assert f"convlens: note: {fmt}: Converting a tensor to a Python boolean" in answer.stderr
     assert not [path for path in out.iterdir() if path.name.startswith(".")]
     # The default normalisation, ImageNet's, since none was given.
     images = pictures((32, 32))
@@ -202,6 +221,50 @@ def test_a_forward_with_data_dependent_control_flow_is_reported_and_the_trace_st
             (images - IMAGENET_MEAN.view(1, 3, 1, 1)) / IMAGENET_STD.view(1, 3, 1, 1)
         ).numpy()
     assert_logits_match(ModelStore([out]).get("branchy.pt").logits(images), expected, "pt")
+
+
+def test_onnx_is_traced_where_torch_export_fails_and_the_report_says_why(nets, tmp_path):
+    out = tmp_path / "models"
+    answer = export("convlens_test_nets:Checked", "--out", str(out), "--size", "32", nets=nets)
+    assert answer.returncode == 1, answer.stderr
+    report = json.loads(answer.stdout)
+    assert list(report["files"]) == ["onnx", "pt"]
+    assert report["errors"]["pt2"].startswith("torch.export failed (GuardOnDataDependentSymNode")
+    assert report["onnx_exporter"] == "torchscript"
+    assert (
+        f"convlens: note: onnx: written by the TorchScript-based exporter (a trace) since {report['errors']['pt2']}"
+        in answer.stderr
+    )
+    assert f"convlens: wrote {out / 'checked.onnx'}" in answer.stderr
+    # Opset 17, as onnx2torch reads; any batch, height and width, as the torch.export file's axes.
+    assert {o.domain: o.version for o in onnx.load(out / "checked.onnx").opset_import}[""] == 17
+    eager = user_net(nets, "Checked")
+    model = ModelStore([out]).get("checked.onnx")
+    for size in ((32, 32), (48, 40)):
+        images = pictures(size)
+        with torch.no_grad():
+            expected = eager(
+                (images - IMAGENET_MEAN.view(1, 3, 1, 1)) / IMAGENET_STD.view(1, 3, 1, 1)
+            ).numpy()
+        assert_logits_match(model.logits(images), expected, "onnx")
+
+
+def test_onnx_names_both_exporters_reasons_when_neither_can_write_it(nets, tmp_path):
+    out = tmp_path / "models"
+    answer = export("convlens_test_nets:Spectral", "--out", str(out), "--size", "32", nets=nets)
+    assert answer.returncode == 1, answer.stderr
+    report = json.loads(answer.stdout)  # only the JSON: the exporter's graph dump kept off stdout
+    assert list(report["files"]) == ["pt"]
+    assert report["onnx_exporter"] is None
+    assert report["errors"]["pt2"].startswith("torch.export failed (GuardOnDataDependentSymNode")
+    assert report["errors"]["onnx"] == (
+        f"{report['errors']['pt2']}; the TorchScript-based exporter failed too (UnsupportedOperatorError: "
+        "Exporting the operator 'aten::fft_fft2' to ONNX opset version 17 is not supported)"
+    )
+    for fmt in ("onnx", "pt2"):
+        assert f"convlens: error: {fmt}: {report['errors'][fmt]}" in answer.stderr
+    assert "Torch IR graph" not in answer.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["spectral.json", "spectral.pt"]
 
 
 def test_files_whose_logits_differ_from_the_eager_modules_are_removed(nets, tmp_path):

@@ -2,7 +2,9 @@
 
 The module is a torchvision classifier by name (``resnet18``), ``module:attr`` of the user's own (a class or a
 function taking no arguments, or an ``nn.Module``), or a module object. Each format is written on its own: one that
-fails is reported with its reason and the others are still written. Every file written is then loaded back
+fails is reported with its reason and the others are still written. The ``.onnx`` file comes from the
+``torch.export`` program, as the ``.pt2`` does; where no program can be made, from the TorchScript-based exporter
+(a trace, as the ``.pt`` file is), and the report says so and why. Every file written is then loaded back
 through :class:`convlens.models.store.ModelStore` and its logits compared with the eager module's; a file whose
 logits differ is removed and reported. The files take normalised input, as the README's export snippet writes
 them; the card's mean and std say what convlens applies to an RGB picture in [0, 1] first.
@@ -18,7 +20,9 @@ import importlib
 import io
 import json
 import logging
+import os
 import re
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInput
-from .models.default import ModuleWriter, _write_atomically
+from .models.default import ONNX_OPSET, ModuleWriter, _write_atomically
 
 FORMATS = ("onnx", "pt", "pt2")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -50,6 +54,9 @@ class ExportReport:
     errors: dict[str, str] = field(default_factory=dict)
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    onnx_exporter: str | None = None
+    """Which exporter wrote the ``.onnx`` file: ``"dynamo"`` (from the ``torch.export`` program) or
+    ``"torchscript"`` (a trace, where no program could be made); None when none was written."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +68,7 @@ class ExportReport:
             "errors": self.errors,
             "max_abs_diff": self.max_abs_diff,
             "notes": self.notes,
+            "onnx_exporter": self.onnx_exporter,
         }
 
 
@@ -133,12 +141,20 @@ def export_model(
             path.unlink(missing_ok=True)  # an earlier export's file would disagree with this report
             continue
         report.files[fmt] = path
+        if fmt == "onnx":
+            report.onnx_exporter = "dynamo" if writer.onnx_fallback is None else "torchscript"
+            if writer.onnx_fallback is not None:
+                report.notes.append(
+                    f"onnx: written by the TorchScript-based exporter (a trace) since {writer.onnx_fallback}"
+                )
         for warning in caught:
             if issubclass(warning.category, torch.jit.TracerWarning):
                 # A traced branch or Python number is fixed to the example's: right for it, maybe not for others.
                 report.notes.append(f"{fmt}: {str(warning.message).split('. ')[0]}")
                 break
     _check_logits(report, module, example, mean, std)
+    if "onnx" not in report.files:
+        report.onnx_exporter = None
     return report
 
 
@@ -147,11 +163,26 @@ class _ExportFailed(RuntimeError):
 
 
 class _Writer(ModuleWriter):
-    """The module's files; a failure of its ``torch.export`` program is kept, to name it for both files it makes."""
+    """The module's files; a failure of its ``torch.export`` program is kept, to name it for both files it makes,
+    and the ``.onnx`` file is then traced instead."""
 
     def __init__(self, module: Any, example: Any) -> None:
         super().__init__(module, example)
         self._program_error: Exception | None = None
+        self.onnx_fallback: str | None = None
+        """Why the ``.onnx`` file written was traced, not made from the ``torch.export`` program."""
+
+    def write_onnx(self, path: Path) -> None:
+        try:
+            super().write_onnx(path)
+        except _ExportFailed as failure:
+            try:
+                _write_traced_onnx(self.module, self.example, path)
+            except Exception as error:  # noqa: BLE001 - the reason both exporters failed is the report's
+                raise _ExportFailed(
+                    f"{failure}; the TorchScript-based exporter failed too ({_reason(error)})"
+                ) from None
+            self.onnx_fallback = str(failure)
 
     @property
     def program(self) -> Any:
@@ -193,6 +224,47 @@ class _Writer(ModuleWriter):
                 return torch.export.export(self.module, (self.example,), dynamic_shapes=(tries[-1],))
         finally:
             shapes_log.setLevel(level)
+
+
+def _write_traced_onnx(module: Any, example: Any, path: Path) -> None:
+    """``module`` traced to ONNX at :data:`ONNX_OPSET` by the TorchScript-based exporter, with the axes the
+    ``torch.export`` file has."""
+    import torch
+
+    axes = {0: "batch", 2: "height", 3: "width"}
+    # Its deprecation warnings say nothing a user can act on; its TracerWarnings are kept, as the .pt file's are.
+    with warnings.catch_warnings(), torch.no_grad(), _without_onnx_graph_dump():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": axes, "logits": {0: "batch"}},
+        )
+
+
+@contextlib.contextmanager
+def _without_onnx_graph_dump():
+    """The TorchScript-based exporter prints its whole graph from C++ when an operator has no ONNX form, whatever
+    ``verbose`` says, and to stdout, where the CLI writes its JSON: sent to stderr, and that to /dev/null, here."""
+    import torch
+
+    torch._C._jit_set_onnx_log_output_stream("stderr")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        torch._C._jit_set_onnx_log_output_stream("stdout")
 
 
 def _check_logits(report: ExportReport, module: Any, example: Any, mean, std) -> None:
