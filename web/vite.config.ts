@@ -14,7 +14,12 @@ export default defineConfig({
     modulePreload: { polyfill: false },
     rolldownOptions: {
       // The bundle itself is an entry, so both pages and any embedding page load the same convlens.js.
-      input: { convlens: "src/main.ts", index: "index.html", compare: "compare.html" },
+      input: {
+        convlens: "src/main.ts",
+        index: "index.html",
+        compare: "compare.html",
+        api: "api.html",
+      },
       // Keep convlens.js's exports (the element classes, parseNpy) for pages that import it.
       preserveEntrySignatures: "exports-only",
       output: {

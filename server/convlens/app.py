@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Flask, abort, send_from_directory
+from flask import Flask, abort, redirect, request, send_from_directory
 from flask_socketio import SocketIO
 
 from . import auth, runner
@@ -208,6 +208,15 @@ def _keep_runs(jobs: JobManager, keep_days: float, start_task) -> None:
 
 
 def _serve_web(app: Flask, dist: Path) -> None:
+    # The API reference page (web/api.html) at the address people try first. Answered before the token
+    # check (auth.install comes later): the page is public as every page is, and asks for the token itself.
+    @app.before_request
+    def api_docs():
+        if request.path in ("/api/docs", "/api/docs/") and request.method in ("GET", "HEAD"):
+            query = request.query_string.decode("latin-1")
+            return redirect("/api.html" + (f"?{query}" if query else ""))
+        return None
+
     @app.get("/")
     def index():
         if not (dist / "index.html").is_file():

@@ -249,10 +249,18 @@ ERROR_STATUSES = {
     404: "a named thing does not exist",
     405: "the path does not take this verb",
     409: "the thing is not in the state this needs",
+    410: "a run's file was deleted or damaged by hand",
     413: "the upload or body is larger than the limit",
     422: "the method cannot run on this model",
     429: "too many requests or queued jobs from this client",
 }
+TOKEN_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "the server's CONVLENS_TOKEN, sent as `Authorization: Bearer <token>` (or `?token=`)",
+}
+RST_LITERAL = re.compile(r"(?::[a-z]+:)?``?([^`]+)``?")
+"""A docstring's ``code`` or :role:`target`: a summary is plain text (Swagger UI shows it as written)."""
 PATH_ARGUMENT = re.compile(r"<(?:[a-z]+:)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)>")
 
 
@@ -268,7 +276,7 @@ def document(app: Flask) -> dict[str, Any]:
         declared = OPERATIONS.get(rule.endpoint, Operation(answer=(200, "*/*", ANY_JSON)))
         for verb in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[verb.lower()] = _operation(rule.endpoint, view, names, declared)
-    return {
+    described: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "convlens",
@@ -278,6 +286,15 @@ def document(app: Flask) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": {"Error": ERROR, "Job": JOB, **_job_requests(services)}},
     }
+    if services.config.token:
+        # Said only where it is asked for: clients, and the reference page's "Authorize", then send it.
+        described["components"]["securitySchemes"] = {"token": TOKEN_SCHEME}
+        described["security"] = [{"token": []}]
+    return described
+
+
+def _plain(text: str) -> str:
+    return RST_LITERAL.sub(lambda match: match[1].lstrip("~"), text)
 
 
 def _path(rule: str) -> tuple[str, list[str]]:
@@ -315,7 +332,8 @@ def _operation(endpoint: str, view, names: list[str], declared: Operation) -> di
     }
     operation: dict[str, Any] = {
         "operationId": endpoint.removeprefix("api."),
-        "summary": doc.split("\n\n")[0].replace("\n", " ") or endpoint.removeprefix("api.").replace("_", " "),
+        "summary": _plain(doc.split("\n\n")[0].replace("\n", " "))
+        or endpoint.removeprefix("api.").replace("_", " "),
         "parameters": parameters,
         "responses": responses,
     }

@@ -114,7 +114,14 @@ export class ConvlensApp extends HTMLElement {
       this.root,
       pageFrame({
         tagline: "see inside image CNNs",
-        nav: this.compareLink,
+        nav: h(
+          "span",
+          { class: "nav" },
+          // The interactive API reference (Swagger UI on /api/openapi.json), served by this page's server.
+          h("a", { href: "/api/docs", "data-testid": "api-link" }, "API"),
+          " · ",
+          this.compareLink,
+        ),
         banner: this.loadError,
         controls: [
           h(
