@@ -18,6 +18,7 @@ export default defineConfig({
         convlens: "src/main.ts",
         index: "index.html",
         compare: "compare.html",
+        gallery: "gallery.html",
         api: "api.html",
       },
       // Keep convlens.js's exports (the element classes, parseNpy) for pages that import it.

@@ -12,7 +12,7 @@ from flask import Blueprint, current_app, jsonify, request, send_file
 from PIL import Image
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import asyncapi, atlas, colormaps, openapi
+from . import asyncapi, atlas, colormaps, gallery, openapi
 from .auth import client_id
 from .errors import BadInput, NotFound
 from .events import to_uint8
@@ -371,6 +371,39 @@ def _result_file(job, filename: str, field: str):
     return path
 
 
+@blueprint.get("/gallery")
+def gallery_page():
+    """A page of the requesting client's ended runs, newest first (``?limit=``, default 24, at most 200), each
+    with its parameters, seed, result hash, thumbnail URL, permalink and ``missing`` (files deleted by hand);
+    ``next`` is the cursor of the page after (``?before=<next>``), ``null`` on the last."""
+    limit = _int_arg("limit", 24, 1, MAX_JOBS_PAGE)
+    before = request.args.get("before") or None
+    try:
+        runs, following = gallery.page(services().jobs, client_id(), limit, before)
+    except KeyError:
+        raise BadInput("before", f"no job {before[:40]!r} to list the runs before") from None
+    return jsonify({"runs": runs, "next": following})
+
+
+@blueprint.post("/jobs/<job_id>/again")
+def run_again(job_id: str):
+    """A new job of the ended job's request and seed → 202; once done, ``same_result`` says whether its
+    result's hash equals the first run's."""
+    jobs = services().jobs
+    first = jobs.get(job_id)
+    if not first.finished_state:
+        raise BadInput("job", f"job {job_id!r} is {first.state}: run it again once it has ended", status=409)
+    return jsonify(jobs.again(job_id, client_id()).to_json()), 202
+
+
+@blueprint.get("/jobs/<job_id>/thumbnail.png")
+def job_thumbnail(job_id: str):
+    """A small PNG of the run's first result image, else its newest frame; 410 if deleted or damaged by hand."""
+    jobs = services().jobs
+    job = jobs.get(job_id)
+    return send_file(gallery.thumbnail(jobs.results_dir / job.id, job), mimetype="image/png", max_age=60)
+
+
 @blueprint.post("/jobs/<job_id>/<action>")
 def job_action(job_id: str, action: str):
     jobs = services().jobs
@@ -385,6 +418,23 @@ def job_result(job_id: str):
     if job.result is None:
         raise BadInput("job", f"job {job_id!r} has no result (state: {job.state})", status=409)
     return jsonify(job.result)
+
+
+@blueprint.get("/jobs/<job_id>/report.html")
+def job_report(job_id: str):
+    """The done run as one self-contained HTML file (images, SVG charts, parameters, model hash); 409 before it
+    is done. ``?download=1``: as an attachment, ``convlens-<method>-<id>.html``."""
+    from . import report
+
+    svc = services()
+    job = svc.jobs.get(job_id)
+    report.check_reportable(job)
+    download = _int_arg("download", 0, 0, 1)
+    html = report.report_html(job, svc.jobs.results_dir / job.id, svc.methods, svc.images)
+    answer = current_app.response_class(html, mimetype="text/html")
+    if download:
+        answer.headers["Content-Disposition"] = f'attachment; filename="{report.report_name(job)}"'
+    return answer
 
 
 @blueprint.get("/jobs/<job_id>/images/<name>.png")

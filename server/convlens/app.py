@@ -15,6 +15,7 @@ from .config import Config, origin_list
 from .dataset_zip import ZipLimits
 from .datasets import DatasetLibrary
 from .errors import BadInput
+from .gallery import Retention
 from .image_library import ImageLibrary
 from .job_db import SqliteJobStore
 from .jobs import JobManager
@@ -129,7 +130,7 @@ def create_app(config: Config | None = None) -> Flask:
     )
     if config.job_queue:
         _hand_jobs_to_workers(socketio, jobs, store, sink, config)
-    _keep_runs(jobs, config.keep_results_days, socketio.start_background_task)
+    _keep_runs(jobs, config, socketio.start_background_task)
     # So that job:<id>:<name> of a job still running is a 409 that says so, not an unknown job's 404.
     images.job_state = lambda job_id: getattr(jobs.store.get(job_id), "state", None)
     app.extensions["convlens"] = Services(config, models, methods, images, datasets, jobs, relay, socketio)
@@ -182,11 +183,18 @@ def _allow_embedding(app: Flask, config: Config) -> None:
     auth.install(app, origin_list(config.cors_origins), config.token)
 
 
-def _keep_runs(jobs: JobManager, keep_days: float, start_task) -> None:
-    """Fail the runs the last process left unfinished; with ``keep_days``, prune older runs now and hourly."""
+def _keep_runs(jobs: JobManager, config: Config, start_task) -> None:
+    """Fail the runs the last process left unfinished; keep ``keep_runs`` and ``keep_results_bytes`` now and as
+    each run ends (:class:`convlens.gallery.Retention`); with ``keep_results_days``, prune older runs now and
+    hourly."""
     lost = jobs.recover()
     if lost:
         log.warning("%d job(s) were lost when the server last stopped: marked failed", len(lost))
+    retention = Retention(config.keep_runs, config.keep_results_bytes)
+    if retention.keep_runs or retention.keep_bytes:
+        retention.apply(jobs)
+        jobs.after_end = lambda _job: retention.apply(jobs)
+    keep_days = config.keep_results_days
     if keep_days <= 0:
         return
 

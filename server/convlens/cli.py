@@ -185,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     new_plugin.add_argument("name", help="the distribution's name (my-lens); its package is my_lens")
     new_plugin.add_argument("--out", type=Path, help="the folder to write (default ./NAME); missing or empty")
     new_plugin.set_defaults(handler=cmd_new_plugin)
+
+    report = commands.add_parser(
+        "report",
+        parents=[command_options],
+        help="write a done run (from the data folder's job records) as one self-contained HTML file",
+    )
+    report.add_argument("job_id", metavar="JOB_ID")
+    report.add_argument(
+        "-o", "--out", type=Path, help="the file (or folder) to write; default ./convlens-METHOD-JOB_ID.html"
+    )
+    report.add_argument("--force", action="store_true", help="overwrite the file if it exists")
+    report.set_defaults(handler=cmd_report)
     return parser
 
 
@@ -465,6 +477,15 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
 
     out = write_plugin(args.name, args.out)
     print(f"convlens: wrote {out}; next: pip install -e {out} && pytest {out}", file=sys.stderr)
+    print(json.dumps({"out": str(out)}))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    out = write_report(_config(args), args.job_id, args.out, force=args.force)
+    print(f"convlens: wrote {out}", file=sys.stderr)
     print(json.dumps({"out": str(out)}))
     return 0
 

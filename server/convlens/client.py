@@ -375,6 +375,11 @@ class JobHandle:
     def resume(self) -> dict[str, Any]:
         return self._action("resume")
 
+    def again(self) -> JobHandle:
+        """A new job of this ended job's request and seed; once done, its ``same_result`` says whether its
+        result's hash equals this one's."""
+        return JobHandle(self.client, self.client._json("POST", f"/api/jobs/{self.id}/again"))
+
     def events(self, format: str = "png", timeout: float | None = None) -> Iterator[Event]:
         """The job's events from now to its end over Socket.IO, ending with ``Done``, ``Failed`` or ``Stopped``.
 
@@ -463,6 +468,16 @@ class JobHandle:
             name: decode_image(self.client._request("GET", url).content)
             for name, url in self.result().get("images", {}).items()
         }
+
+    def report(self, path: str | Path = ".") -> Path:
+        """Write the done run's self-contained HTML report to ``path`` (a file, or a folder for the server's name
+        ``convlens-<method>-<id>.html``) → the path written; ``ClientError`` (409) before it is done."""
+        answer = self.client._request("GET", f"/api/jobs/{self.id}/report.html", params={"download": 1})
+        out = Path(path)
+        if out.is_dir():
+            out = out / f"convlens-{self.method}-{self.id}.html"
+        out.write_bytes(answer.content)
+        return out
 
     def download(self, directory: str | Path) -> list[Path]:
         """Write ``result.json``, the images, arrays and ``frames.gif`` into ``directory`` under the server's

@@ -83,19 +83,24 @@ def _env_path(name: str) -> Path | None:
     return Path(value) if value else None
 
 
-def _env_number(name: str, default: float, kind: type = float):
+def _env_number(name: str, default: float, kind: type = float, minimum: float | None = None):
     """A ``default_factory`` reading the number ``name`` from the environment when a ``Config`` is made; one that
-    is not a number is ``BadInput`` naming the variable (the CLI prints it and exits 2)."""
+    is not a number (or is below ``minimum``) is ``BadInput`` naming the variable (the CLI prints it, exits 2)."""
 
     def read():
         value = os.environ.get(name)
         if value is None:
             return kind(default)
+        expected = "a whole number" if kind is int else "a number"
+        if minimum is not None:
+            expected += f" of at least {minimum:g}"
         try:
-            return kind(value)
+            number = kind(value)
         except ValueError:
-            expected = "a whole number" if kind is int else "a number"
             raise BadInput(name, f"expected {expected}, got {value!r}") from None
+        if minimum is not None and number < minimum:
+            raise BadInput(name, f"expected {expected}, got {value!r}")
+        return number
 
     return field(default_factory=read)
 
@@ -124,6 +129,12 @@ class Config:
     keep_results_days: float = _env_number("CONVLENS_KEEP_RESULTS_DAYS", 0)
     """Runs that ended longer ago than this many days lose their record and results folder (at start-up and
     hourly); 0 keeps every run."""
+    keep_runs: int = _env_number("CONVLENS_KEEP_RUNS", 0, int, minimum=0)
+    """Ended runs kept, at most (of all clients); past it the oldest lose record and results folder, when a run
+    ends and at start-up (:mod:`convlens.gallery`). 0: no limit."""
+    keep_results_bytes: int = _env_number("CONVLENS_KEEP_RESULTS_BYTES", 0, int, minimum=0)
+    """Bytes of results folders kept, at most; past it the oldest ended runs go, as for ``keep_runs``. 0: no
+    limit."""
     web_dist: Path = field(default_factory=_default_web_dist)
     max_upload_bytes: int = _env_number("CONVLENS_MAX_UPLOAD_BYTES", MAX_UPLOAD_BYTES, int)
     max_pixels: int = _env_number("CONVLENS_MAX_PIXELS", MAX_PIXELS, int)

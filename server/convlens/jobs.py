@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from . import devices, late_view, runner
+from . import devices, gallery, late_view, runner
 from . import events as ev
 from .config import TRAINED_FOLDER
 from .encode import EncodedFrame
@@ -106,6 +106,10 @@ class Job:
     """Who submitted the job (``convlens.auth.client_id()``); ``None`` for a job not submitted by a request."""
     files: str | None = None
     """``"kept"`` once a done job's results folder is written, ``"deleted"`` when it was removed by hand."""
+    again_of: str | None = None
+    """The job this one runs again (``POST /api/jobs/<id>/again``): the same request and seed."""
+    same_result: bool | None = None
+    """For a run again that ended done: whether its result's hash equals the first run's (``None``: not known)."""
     logs_dropped: int = 0
     """How many of the oldest log lines went to keep :data:`MAX_LOG_LINES`."""
     latest_frames: dict[str, EncodedFrame] = field(default_factory=dict, repr=False)
@@ -173,6 +177,8 @@ class Job:
             "finished": self.finished,
             "frames": self.frames,
             "files": self.files,
+            "again_of": self.again_of,
+            "same_result": self.same_result,
         }
 
     def summary(self) -> dict[str, Any]:
@@ -215,6 +221,8 @@ class Job:
             frames=record.get("frames", 0),
             owner=record.get("owner"),
             files=record.get("files"),
+            again_of=record.get("again_of"),
+            same_result=record.get("same_result"),
         )
         job.ended.set()
         return job
@@ -418,11 +426,13 @@ class JobManager:
         self.send_interval = 1.0 / stream_hz if stream_hz > 0 else 0.0
         self.stream_budget = stream_budget
         self.clock = clock
+        self.after_end: Callable[[Job], None] | None = None
+        """Called once a job has ended and been recorded (retention, :mod:`convlens.gallery`)."""
         self.workers = workers
         """Where jobs go to be run by worker processes (``CONVLENS_JOB_QUEUE=rq``); ``None``: run here."""
 
     # -- requests ------------------------------------------------------------------------------------
-    def submit(self, request: Any, client: str | None = None) -> Job:
+    def submit(self, request: Any, client: str | None = None, again_of: str | None = None) -> Job:
         """Check a job request completely, then queue it for a slot; ``BadInput`` names the first wrong field, or
         the queue limit it is over (429). ``client`` (:func:`convlens.auth.client_id`) owns it and has its turns in
         the fair queue; without one it is :data:`LOCAL_CLIENT`'s."""
@@ -451,6 +461,7 @@ class JobManager:
             raise BadInput("seed", f"expected a non-negative integer, got {seed!r}")
         job_class = devices.parse_device_class(request.get("device"))
         job = Job(secrets.token_hex(6), method.name, model.id, image_id, params, seed, owner=client)
+        job.again_of = again_of
         if self.workers is not None:
             self.workers.submit(job, client or LOCAL_CLIENT, job_class)
             return job
@@ -529,10 +540,34 @@ class JobManager:
     def prune(self, before: float) -> list[str]:
         """Delete the records and results folders of the jobs that ended before ``before`` (Unix seconds)."""
         pruned = self.store.records.finished_before(before)
-        for job_id in pruned:
+        self.discard(pruned)
+        return pruned
+
+    def discard(self, job_ids: list[str]) -> None:
+        """Delete the ended jobs' records, results folders and trained networks (retention, pruning)."""
+        for job_id in job_ids:
             self._remove_files(job_id)
             self.store.records.delete(job_id)
-        return pruned
+
+    def ended_records(self) -> list[dict[str, Any]]:
+        """Every ended job's record (without history or log), of all owners."""
+        ended, before = [], None
+        while page := self.store.records.page(500, before):
+            ended += [record for record in page if record["state"] in FINAL_STATES]
+            before = page[-1]["id"]
+        return ended
+
+    def again(self, job_id: str, client: str | None = None) -> Job:
+        """A new job of ``job_id``'s request: method, model, image, parameters and the seed it ran with."""
+        first = self.get(job_id)
+        request = {
+            "method": first.method,
+            "model": first.model,
+            "image": first.image,
+            "params": first.params,
+            "seed": first.seed,
+        }
+        return self.submit(request, client, again_of=first.id)
 
     def _remove_files(self, job_id: str) -> None:
         """The job's results folder and the networks it trained (``<trained>/<job id>-<name>.*``)."""
@@ -829,6 +864,11 @@ class JobManager:
         summary = write_result(
             out_dir, record, result.images, job.reel.frames(), result.arrays, result.models, trained_dir
         )
+        summary["sha256"] = gallery.result_hash(out_dir, summary, job.id)
+        if job.again_of is not None:
+            first = self.store.records.load(job.again_of)
+            first_hash = ((first or {}).get("result") or {}).get("sha256")
+            job.same_result = None if first_hash is None else first_hash == summary["sha256"]
         summary["images"] = {name: f"/api/jobs/{job.id}/images/{name}.png" for name in result.images}
         summary["array_urls"] = {name: f"/api/jobs/{job.id}/arrays/{name}.npy" for name in result.arrays}
         if (out_dir / "frames.gif").exists():
@@ -850,6 +890,11 @@ class JobManager:
             log.exception("job %s: could not keep its late view", job.id)
         self._set_state(job, state)
         self.store.retire(job)
+        if self.after_end is not None:
+            try:
+                self.after_end(job)
+            except Exception:  # retention failing (a locked file) must not fail the job that ended
+                log.exception("job %s: what follows a job's end failed", job.id)
         job.ended.set()
 
     def _set_state(self, job: Job, state: str) -> None:

@@ -47,6 +47,11 @@ JOB = {
         "state": {"enum": list(STATES)},
         "frames": {"type": "integer", "minimum": 0},
         "files": {"enum": ["kept", "deleted", None]},
+        "again_of": {"type": ["string", "null"], "description": "the job this one runs again"},
+        "same_result": {
+            "type": ["boolean", "null"],
+            "description": "its result's hash equals the first run's",
+        },
     },
     "required": ["id", "method", "model", "image", "params", "state"],
 }
@@ -70,6 +75,28 @@ JOB_PAGE = {
         "total": {"type": "integer", "minimum": 0},
     },
     "required": ["jobs", "next", "total"],
+}
+GALLERY_ENTRY = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "method": {"type": "string"},
+        "params": {"type": "object"},
+        "seed": {"type": "integer"},
+        "state": {"enum": ["done", "failed", "stopped"]},
+        "sha256": {"type": ["string", "null"]},
+        "again_of": {"type": ["string", "null"]},
+        "same_result": {"type": ["boolean", "null"]},
+        "thumbnail": {"type": ["string", "null"]},
+        "permalink": {"type": "string"},
+        "missing": {"type": "array", "items": {"type": "string"}, "description": "files deleted by hand"},
+    },
+    "required": ["id", "method", "model", "params", "seed", "state", "thumbnail", "permalink", "missing"],
+}
+GALLERY_PAGE = {
+    "type": "object",
+    "properties": {"runs": {"type": "array", "items": GALLERY_ENTRY}, "next": {"type": ["string", "null"]}},
+    "required": ["runs", "next"],
 }
 MODEL = {
     "type": "object",
@@ -233,11 +260,24 @@ OPERATIONS: dict[str, Operation] = {
         answer=(200, "application/json", JOB), path={"action": {"enum": ["stop", "pause", "resume"]}}
     ),
     "api.job_result": Operation(answer=(200, "application/json", OBJECT)),
+    "api.job_report": Operation(
+        query=(Query("download", "integer", 0, 1, description="1: as a file to save (an attachment)"),),
+        answer=(200, "text/html", {"type": "string"}),
+    ),
     "api.job_image": Operation(answer=PNG),
     "api.job_array": Operation(answer=(200, "application/octet-stream", ANY_JSON)),
     "api.job_animation": Operation(answer=(200, "image/gif", ANY_JSON)),
     "api.job_video": Operation(answer=(200, "video/webm", ANY_JSON)),
     "api.latest_frame": Operation(answer=(200, "image/jpeg", ANY_JSON)),
+    "api.gallery_page": Operation(
+        query=(
+            Query("limit", "integer", 1, MAX_JOBS_PAGE),
+            Query("before", description="the cursor `next` gave"),
+        ),
+        answer=(200, "application/json", GALLERY_PAGE),
+    ),
+    "api.run_again": Operation(answer=(202, "application/json", JOB)),
+    "api.job_thumbnail": Operation(answer=PNG),
 }
 """The routes' query arguments, bodies and answers, by endpoint; a route missing here is listed with any
 answer (the test of this module names it)."""

@@ -123,6 +123,8 @@ export interface JobResult {
   animation?: string | null;
   /** Raw result arrays (NumPy .npy) by name → URL, e.g. an attribution map before normalisation. */
   array_urls?: Record<string, string>;
+  /** The sha256 of what is reproducible of the result (README: Gallery of runs). */
+  sha256?: string;
 }
 
 export interface Job {
@@ -143,6 +145,9 @@ export interface Job {
   frames: number;
   predictions: Prediction[];
   result: JobResult | null;
+  /** The job this one ran again, and whether their results' hashes are equal (null: not known). */
+  again_of?: string | null;
+  same_result?: boolean | null;
 }
 
 /** A job as `GET /api/jobs` lists it; the whole job is `GET /api/jobs/<id>`. */
@@ -169,6 +174,37 @@ export interface JobPage {
   jobs: JobSummary[];
   next: string | null;
   total: number;
+}
+
+/** An ended run as `GET /api/gallery` lists it. */
+export interface GalleryRun {
+  id: string;
+  method: string;
+  model: string;
+  image: string;
+  params: Record<string, unknown>;
+  seed: number;
+  state: JobState;
+  created: number;
+  finished: number | null;
+  error: string | null;
+  /** The sha256 of the run's reproducible result; null for a run that made none. */
+  sha256: string | null;
+  /** The run this one ran again, and whether its hash equalled that run's. */
+  again_of: string | null;
+  same_result: boolean | null;
+  /** `GET /api/jobs/<id>/thumbnail.png`, or null when the run made no picture. */
+  thumbnail: string | null;
+  /** The main page's address that reopens the run's view (`/#job=<id>`). */
+  permalink: string;
+  /** The files of its results folder deleted by hand ("result.json" first when the folder went). */
+  missing: string[];
+}
+
+/** A page of `GET /api/gallery`, newest first; `next` is the `?before=` of the page after. */
+export interface GalleryPage {
+  runs: GalleryRun[];
+  next: string | null;
 }
 
 export interface JobRequest {
@@ -287,6 +323,29 @@ export class ApiClient {
     const query = new URLSearchParams({ limit: String(limit) });
     if (before) query.set("before", before);
     return this.get(`/api/jobs?${query}`);
+  }
+
+  gallery(limit = 24, before?: string | null): Promise<GalleryPage> {
+    const query = new URLSearchParams({ limit: String(limit) });
+    if (before) query.set("before", before);
+    return this.get(`/api/gallery?${query}`);
+  }
+
+  job(id: string): Promise<Job> {
+    return this.get(`/api/jobs/${encodeURIComponent(id)}`);
+  }
+
+  /** A new job of an ended job's request and seed (`POST /api/jobs/<id>/again`). */
+  runAgain(id: string): Promise<Job> {
+    return this.post(`/api/jobs/${encodeURIComponent(id)}/again`, {});
+  }
+
+  async deleteJob(id: string): Promise<void> {
+    const response = await fetchWithToken(this.url(`/api/jobs/${encodeURIComponent(id)}`), {
+      method: "DELETE",
+      headers: { Accept: "application/json" },
+    });
+    if (!response.ok) throw await errorFrom(response, "job");
   }
 
   startJob(request: JobRequest): Promise<Job> {

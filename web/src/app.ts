@@ -155,7 +155,18 @@ export class ConvlensApp extends HTMLElement {
             h("div", { class: "run-row" }, this.runButton),
             this.runError,
           ),
-          h("section", { class: "panel" }, h("h2", {}, "Recent runs"), this.recent),
+          h(
+            "section",
+            { class: "panel" },
+            h("h2", {}, "Recent runs"),
+            this.recent,
+            // The gallery lists every run of this browser, with thumbnails, "run again" and delete.
+            h(
+              "a",
+              { class: "gallery-link", href: "/gallery.html", "data-testid": "gallery-link" },
+              "All runs →",
+            ),
+          ),
         ],
         submit: () => void this.run(),
         view: [this.jobView],

@@ -371,6 +371,18 @@ export class JobPanel {
         ...Object.entries(result?.array_urls ?? {}).map(([name, url]) =>
           link(url, `${name}.npy`, "result-array"),
         ),
+        // A finished run only: the server answers 409 before (the report is of its result files).
+        this.state === "done" &&
+          h(
+            "a",
+            {
+              href: serverUrl(this.server, `/api/jobs/${id}/report.html?download=1`),
+              download: `convlens-${result?.method ?? "run"}-${this.jobId}.html`,
+              title: "one self-contained HTML file: images, charts, parameters, model hash",
+              "data-testid": "report",
+            },
+            "Report",
+          ),
       ),
       images.length > 0 &&
         h(
