@@ -60,6 +60,8 @@ export class ConvlensApp extends HTMLElement {
   private readonly jobView: ConvlensJobView;
   private readonly loadError: HTMLElement;
   private readonly compareLink: HTMLAnchorElement;
+  private readonly apiLink: HTMLAnchorElement;
+  private readonly galleryLink: HTMLAnchorElement;
 
   constructor() {
     super();
@@ -109,19 +111,20 @@ export class ConvlensApp extends HTMLElement {
       { class: "nav", href: "/compare.html", "data-testid": "compare-link" },
       "Compare methods →",
     );
+    // The interactive API reference (Swagger UI on /api/openapi.json) and the gallery of every run of this
+    // browser: pages of the server the app talks to (see attributeChangedCallback).
+    this.apiLink = h("a", { href: "/api/docs", "data-testid": "api-link" }, "API");
+    this.galleryLink = h(
+      "a",
+      { class: "gallery-link", href: "/gallery.html", "data-testid": "gallery-link" },
+      "All runs →",
+    );
 
     replaceChildren(
       this.root,
       pageFrame({
         tagline: "see inside image CNNs",
-        nav: h(
-          "span",
-          { class: "nav" },
-          // The interactive API reference (Swagger UI on /api/openapi.json), served by this page's server.
-          h("a", { href: "/api/docs", "data-testid": "api-link" }, "API"),
-          " · ",
-          this.compareLink,
-        ),
+        nav: h("span", { class: "nav" }, this.apiLink, " · ", this.compareLink),
         banner: this.loadError,
         controls: [
           h(
@@ -155,18 +158,7 @@ export class ConvlensApp extends HTMLElement {
             h("div", { class: "run-row" }, this.runButton),
             this.runError,
           ),
-          h(
-            "section",
-            { class: "panel" },
-            h("h2", {}, "Recent runs"),
-            this.recent,
-            // The gallery lists every run of this browser, with thumbnails, "run again" and delete.
-            h(
-              "a",
-              { class: "gallery-link", href: "/gallery.html", "data-testid": "gallery-link" },
-              "All runs →",
-            ),
-          ),
+          h("section", { class: "panel" }, h("h2", {}, "Recent runs"), this.recent, this.galleryLink),
         ],
         submit: () => void this.run(),
         view: [this.jobView],
@@ -184,6 +176,8 @@ export class ConvlensApp extends HTMLElement {
   attributeChangedCallback(): void {
     this.api = new ApiClient(this.getAttribute("server") ?? "");
     this.images.api = this.api;
+    this.apiLink.href = this.api.url("/api/docs");
+    this.galleryLink.href = this.api.url("/gallery.html");
     const server = this.getAttribute("server");
     if (server) this.jobView.setAttribute("server", server);
     else this.jobView.removeAttribute("server");
