@@ -1,6 +1,6 @@
 // The shapes of the README's API section, and a small REST client bound to one server.
 
-import { authHeaders, fetchWithToken } from "./token";
+import { authHeaders, fetchWithToken, storedToken } from "./token";
 
 export interface ModelInfo {
   id: string;
@@ -237,7 +237,12 @@ export function normaliseServer(server: string | null | undefined): string {
 /** A server path ("/api/...") made absolute against `server`; absolute URLs pass through. */
 export function serverUrl(server: string, path: string): string {
   if (/^[a-z][a-z0-9+.-]*:/i.test(path) || path.startsWith("//")) return path;
-  return `${server}${path.startsWith("/") ? "" : "/"}${path}`;
+  const url = `${server}${path.startsWith("/") ? "" : "/"}${path}`;
+  // Another server's <img> and download links cannot carry the token: its cookie is set only for its own
+  // pages (a notebook's widget, a lab's dashboard). The server reads ?token= as it reads the header.
+  const token = server ? storedToken() : null;
+  if (!token) return url;
+  return `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
 }
 
 async function errorFrom(response: Response, fallbackField: string): Promise<ApiError> {
