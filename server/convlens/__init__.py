@@ -14,3 +14,14 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 """Marks a function in a plugin module as the implementation of a convlens hook."""
 
 __all__ = ["PROJECT_NAME", "__version__", "hookimpl"]
+
+
+def __getattr__(name: str):
+    """``convlens.show``, ``convlens.compare`` and ``convlens.notebook``, imported on first use: a plugin's
+    ``import convlens`` stays cheap and needs no anywidget."""
+    if name in ("show", "compare", "notebook"):
+        import importlib
+
+        notebook = importlib.import_module(".notebook", __name__)
+        return notebook if name == "notebook" else getattr(notebook, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
