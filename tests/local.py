@@ -24,6 +24,26 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+JOB_ENDS_S = 240
+"""How long a test waits for a short job to end on this shared 2-core machine."""
+
+
+def run_to_end(server: str, body: dict, ends_s: float = JOB_ENDS_S) -> dict:
+    """POST the job ``body`` to the server at ``server``, poll it until it ends and assert it ended done → its
+    record."""
+    job = requests.post(f"{server}/api/jobs", json=body, timeout=60).json()
+    deadline = time.monotonic() + ends_s
+    while (record := requests.get(f"{server}/api/jobs/{job['id']}", timeout=60).json())["state"] not in (
+        "done",
+        "failed",
+        "stopped",
+    ):
+        assert time.monotonic() < deadline, f"job {job['id']} did not end in {ends_s} s"
+        time.sleep(0.2)
+    assert record["state"] == "done", record
+    return record
+
+
 @dataclass
 class Served:
     """A ``convlens serve`` process started by :func:`start_serve`; its output is in ``log_path``."""

@@ -177,7 +177,7 @@ class _Writer(ModuleWriter):
             super().write_onnx(path)
         except _ExportFailed as failure:
             try:
-                _write_traced_onnx(self.module, self.example, path)
+                write_traced_onnx(self.module, self.example, path, {0: "batch", 2: "height", 3: "width"})
             except Exception as error:  # noqa: BLE001 - the reason both exporters failed is the report's
                 raise _ExportFailed(
                     f"{failure}; the TorchScript-based exporter failed too ({_reason(error)})"
@@ -226,12 +226,11 @@ class _Writer(ModuleWriter):
             shapes_log.setLevel(level)
 
 
-def _write_traced_onnx(module: Any, example: Any, path: Path) -> None:
-    """``module`` traced to ONNX at :data:`ONNX_OPSET` by the TorchScript-based exporter, with the axes the
-    ``torch.export`` file has."""
+def write_traced_onnx(module: Any, example: Any, path: Path, axes: dict[int, str]) -> None:
+    """``module`` traced to ONNX at :data:`ONNX_OPSET` (onnx2torch's highest) by the TorchScript-based exporter,
+    its ``images`` input free along ``axes`` (``{0: "batch"}``, ...), its ``logits`` along the batch."""
     import torch
 
-    axes = {0: "batch", 2: "height", 3: "width"}
     # Its deprecation warnings say nothing a user can act on; its TracerWarnings are kept, as the .pt file's are.
     with warnings.catch_warnings(), torch.no_grad(), _without_onnx_graph_dump():
         warnings.simplefilter("ignore", DeprecationWarning)

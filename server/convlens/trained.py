@@ -18,8 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-ONNX_OPSET = 17
-"""onnx2torch, which gives an ONNX file its gradients, reads opsets up to 17."""
+from .export import write_traced_onnx
 
 FORMATS = (".onnx", ".pt")
 
@@ -96,15 +95,4 @@ def _write_torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> 
 def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     # The TorchScript-based exporter writes opset 17 directly (onnx2torch's highest) in 0.7 s for a small net;
     # the dynamo exporter's lowest opset is 18 and it took 3 s on these 2 cores.
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=ONNX_OPSET,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        )
+    write_traced_onnx(module, example, path, {0: "batch"})

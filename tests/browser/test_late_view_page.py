@@ -3,19 +3,18 @@ every label's newest frame with every panel's top-5, and the metrics chart's hea
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import requests
 from browser_pixels import canvas_pixels, fetch_npy, png_pixels
 from test_adversarial_page import as_pixels, expected_top, shown_top
 
+from local import run_to_end
+
 pytestmark = pytest.mark.browser
 
 MODELS = ("efficientnet_lite0.onnx", "efficientnet_lite0.pt")
 PATTERNS = ("gaussian", "uniform", "stripes", "checkerboard")
-ENDS_S = 240
 STATE = """(view) => view.shadowRoot.querySelector('[data-testid="state"]')?.dataset.state"""
 HEADER_BOXES = """(box) => [...box.querySelectorAll('.chart-label')].map((row) => ({
   metric: row.dataset.metric,
@@ -41,15 +40,7 @@ def finished_noise_job(live_server: str) -> tuple[str, dict]:
         "params": params,
         "seed": 3,
     }
-    job = requests.post(f"{live_server}/api/jobs", json=body, timeout=60).json()
-    deadline = time.monotonic() + ENDS_S
-    while (state := requests.get(f"{live_server}/api/jobs/{job['id']}", timeout=60).json()["state"]) not in (
-        "done",
-        "failed",
-    ):
-        assert time.monotonic() < deadline, f"the job did not end in {ENDS_S} s"
-        time.sleep(0.2)
-    assert state == "done"
+    job = run_to_end(live_server, body)
     return job["id"], requests.get(f"{live_server}/api/jobs/{job['id']}/result", timeout=60).json()
 
 

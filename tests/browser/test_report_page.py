@@ -3,17 +3,16 @@ with every network request blocked, makes none: its pictures decode and its char
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import requests
 from browser_pixels import checked_page, png_pixels
 
+from local import run_to_end
+
 pytestmark = pytest.mark.browser
 
 DEFAULT_MODEL = "efficientnet_lite0.onnx"
-ENDS_S = 240
 STATE = """(view) => view.shadowRoot.querySelector('[data-testid="state"]')?.dataset.state"""
 SERIES_RGB = (0x1F, 0x77, 0xB4)
 """The first curve's colour (``convlens.report.PALETTE[0]``)."""
@@ -26,15 +25,7 @@ def done_dream(live_server: str) -> str:
         "image": "chelsea",
         "params": {"steps": 5, "octaves": 1},
     }
-    job = requests.post(f"{live_server}/api/jobs", json=body, timeout=60).json()
-    deadline = time.monotonic() + ENDS_S
-    while (state := requests.get(f"{live_server}/api/jobs/{job['id']}", timeout=60).json()["state"]) not in (
-        "done",
-        "failed",
-    ):
-        assert time.monotonic() < deadline, f"the job did not end in {ENDS_S} s"
-        time.sleep(0.2)
-    assert state == "done"
+    job = run_to_end(live_server, body)
     return job["id"]
 
 
