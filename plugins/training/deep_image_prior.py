@@ -265,9 +265,10 @@ def run_deep_image_prior(ctx: RunContext) -> Iterator[Event]:
             yield Frame(torch.cat([corrupted, last, best.image, clean], dim=3), step=step, label=FRAME_LABEL)
             numbers = {"loss": float(loss), "psnr": quality, "best psnr": best.psnr}
             yield Metrics({**numbers, **reference}, step=step)
-            yield Progress(step, steps)
             # Each shown step's result replaces the one before: a job stopped now keeps this one, best included.
+            # Before its progress, so a stop asked for once step N is reported keeps step N's result.
             yield restoration_result(params, clean, corrupted, mask, best, last, step)
+            yield Progress(step, steps)
             shown = step
         if stopping:
             break
