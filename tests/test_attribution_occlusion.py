@@ -292,3 +292,91 @@ def test_a_stride_larger_than_the_window_fails_the_job_naming_the_stride(app, cl
     assert job["state"] == "failed" and job["frames"] == 0
     assert job["error"]["field"] == "params.stride"
     assert "larger than the 16-pixel window" in job["error"]["error"]
+
+
+def drill_down_run(convlens_run, model, image, **params) -> tuple[list, Result]:
+    events = convlens_run(OCCLUSION, model, image, **params)
+    return events, result_of(events)
+
+
+def test_drill_down_off_or_refining_everywhere_gives_captums_map(
+    convlens_run, onnx_resnet, resnet18_with_statistics, sample_image
+):
+    """``drill_down`` 0 is the exact path; a threshold so small that every position is refined computes them all:
+    both give Captum's map and say that nothing was estimated."""
+    inputs = to_tensor(sample_image, (SIZE, SIZE))
+    logits = normalised(resnet18_with_statistics, MEAN, STD)
+    for threshold, approximation in ((0.0, "exact"), (1e-12, "drill_down")):
+        _, result = drill_down_run(
+            convlens_run, onnx_resnet, sample_image, window=16, stride=4, drill_down=threshold
+        )
+        assert result.data["approximation"] == approximation
+        assert result.data["positions_computed"] == result.data["positions"] == 169
+        assert result.data["error_estimate"] == 0.0
+        oracle = captum_occlusion(logits, inputs, result.data["target"], 16, 4, 0.5)
+        np.testing.assert_allclose(result.arrays["attribution"], oracle, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.5])
+def test_drill_downs_error_against_captums_map_is_within_its_estimate(
+    convlens_run, onnx_resnet, resnet18_with_statistics, sample_image, threshold
+):
+    """The error is measured here against Captum's exact map (L∞ over the map's maximum); positions were skipped,
+    so the map is an approximation, and the result's estimate is not below the measured error."""
+    _, result = drill_down_run(
+        convlens_run, onnx_resnet, sample_image, window=16, stride=4, drill_down=threshold
+    )
+    assert result.data["approximation"] == "drill_down" and result.data["drill_down"] == threshold
+    assert 49 <= result.data["positions_computed"] < result.data["positions"]  # 7x7 coarse, not all fine
+    inputs = to_tensor(sample_image, (SIZE, SIZE))
+    logits = normalised(resnet18_with_statistics, MEAN, STD)
+    oracle = captum_occlusion(logits, inputs, result.data["target"], 16, 4, 0.5)
+    error = float(np.abs(result.arrays["attribution"] - oracle).max() / np.abs(oracle).max())
+    assert 0 < error <= result.data["error_estimate"]
+
+
+def test_drill_down_streams_a_whole_map_first_then_refines_it(convlens_run, onnx_resnet, sample_image):
+    """Event order: the first frame comes after every 4th position (4x4 of the 13x13 grid), a whole map with
+    no pixel left grey; the second after the coarse pass (7x7); then one per refining batch, the last one the
+    result. Progress counts the positions computed, never going back."""
+    events, result = drill_down_run(
+        convlens_run, onnx_resnet, sample_image, window=16, stride=4, drill_down=0.2, batch_size=8
+    )
+    frame_at = [index for index, event in enumerate(events) if isinstance(event, Frame)]
+    after_frames = [events[index + 1] for index in frame_at]
+    assert all(isinstance(event, Progress) for event in after_frames)
+    assert [event.step for event in after_frames[:2]] == [16, 49]
+    assert after_frames[0].total == 49 and after_frames[1].total == result.data["positions_computed"] > 49
+    steps = [event.step for event in events if isinstance(event, Progress)]
+    assert steps == sorted(steps) and steps[-1] == result.data["positions_computed"]
+    frames = [events[index] for index in frame_at]
+    picture = to_tensor(sample_image, (SIZE, SIZE))[0].numpy().transpose(1, 2, 0)
+    grey = np.repeat(picture.mean(axis=2, keepdims=True), 3, axis=2)
+    assert (np.abs(frames[0].image - grey).max(axis=2) > 1e-3).mean() > 0.9  # the map everywhere, at once
+    assert len(frames) >= 4 and np.abs(frames[0].image - frames[-1].image).max() > 1e-3
+    np.testing.assert_allclose(frames[-1].image, result.images["occlusion"], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [(-0.1, "at least 0"), (1.5, "at most 1"), ("lots", "expected a number"), (True, "expected a number")],
+)
+def test_bad_drill_down_thresholds_are_refused_naming_the_field(
+    client, tiny_model, sample_image, value, words
+):
+    from convlens.runner import prepare_run
+
+    with pytest.raises(BadInput) as error:
+        prepare_run(OCCLUSION, tiny_model, sample_image, {"drill_down": value})
+    assert error.value.field == "params.drill_down" and words in error.value.reason
+    answer = client.post(
+        "/api/jobs",
+        json={
+            "method": "occlusion",
+            "model": DEFAULT_MODEL,
+            "image": "chelsea",
+            "params": {"drill_down": value},
+        },
+    )
+    assert answer.status_code == 400
+    assert answer.get_json()["field"] == "params.drill_down" and words in answer.get_json()["error"]

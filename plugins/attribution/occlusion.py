@@ -17,6 +17,10 @@ Three engines compute the occluded images' logits (:func:`occlusion_engine`; ``d
 (:mod:`.incremental_occlusion`, recomputing only what the square changes) or the full one
 (:class:`RuntimeOcclusion`, whole images built in numpy), both on single-threaded ONNX Runtime sessions with
 one worker thread per CPU; for other models, whole images through ``Model.logits``. All give the same map.
+
+``drill_down`` above 0 trades exactness for time (:func:`drill_down_occlusion`, Nakandala et al.'s adaptive
+drill-down): a coarse map streamed first, the fine stride only where it is high, the result's
+``error_estimate`` saying how far off it is thought to be.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ from convlens.colormaps import colorize, overlay
 from convlens.errors import BadInput
 from convlens.events import Event, Frame, Progress, Result
 from convlens.methods import ATTRIBUTION_MAP, Method, RunContext
-from convlens.params import Choice, ClassIndex, Int, Param
+from convlens.params import Choice, ClassIndex, Float, Int, Param
 
+from . import occlusion_drill_down as drill
 from .saliency import OVERLAY
 
 if TYPE_CHECKING:
@@ -292,10 +297,13 @@ def occlusion(
     fill: str | np.ndarray = "grey",
     batch_size: int = 32,
     engine: str = "auto",
+    drill_down: float = 0.0,
 ) -> Iterator[dict]:
     """Occlusion of 3xHxW ``pixels`` in [0, 1], one state dict per batch (the last one complete).
 
     ``fill`` is one of :data:`FILLS` or the 3xHxW picture the window shows (``context`` keeps the subject in it).
+    ``drill_down`` above 0 computes a coarse pass first and the fine stride only where it is high
+    (:func:`drill_down_occlusion`); 0 computes every position, the exact map.
 
     Each state holds ``attribution_sum`` and ``done`` (HxW, the drop summed over finished windows and their
     count), ``coverage`` (the count when all are done), ``probability_grid`` and ``top_class_grid`` (NaN and
@@ -323,7 +331,12 @@ def occlusion(
         "positions": len(starts),
         "engine": forward.name,
         "engine_reason": forward.reason,
+        "approximation": "exact",
+        "positions_to_compute": len(starts),
     }
+    if drill_down > 0:
+        yield from drill_down_occlusion(state, forward, rows, cols, window, batch_size, drill_down)
+        return
     for first in range(0, len(starts), batch_size):
         chunk = starts[first : first + batch_size]
         probabilities = softmax(in_parallel(forward, chunk))
@@ -334,6 +347,71 @@ def occlusion(
             state["done"][y : y + window, x : x + window] += 1
         state["positions_done"] = first + len(chunk)
         yield state
+
+
+def drill_down_occlusion(
+    state: dict, forward, rows: np.ndarray, cols: np.ndarray, window: int, batch_size: int, threshold: float
+) -> Iterator[dict]:
+    """:func:`occlusion`'s states with adaptive drill-down (:mod:`.occlusion_drill_down`): a preview from
+    every 4th position, then the coarse pass's map, each interpolated to the whole grid, then the refined
+    positions a batch at a time.
+
+    Adds ``approximation`` ("drill_down"), ``positions_computed`` and ``error_estimate`` (the estimated largest
+    error of the map, as a share of its maximum; 0 where every position was computed).
+    """
+    size = state["coverage"].shape
+    grid = state["probability_grid"]
+    classes = state["top_class_grid"]
+    target, base_probability = state["target"], state["base_probability"]
+    coarse = drill.coarse_mask(grid.shape)
+    state.update(approximation="drill_down", positions_computed=0, error_estimate=0.0)
+
+    def compute(mask: np.ndarray) -> Iterator[None]:
+        where = np.argwhere(mask)
+        for first in range(0, len(where), batch_size):
+            chunk = where[first : first + batch_size]
+            probabilities = softmax(in_parallel(forward, np.stack([rows[chunk[:, 0]], cols[chunk[:, 1]]], 1)))
+            grid[chunk[:, 0], chunk[:, 1]] = probabilities[:, target]
+            classes[chunk[:, 0], chunk[:, 1]] = probabilities.argmax(axis=1)
+            state["positions_computed"] += len(chunk)
+            yield
+
+    def publish(drops: np.ndarray) -> dict:
+        state["attribution_sum"] = drill.window_sums(drops, rows, cols, window, size)
+        state["done"] = state["coverage"].copy()
+        state["positions_done"] = state["positions_computed"]
+        return state
+
+    preview = drill.coarse_mask(grid.shape, drill.PREVIEW_STEP)
+    state["positions_to_compute"] = int(coarse.sum())
+    for _ in compute(preview):
+        pass
+    yield publish(drill.interpolated(base_probability - grid.astype(np.float64), drill.PREVIEW_STEP))
+    for _ in compute(coarse & ~preview):
+        pass
+    guesses = drill.interpolated(base_probability - grid.astype(np.float64))
+    refined = drill.refined_mask(guesses, threshold)
+    computed = coarse | refined
+    state["positions_to_compute"] = int(computed.sum())
+    if refined.any():  # the coarse map, then each refinement; the last one's state is the final one
+        yield publish(guesses)
+        for _ in compute(refined):
+            if state["positions_computed"] < state["positions_to_compute"]:
+                known = computed & ~np.isnan(grid)
+                yield publish(np.where(known, base_probability - grid.astype(np.float64), guesses))
+    drops = np.where(computed, base_probability - grid.astype(np.float64), guesses)
+    skipped = ~computed
+    nearest = (np.arange(grid.shape[0]) // 2 * 2)[:, None], (np.arange(grid.shape[1]) // 2 * 2)[None, :]
+    grid[skipped] = (base_probability - guesses)[skipped]
+    classes[skipped] = classes[nearest][skipped]
+    if skipped.any():
+        position_error = drill.position_error_estimate(drops, guesses, refined, threshold)
+        share = drill.skipped_share(skipped, rows, cols, window, size)
+        largest = float(
+            (drill.window_sums(drops, rows, cols, window, size) / np.maximum(state["coverage"], 1)).max()
+        )
+        state["error_estimate"] = float(position_error * share.max() / largest) if largest > 0 else 0.0
+    yield publish(drops)
 
 
 def attribution_map(state: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -398,10 +476,11 @@ def run_occlusion(ctx: RunContext) -> Iterator[Event]:
         params["fill"],
         params["batch_size"],
         params["engine"],
+        params["drill_down"],
     )
     for step, state in enumerate(batches):
         yield Frame(progress_frame(picture, state, params["overlay"]), step=step, label="occlusion")
-        yield Progress(state["positions_done"], state["positions"])
+        yield Progress(state["positions_done"], state["positions_to_compute"])
     attribution, _ = attribution_map(state)
     normalised, scale = shown(attribution)
     probability_grid, top_class_grid = state["probability_grid"], state["top_class_grid"]
@@ -430,8 +509,21 @@ def run_occlusion(ctx: RunContext) -> Iterator[Event]:
             "classes_seen": classes_seen[:10],
             "engine": state["engine"],
             "engine_reason": state["engine_reason"],
+            **approximation_data(state, params["drill_down"]),
         },
     )
+
+
+def approximation_data(state: dict, threshold: float) -> dict:
+    """What the result says about how the map was approximated: nothing computed, nothing to say."""
+    if state["approximation"] == "exact":
+        return {"approximation": "exact", "positions_computed": state["positions"], "error_estimate": 0.0}
+    return {
+        "approximation": state["approximation"],
+        "drill_down": threshold,
+        "positions_computed": state["positions_computed"],
+        "error_estimate": state["error_estimate"],
+    }
 
 
 OCCLUSION = Method(
@@ -475,6 +567,16 @@ OCCLUSION = Method(
             title="Engine",
             help="incremental: recompute only what the square changes (ONNX models; same map); full: every "
             "occluded image whole; auto: incremental where it is predicted to be faster.",
+        ),
+        Float(
+            "drill_down",
+            0.0,
+            minimum=0.0,
+            maximum=1.0,
+            title="Drill-down",
+            help="0: every position (the exact map). Above 0: every other position first, streamed at once as "
+            "an interpolated map, then the others only where a neighbour dropped at least this share of the "
+            "largest drop; the result gives the estimated error (approximate).",
         ),
         OVERLAY,
     ),
