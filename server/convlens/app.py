@@ -123,7 +123,7 @@ def create_app(config: Config | None = None) -> Flask:
 
     models, methods, images, datasets = build_sources(config)
     relay = FrameRelay(lambda sid, message: socketio.emit("frame", message, to=sid))
-    store = _job_store(config)
+    store = job_store(config)
     sink = sockets.RoomEvents(socketio, relay)
     jobs = build_job_manager(
         config, (models, methods, images, datasets), sink, store, socketio.start_background_task
@@ -168,7 +168,7 @@ def _hand_jobs_to_workers(socketio: SocketIO, jobs: JobManager, store, sink, con
     socketio.start_background_task(follower.keep_reconciling, threading.Event())
 
 
-def _job_store(config: Config):
+def job_store(config: Config):
     """SQLite in the data folder; Redis, shared with other web processes, when ``CONVLENS_REDIS_URL`` is set."""
     if not config.redis_url:
         return SqliteJobStore(config.jobs_db)

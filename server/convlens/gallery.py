@@ -17,6 +17,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -182,19 +183,6 @@ def page(
 ) -> tuple[list[dict], str | None]:
     """Up to ``limit`` gallery entries of ``owner``'s ended runs, newest first, after the job ``before``
     (``KeyError`` if unknown), and the cursor of the page after (``None`` on the last)."""
-    from .jobs import FINAL_STATES  # here: jobs imports this module to hash results
-
-    entries: list[dict[str, Any]] = []
-    cursor = before
-    while len(entries) <= limit:
-        records = jobs.store.records.page(max(limit, 50), cursor, owner)
-        if not records:
-            break
-        for record in records:
-            if record["state"] in FINAL_STATES:
-                entries.append(record)
-                if len(entries) > limit:
-                    break
-        cursor = records[-1]["id"]
+    entries = list(islice(jobs.ended_records(owner, before), limit + 1))
     following = entries[limit - 1]["id"] if len(entries) > limit else None
     return [entry(record, jobs.results_dir) for record in entries[:limit]], following

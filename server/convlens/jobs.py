@@ -12,7 +12,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -549,13 +549,12 @@ class JobManager:
             self._remove_files(job_id)
             self.store.records.delete(job_id)
 
-    def ended_records(self) -> list[dict[str, Any]]:
-        """Every ended job's record (without history or log), of all owners."""
-        ended, before = [], None
-        while page := self.store.records.page(500, before):
-            ended += [record for record in page if record["state"] in FINAL_STATES]
+    def ended_records(self, owner: str | None = None, before: str | None = None) -> Iterator[dict[str, Any]]:
+        """The ended jobs' records (without history or log), newest first, of ``owner`` (``None``: all), after the
+        job ``before`` (``KeyError`` if unknown), read a page at a time."""
+        while page := self.store.records.page(500, before, owner):
+            yield from (record for record in page if record["state"] in FINAL_STATES)
             before = page[-1]["id"]
-        return ended
 
     def again(self, job_id: str, client: str | None = None) -> Job:
         """A new job of ``job_id``'s request: method, model, image, parameters and the seed it ran with."""

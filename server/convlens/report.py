@@ -94,18 +94,15 @@ def report_html(job: Job, folder: Path, methods: MethodRegistry, images: ImageLi
 
 def stored_job(config: Config, job_id: str) -> Job:
     """The job as the data folder's records (or the shared Redis store) have it; ``NotFound`` naming ``job``."""
+    from .app import job_store
     from .jobs import Job
 
-    if config.redis_url:
-        from .redis_store import shared_store
-
-        store, where = shared_store(config.redis_url), config.redis_url
-    else:
-        if not config.jobs_db.is_file():  # not made here: a report writes only where -o says
-            raise NotFound("job", f"no job {job_id!r}: there are no job records at {config.jobs_db}")
-        from .job_db import SqliteJobStore
-
-        store, where = SqliteJobStore(config.jobs_db), config.jobs_db
+    where = config.redis_url or config.jobs_db
+    if (
+        not config.redis_url and not config.jobs_db.is_file()
+    ):  # not made here: a report writes only where -o says
+        raise NotFound("job", f"no job {job_id!r}: there are no job records at {where}")
+    store = job_store(config)
     record = store.load(job_id)
     if record is None:
         raise NotFound("job", f"unknown job {job_id!r} in the job records at {where}")
